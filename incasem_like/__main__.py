@@ -1,0 +1,3 @@
+from incasem_like.cli import main
+
+raise SystemExit(main())

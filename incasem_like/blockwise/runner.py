@@ -1,0 +1,182 @@
+"""Run a stage over its output, block by block, on daisy 2 worker processes.
+
+Guarantees every stage inherits from here:
+- blocks write chunk-aligned, disjoint ROIs and read their context around them;
+- progress is tracked inside the output dataset (`<dataset>/.incasem_run/`), keyed by a fingerprint of the
+  stage's parameters and block layout: rerunning the same command skips finished blocks, a changed command
+  refuses to touch the existing output unless told to overwrite it;
+- failed blocks are retried; if any still fail the run raises `BlockwiseRunFailed` naming them and the first
+  error, and the output stays marked incomplete;
+- a JSON summary of the run is written beside the progress.
+"""
+
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import daisy.logging
+import daisy.v2 as daisy_v2
+from funlib.geometry import Roi
+
+from incasem_like import __version__
+from incasem_like.blockwise.launchers import LocalLauncher, WorkerSpawner, worker_command
+from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
+from incasem_like.datasets import dataset_meta, is_complete, remove_dataset, update_dataset_meta
+from incasem_like.errors import BlockwiseRunFailed, UserError
+
+logger = logging.getLogger(__name__)
+
+RUN_DIR = ".incasem_run"
+#: bump when the meaning of the tracking store or the block layout changes
+RUN_FORMAT = 1
+
+
+def fingerprint(stage: BlockwiseStage, layout: BlockLayout) -> str:
+    payload = {
+        "format": RUN_FORMAT,
+        "task": stage.task_name,
+        "config": stage.model_dump(mode="json"),
+        "layout": {
+            "total_write_roi": [list(layout.total_write_roi.offset), list(layout.total_write_roi.shape)],
+            "block_write_shape": list(layout.block_write_shape),
+            "context": list(layout.context),
+        },
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_stage(
+    stage: BlockwiseStage,
+    workers: int = 1,
+    overwrite: bool = False,
+    launcher: LocalLauncher | None = None,
+    max_retries: int = 2,
+    block_timeout: float = 3600.0,
+    progress: bool = True,
+) -> dict:
+    """Run `stage` blockwise and return the run summary (also written to `<output>/.incasem_run/summary.json`).
+
+    Raises `UserError` for bad input or an existing output that this exact command did not start, and
+    `BlockwiseRunFailed` when blocks still fail after `max_retries` retries.
+    """
+    if workers < 1:
+        raise UserError(f"--workers {workers}: need at least one worker")
+    launcher = launcher or LocalLauncher()
+    layout = stage.layout()
+    layout.check_chunk_aligned()
+    outputs = stage.output_paths()
+    run_id = fingerprint(stage, layout)
+    run_dir = outputs[0].group_path / RUN_DIR
+
+    resuming = (
+        not overwrite
+        and (run_dir / "spec.json").exists()
+        and all(output.exists() and dataset_meta(output).get("fingerprint") == run_id for output in outputs)
+    )
+    if resuming and all(is_complete(output) for output in outputs):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return {**summary, "blocks_processed": 0, "blocks_skipped": summary["blocks_total"], "seconds": 0.0,
+                "voxels_per_second": 0, "already_complete": True}
+    if not resuming:
+        existing = [output for output in outputs if output.exists()]
+        if existing and not overwrite:
+            raise UserError(
+                f"{existing[0]} already exists and was not written by this exact command; "
+                "pass --overwrite to replace it"
+            )
+        for output in existing:
+            remove_dataset(output)
+        stage.create_outputs(layout)
+        for output in outputs:
+            update_dataset_meta(output, fingerprint=run_id, written_by=f"incasem-like {__version__} {stage.task_name}")
+        run_dir.mkdir(parents=True)
+    spec = {
+        "stage": f"{type(stage).__module__}:{type(stage).__qualname__}",
+        "config": stage.model_dump(mode="json"),
+        "sys_path": [entry for entry in sys.path if entry],
+    }
+    (run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
+
+    daisy.logging.set_log_basedir(run_dir / "logs")
+    task = daisy_v2.Task(
+        stage.task_name,
+        total_roi=layout.total_write_roi.grow(layout.context, layout.context),
+        read_roi=Roi((0,) * 3, layout.block_read_shape),
+        write_roi=Roi(layout.context, layout.block_write_shape),
+        process_function=WorkerSpawner(launcher, tuple(worker_command(run_dir / "spec.json"))),
+        read_write_conflict=False,
+        fit="shrink",
+        max_workers=workers,
+        max_retries=max_retries,
+        timeout=block_timeout,
+        tracking_path=str(run_dir / "tracking"),
+    )
+    start = time.perf_counter()
+    try:
+        states = daisy_v2.run_blockwise(
+            task, progress=progress, return_states=True, summary=False, host=launcher.scheduler_host
+        )
+        abandon_reason = None
+    except RuntimeError as error:  # daisy abandons a task whose workers keep crashing
+        states, abandon_reason = None, str(error)
+    seconds = time.perf_counter() - start
+
+    summary = _summarize(stage, layout, outputs[0], run_id, workers, seconds, task, states, abandon_reason)
+    complete = summary["blocks_failed"] == 0 and abandon_reason is None and summary["blocks_pending"] == 0
+    summary["complete"] = complete
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if not complete:
+        failed = ", ".join(f"{b['block_id']} {b['write_roi']}" for b in summary["failed_blocks"][:10])
+        more = len(summary["failed_blocks"]) - 10
+        raise BlockwiseRunFailed(
+            f"{stage.task_name}: {summary['blocks_failed']} of {summary['blocks_total']} blocks failed"
+            + (f" ({failed}{f' and {more} more' if more > 0 else ''})" if failed else "")
+            + f"; first error: {summary['first_error']}; {', '.join(map(str, outputs))} left incomplete; "
+            f"logs in {run_dir / 'logs'}; rerun the same command to retry only the unfinished blocks"
+        )
+    for output in outputs:
+        update_dataset_meta(output, complete=True)
+    return summary
+
+
+def _summarize(stage, layout, output, run_id, workers, seconds, task, states, abandon_reason) -> dict:
+    state = states[stage.task_name] if states else None
+    total = state.total_block_count if state else 0
+    skipped = state.skipped_count if state else 0
+    processed = (state.completed_count - skipped) if state else 0
+    failed_blocks = [
+        {"block_id": block.block_id[1], "write_roi": str(block.write_roi)} for block in task.failed_blocks()
+    ]
+    first_error = abandon_reason or (state.first_worker_error if state else None)
+    voxels_processed = layout.num_voxels() * processed / total if total else 0
+    return {
+        "task": stage.task_name,
+        "output": str(output),
+        "fingerprint": run_id,
+        "workers": workers,
+        "blocks_total": total,
+        "blocks_processed": processed,
+        "blocks_skipped": skipped,
+        "blocks_failed": max(len(failed_blocks), state.failed_count if state else 0),
+        "blocks_pending": (total - state.completed_count - state.failed_count) if state else 0,
+        "seconds": round(seconds, 3),
+        "voxels_total": layout.num_voxels(),
+        "voxels_per_second": round(voxels_processed / seconds) if seconds > 0 else 0,
+        "failed_blocks": failed_blocks,
+        "first_error": _last_line(first_error),
+    }
+
+
+def _last_line(text: str | None) -> str | None:
+    """The exception line of a traceback (its last non-empty line)."""
+    if not text:
+        return None
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def summary_path(output_group: Path) -> Path:
+    return output_group / RUN_DIR / "summary.json"

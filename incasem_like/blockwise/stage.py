@@ -1,0 +1,77 @@
+"""What a blockwise stage is: a validated config, a block layout and a per-block function.
+
+A stage (one per pipeline step: convert, clahe, predict, ...) is a pydantic model, so the worker processes
+rebuild it from JSON and its parameters define the run's fingerprint. The runner asks it for the layout,
+lets it create its outputs, and has every worker call `block_processor()` once (open datasets, load a model)
+and the returned function once per block.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from daisy import Block
+from pydantic import BaseModel, ConfigDict
+
+from incasem_like.datasets import DatasetPath
+from incasem_like.errors import UserError
+from incasem_like.geometry import Coordinate, Roi
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """How a stage cuts its output into blocks (all in nm).
+
+    `total_write_roi` is what gets written, starting on the output's chunk grid; every block writes
+    `block_write_shape` (shrunk at the far border) on a grid anchored at `total_write_roi.begin`, and reads
+    `context` more on each side. Along each axis the block is a multiple of `output_chunk_shape` (or spans the
+    whole output), so no two blocks ever write the same chunk.
+    """
+
+    total_write_roi: Roi
+    block_write_shape: Coordinate
+    context: Coordinate
+    voxel_size: Coordinate
+    output_chunk_shape: Coordinate
+
+    def check_chunk_aligned(self) -> None:
+        for block, chunk, extent in zip(self.block_write_shape, self.output_chunk_shape, self.total_write_roi.shape):
+            if block % chunk != 0 and block < extent:
+                raise UserError(
+                    f"block shape {tuple(self.block_write_shape / self.voxel_size)} voxels is not a multiple of "
+                    f"the output chunk shape {tuple(self.output_chunk_shape / self.voxel_size)}; choose a block "
+                    "size that is a multiple of the chunk size"
+                )
+
+    @property
+    def block_read_shape(self) -> Coordinate:
+        return self.block_write_shape + self.context * 2
+
+    def num_voxels(self) -> int:
+        return math.prod(self.total_write_roi.shape / self.voxel_size)
+
+
+class BlockwiseStage(BaseModel):
+    """Base class of all blockwise stages. Subclasses add their fields and implement the four methods."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: short name used for the daisy task, logs and the fingerprint ("convert", "clahe", ...)
+    task_name: ClassVar[str]
+
+    def output_paths(self) -> list[DatasetPath]:
+        """The datasets this stage writes; the run's progress and summary are kept inside the first."""
+        raise NotImplementedError
+
+    def layout(self) -> BlockLayout:
+        """Validate the inputs (raising `UserError`) and return the block layout. Writes nothing."""
+        raise NotImplementedError
+
+    def create_outputs(self, layout: BlockLayout) -> None:
+        """Create the (empty, incomplete) output datasets."""
+        raise NotImplementedError
+
+    def block_processor(self) -> Callable[[Block], None]:
+        """Called once per worker process; returns the function that processes one block."""
+        raise NotImplementedError

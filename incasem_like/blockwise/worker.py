@@ -1,0 +1,46 @@
+"""Worker process: `python -m incasem_like.blockwise.worker SPEC.json`.
+
+Rebuilds the stage from the run's spec file, prepares it once, then processes blocks from the daisy
+scheduler (address in `DAISY_CONTEXT`) until none are left. A block that raises is reported to the scheduler
+as failed (it retries it, possibly elsewhere) and the worker goes on with the next one.
+"""
+
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from daisy import Client
+
+from incasem_like.blockwise.stage import BlockwiseStage
+
+logger = logging.getLogger("incasem_like.worker")
+
+
+def load_stage(spec: dict) -> BlockwiseStage:
+    module_name, class_name = spec["stage"].split(":")
+    stage_class = getattr(importlib.import_module(module_name), class_name)
+    return stage_class.model_validate(spec["config"])
+
+
+def run_worker(spec_path: Path) -> None:
+    spec = json.loads(spec_path.read_text())
+    for entry in reversed(spec.get("sys_path", [])):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    process_block = load_stage(spec).block_processor()
+    client = Client()
+    while True:
+        try:
+            with client.acquire_block() as block:
+                if block is None:
+                    return
+                process_block(block)
+        except Exception as error:  # already reported to the scheduler by acquire_block
+            logger.warning("block failed: %r", error)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run_worker(Path(sys.argv[1]))

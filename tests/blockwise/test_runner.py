@@ -1,0 +1,108 @@
+import json
+import os
+
+import numpy as np
+import pytest
+from scipy.ndimage import correlate
+
+from incasem_like.blockwise.runner import run_stage
+from incasem_like.blockwise.runner import RUN_DIR
+from incasem_like.datasets import DatasetPath, create_dataset, dataset_meta, open_dataset, update_dataset_meta
+from incasem_like.errors import BlockwiseRunFailed, UserError
+from tests.stages import BoxSumStage
+
+
+@pytest.fixture
+def source(tmp_path, rng):
+    """A complete 20 x 27 x 33 uint8 dataset with 4 x 5 x 6 nm voxels and a non-zero offset."""
+    path = DatasetPath.parse(tmp_path / "cell.zarr/volumes/raw")
+    data = rng.integers(0, 256, size=(20, 27, 33), dtype=np.uint8)
+    array = create_dataset(path, data.shape, (4, 5, 6), (40, -10, 60), np.uint8, (8, 8, 8))
+    array[array.roi] = data
+    update_dataset_meta(path, complete=True)
+    return path, data
+
+
+def box_sum_reference(data: np.ndarray, radius: int) -> np.ndarray:
+    return correlate(data.astype(np.int32), np.ones((2 * radius + 1,) * 3, dtype=np.int32), mode="constant")
+
+
+def test_blocks_read_context_and_run_in_separate_worker_processes(source, tmp_path):
+    path, data = source
+    stage = BoxSumStage(input=str(path), output=str(tmp_path / "cell.zarr/volumes/sum"), radius=2)
+
+    summary = run_stage(stage, workers=2, progress=False)
+
+    result = open_dataset(stage.output_path()).to_ndarray(open_dataset(path).roi)
+    np.testing.assert_array_equal(result, box_sum_reference(data, 2))
+    pids = np.unique(open_dataset(stage.pid_path(), require_complete=False)[open_dataset(path).roi])
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert summary["blocks_total"] == 3 * 4 * 5 == summary["blocks_processed"]
+    assert summary["blocks_failed"] == summary["blocks_skipped"] == 0
+    assert summary == {**json.loads((stage.output_path().group_path / RUN_DIR / "summary.json").read_text())}
+    assert dataset_meta(stage.output_path())["complete"] is True
+
+
+def test_block_writes_are_chunk_aligned_and_disjoint(source, tmp_path):
+    path, _ = source
+    stage = BoxSumStage(input=str(path), output=str(tmp_path / "c.zarr/sum"), block=16, chunk=8)
+    layout = stage.layout()
+    assert layout.block_write_shape % (layout.voxel_size * stage.chunk) == layout.voxel_size * 0
+    with pytest.raises(UserError, match="multiple of the output chunk"):
+        run_stage(BoxSumStage(input=str(path), output=str(tmp_path / "c.zarr/bad"), block=12, chunk=8), progress=False)
+
+
+def test_failed_block_fails_the_run_and_a_rerun_redoes_only_it(source, tmp_path):
+    path, data = source
+    marker = tmp_path / "break"
+    marker.touch()
+    stage = BoxSumStage(
+        input=str(path), output=str(tmp_path / "cell.zarr/volumes/sum"), fail_at=(40 + 4 * 9, -10 + 5 * 9, 60 + 6 * 9), fail_while=str(marker)
+    )
+
+    with pytest.raises(BlockwiseRunFailed) as failure:
+        run_stage(stage, workers=2, progress=False)
+
+    message = str(failure.value)
+    assert "1 of 60 blocks failed" in message and "injected failure" in message and "[72:104, 30:70, 108:156]" in message
+    assert dataset_meta(stage.output_path())["complete"] is False
+    with pytest.raises(UserError, match="incomplete"):
+        open_dataset(stage.output_path())
+    summary = json.loads((stage.output_path().group_path / RUN_DIR / "summary.json").read_text())
+    assert summary["blocks_failed"] == 1 and summary["complete"] is False
+    assert summary["failed_blocks"][0]["write_roi"] == "[72:104, 30:70, 108:156] (32, 40, 48)"
+
+    marker.unlink()
+    summary = run_stage(stage, workers=2, progress=False)
+    assert (summary["blocks_processed"], summary["blocks_skipped"]) == (1, 59)
+    np.testing.assert_array_equal(open_dataset(stage.output_path())[open_dataset(path).roi], box_sum_reference(data, 1))
+
+
+def test_changed_parameters_do_not_reuse_progress(source, tmp_path):
+    path, _ = source
+    out = str(tmp_path / "cell.zarr/volumes/sum")
+    run_stage(BoxSumStage(input=str(path), output=out, radius=1), progress=False)
+
+    with pytest.raises(UserError, match="--overwrite"):
+        run_stage(BoxSumStage(input=str(path), output=out, radius=2), progress=False)
+    with pytest.raises(UserError, match="--overwrite"):
+        run_stage(BoxSumStage(input=str(path), output=out, radius=1, block=16), progress=False)
+
+    summary = run_stage(BoxSumStage(input=str(path), output=out, radius=2), overwrite=True, progress=False)
+    assert summary["blocks_skipped"] == 0
+    _, data = source
+    np.testing.assert_array_equal(open_dataset(out)[open_dataset(path).roi], box_sum_reference(data, 2))
+
+
+def test_rerunning_a_complete_run_does_nothing(source, tmp_path):
+    path, _ = source
+    stage = BoxSumStage(input=str(path), output=str(tmp_path / "cell.zarr/volumes/sum"))
+    run_stage(stage, progress=False)
+    summary = run_stage(stage, progress=False)
+    assert summary["already_complete"] and summary["blocks_processed"] == 0
+
+
+def test_bad_worker_count_is_refused(source, tmp_path):
+    path, _ = source
+    with pytest.raises(UserError, match="--workers 0"):
+        run_stage(BoxSumStage(input=str(path), output=str(tmp_path / "c.zarr/s")), workers=0)

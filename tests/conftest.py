@@ -1,0 +1,44 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("INCASEM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def write_slices(folder: Path, volume: np.ndarray, name: str = "slice_{}.tif", compression="zlib") -> list[Path]:
+    """One 2D TIFF per z slice, numbered without zero padding (so lexical order differs from z order)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for z, plane in enumerate(volume):
+        path = folder / name.format(z)
+        tifffile.imwrite(path, plane, compression=compression)
+        paths.append(path)
+    return paths
+
+
+def run_cli(*args, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real `incasem-like` command line in a separate process."""
+    return subprocess.run(
+        [sys.executable, "-m", "incasem_like", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def volume(rng) -> np.ndarray:
+    """A small uint8 volume whose slices are all different."""
+    return rng.integers(0, 256, size=(21, 37, 45), dtype=np.uint8)

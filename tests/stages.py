@@ -1,0 +1,86 @@
+"""Stages used only by the tests (importable by worker processes as `tests.stages`)."""
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import correlate
+from daisy import Block
+
+from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
+from incasem_like.convert import ConvertStage
+from incasem_like.datasets import DatasetPath, create_dataset, open_dataset
+from incasem_like.geometry import Coordinate
+
+
+class BoxSumStage(BlockwiseStage):
+    """Sum of the input over a (2r+1)^3 box (zero outside the data) and the writing worker's pid per voxel.
+
+    The sum needs `r` voxels of context on each side, so a wrong read ROI shows up as a seam. Blocks whose
+    write ROI contains `fail_at` (a world coordinate) raise while the file `fail_while` exists.
+    """
+
+    task_name = "box_sum"
+
+    input: str
+    output: str
+    radius: int = 1
+    block: int = 8
+    chunk: int = 8
+    fail_at: tuple[int, int, int] | None = None
+    fail_while: str | None = None
+
+    def output_path(self) -> DatasetPath:
+        return DatasetPath.parse(self.output)
+
+    def pid_path(self) -> DatasetPath:
+        return DatasetPath.parse(self.output + "_pid")
+
+    def output_paths(self) -> list[DatasetPath]:
+        return [self.output_path(), self.pid_path()]
+
+    def layout(self) -> BlockLayout:
+        source = open_dataset(self.input)
+        voxel_size = source.voxel_size
+        block, chunk = Coordinate((self.block,) * 3), Coordinate((self.chunk,) * 3)
+        return BlockLayout(source.roi, block * voxel_size, voxel_size * self.radius, voxel_size, chunk * voxel_size)
+
+    def create_outputs(self, layout: BlockLayout) -> None:
+        source = open_dataset(self.input)
+        for path, dtype in ((self.output_path(), np.int32), (self.pid_path(), np.int64)):
+            create_dataset(path, source.shape, source.voxel_size, source.offset, dtype, (self.chunk,) * 3)
+
+    def block_processor(self) -> Callable[[Block], None]:
+        source = open_dataset(self.input)
+        output = open_dataset(self.output_path(), mode="r+", require_complete=False)
+        pids = open_dataset(self.pid_path(), mode="r+", require_complete=False)
+
+        def process(block: Block) -> None:
+            if self.fail_at and block.write_roi.contains(Coordinate(self.fail_at)) and Path(self.fail_while).exists():
+                raise ValueError(f"injected failure in {block.write_roi}")
+            data = source.to_ndarray(block.read_roi, fill_value=0).astype(np.int32)
+            summed = correlate(data, np.ones((2 * self.radius + 1,) * 3, dtype=np.int32), mode="constant")
+            inner = tuple(slice(self.radius, n - self.radius) for n in summed.shape)
+            output[block.write_roi] = summed[inner]
+            pids[block.write_roi] = np.full(summed[inner].shape, os.getpid(), dtype=np.int64)
+
+        return process
+
+
+class SlowConvertStage(ConvertStage):
+    """`convert` that sleeps INCASEM_TEST_BLOCK_SLEEP seconds after each block, so a test can kill it mid-run.
+
+    Its parameters (and so its run fingerprint) are those of `ConvertStage`: the real command resumes its runs.
+    """
+
+    def block_processor(self) -> Callable[[Block], None]:
+        process = super().block_processor()
+        delay = float(os.environ.get("INCASEM_TEST_BLOCK_SLEEP", "0"))
+
+        def slow(block: Block) -> None:
+            process(block)
+            time.sleep(delay)
+
+        return slow

@@ -62,13 +62,20 @@ def _add_convert(subparsers) -> None:
         "--voxel-size", type=int, nargs=3, required=True, metavar=("Z", "Y", "X"), help="voxel size in nm"
     )
     parser.add_argument(
-        "--offset", type=int, nargs=3, default=(0, 0, 0), metavar=("Z", "Y", "X"),
+        "--offset",
+        type=int,
+        nargs=3,
+        default=(0, 0, 0),
+        metavar=("Z", "Y", "X"),
         help="world position of the stack's first voxel in nm (default 0 0 0)",
     )
     parser.add_argument("--chunk", type=int, default=128, metavar="N", help="zarr chunk edge in voxels (default 128)")
     parser.add_argument("--labels", action="store_true", help="the stack holds labels (0/255 masks become 0/1)")
     parser.add_argument(
-        "--roi", type=int, nargs=6, metavar=("OZ", "OY", "OX", "SZ", "SY", "SX"),
+        "--roi",
+        type=int,
+        nargs=6,
+        metavar=("OZ", "OY", "OX", "SZ", "SY", "SX"),
         help="crop: offset and shape in voxels; recorded so exports can undo it",
     )
     _add_blockwise_options(parser)
@@ -102,7 +109,9 @@ def _add_demo(subparsers) -> None:
         epilog="examples:\n  incasem-like demo\n  incasem-like demo --out /tmp/demo --workers 2",
         formatter_class=_formatter,
     )
-    parser.add_argument("--out", default="incasem_like_demo", metavar="DIR", help="output folder (default ./incasem_like_demo)")
+    parser.add_argument(
+        "--out", default="incasem_like_demo", metavar="DIR", help="output folder (default ./incasem_like_demo)"
+    )
     _add_blockwise_options(parser, workers=2)
     parser.set_defaults(run=_run_demo)
 

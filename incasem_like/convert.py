@@ -7,7 +7,7 @@ stack is never loaded at once and peak memory does not grow with the number of s
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, reduce
 from pathlib import Path
 from typing import Literal
 
@@ -73,7 +73,8 @@ class TiffStack:
                 pages = list(_checked_pages(path))
                 if len(pages) != 1:
                     raise UserError(
-                        f"{path}: has {len(pages)} pages in a folder of slices; pass a multi-page TIFF on its own as SRC"
+                        f"{path}: has {len(pages)} pages in a folder of slices; "
+                        "pass a multi-page TIFF on its own as SRC"
                     )
                 headers.append((str(path), pages[0].shape, pages[0].dtype))
         first_name, shape, dtype = headers[0]
@@ -91,8 +92,13 @@ class TiffStack:
         return (len(headers), *shape), np.dtype(dtype)
 
     def read(self, z_begin: int, z_end: int, yx: tuple[slice, slice]) -> np.ndarray:
-        """Slices z_begin..z_end-1, cropped to `yx`, stacked."""
-        return np.stack([self._read_slice(z)[yx] for z in range(z_begin, z_end)])
+        """Slices z_begin..z_end-1, cropped to `yx`, stacked (one slice in memory besides the result)."""
+        first = self._read_slice(z_begin)[yx]
+        slab = np.empty((z_end - z_begin, *first.shape), dtype=first.dtype)
+        slab[0] = first
+        for i, z in enumerate(range(z_begin + 1, z_end), start=1):
+            slab[i] = self._read_slice(z)[yx]
+        return slab
 
     def _read_slice(self, z: int) -> np.ndarray:
         name = f"{self.source} page {z}" if self.multipage else str(self.files[z])
@@ -103,12 +109,8 @@ class TiffStack:
 
     def unique_values(self) -> np.ndarray:
         """All values in the stack, read one slice at a time."""
-        _, dtype = self.check()
-        values = np.zeros(0, dtype=dtype)
         count = len(self._multipage_file.pages) if self.multipage else len(self.files)
-        for z in range(count):
-            values = np.union1d(values, np.unique(self._read_slice(z)))
-        return values
+        return reduce(np.union1d, (np.unique(self._read_slice(z)) for z in range(count)))
 
 
 def _checked_pages(path: Path):
@@ -176,8 +178,10 @@ class ConvertStage(BlockwiseStage):
         if self.roi_offset is None:
             return Coordinate(0, 0, 0), Coordinate(stack_shape)
         offset, shape = Coordinate(self.roi_offset), Coordinate(self.roi_shape)
-        if any(s <= 0 for s in shape) or any(o < 0 for o in offset) or any(
-            o + s > n for o, s, n in zip(offset, shape, stack_shape)
+        if (
+            any(s <= 0 for s in shape)
+            or any(o < 0 for o in offset)
+            or any(o + s > n for o, s, n in zip(offset, shape, stack_shape))
         ):
             raise UserError(
                 f"--roi offset {tuple(offset)} shape {tuple(shape)} lies outside the stack of shape "
@@ -185,7 +189,9 @@ class ConvertStage(BlockwiseStage):
             )
         return offset, shape
 
-    def _stack_checked(self) -> tuple[TiffStack, tuple[int, int, int], np.dtype]:
+    @cached_property
+    def _stack_checked(self) -> tuple[tuple[int, int, int], np.dtype]:
+        """The source's shape and dtype; every slice header is checked once per stage object."""
         stack = TiffStack.locate(self.source)
         shape, dtype = stack.check()
         if self.label_mode == "image" and dtype not in IMAGE_DTYPES:
@@ -193,10 +199,10 @@ class ConvertStage(BlockwiseStage):
                 f"{self.source}: slices are {dtype}; raw images must be uint8 or uint16 "
                 "(rescale them, or pass --labels for a label stack)"
             )
-        return stack, shape, dtype
+        return shape, dtype
 
     def layout(self) -> BlockLayout:
-        _, shape, _ = self._stack_checked()
+        shape, _ = self._stack_checked
         crop_offset, crop_shape = self._crop(shape)
         voxel_size = Coordinate(self.voxel_size)
         total = roi_from_voxels(crop_offset, crop_shape, voxel_size, origin=self.offset)
@@ -206,7 +212,7 @@ class ConvertStage(BlockwiseStage):
         return BlockLayout(total, block_voxels * voxel_size, Coordinate(0, 0, 0), voxel_size, chunks * voxel_size)
 
     def create_outputs(self, layout: BlockLayout) -> None:
-        stack, shape, dtype = self._stack_checked()
+        shape, dtype = self._stack_checked
         crop_offset, crop_shape = self._crop(shape)
         create_dataset(
             DatasetPath.parse(self.output),

@@ -6,6 +6,10 @@ with axes z, y, x in nanometres and the voxel size / offset as scale / translati
 open it as is. The `s0` array also carries funlib's attributes (voxel_size, offset, axis_names, units), so
 `funlib.persistence.open_ds("cell_6.zarr/volumes/raw/s0")` round-trips it. Our own bookkeeping (whether the
 dataset is complete, what wrote it) lives under the group attribute `incasem_like`.
+
+Stages read and write through `Volume`, a zarr array indexed by `funlib.geometry.Roi` in nm (the same
+interface as funlib's `Array` for `[roi]` and `to_ndarray`, without its dask layer, whose import alone costs
+each worker process a second).
 """
 
 import shutil
@@ -16,11 +20,10 @@ from typing import Any
 
 import numpy as np
 import zarr
-from funlib.persistence import Array, open_ds
 from zarr.codecs import BloscCodec
 
 from incasem_like.errors import UserError
-from incasem_like.geometry import AXES, UNIT, Coordinate
+from incasem_like.geometry import AXES, UNIT, Coordinate, Roi
 
 RAW = "volumes/raw"
 RAW_CLAHE = "volumes/raw_clahe"
@@ -47,6 +50,11 @@ META_KEY = "incasem_like"
 DEFAULT_CHUNK = 128
 
 
+#: zstd level 1 with byte shuffle: ~850 MB/s per core on FIB-SEM uint8 at the best ratio we measured (1.17);
+#: bitshuffle is 2.3x slower and compresses EM intensities worse
+COMPRESSOR = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
+
+
 @dataclass(frozen=True)
 class DatasetPath:
     """`path/to/cell.zarr/volumes/raw`, split into the container and the dataset name inside it."""
@@ -63,9 +71,7 @@ class DatasetPath:
                 if not name:
                     break
                 return cls(Path(*parts[: i + 1]), name)
-        raise UserError(
-            f"{text}: not a dataset path; write it as CONTAINER.zarr/DATASET, e.g. cell_6.zarr/{RAW}"
-        )
+        raise UserError(f"{text}: not a dataset path; write it as CONTAINER.zarr/DATASET, e.g. cell_6.zarr/{RAW}")
 
     @property
     def group_path(self) -> Path:
@@ -121,7 +127,7 @@ def create_dataset(
     dtype: np.dtype | str,
     chunk_shape: Sequence[int] = (DEFAULT_CHUNK,) * 3,
     attrs: dict[str, Any] | None = None,
-) -> Array:
+) -> "Volume":
     """Create an empty, incomplete dataset (s0) with OME-Zarr and funlib metadata; returns it opened r+.
 
     `voxel_size` and `offset` are in nm; the offset must be a multiple of the voxel size. An existing dataset at
@@ -152,7 +158,7 @@ def create_dataset(
         shape=tuple(int(s) for s in shape),
         chunks=tuple(int(min(c, s)) for c, s in zip(chunk_shape, shape)),
         dtype=np.dtype(dtype),
-        compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),
+        compressors=COMPRESSOR,
         fill_value=0,
         dimension_names=AXES,
     )
@@ -168,8 +174,57 @@ def create_dataset(
     return open_dataset(path, mode="r+", require_complete=False)
 
 
-def open_dataset(path: DatasetPath | str, mode: str = "r", require_complete: bool = True) -> Array:
-    """Open a dataset's full-resolution array as a funlib `Array` in world units (nm).
+@dataclass
+class Volume:
+    """A dataset's full-resolution zarr array in world units: ROIs in nm, axis order z, y, x."""
+
+    data: zarr.Array
+    voxel_size: Coordinate
+    offset: Coordinate
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def chunk_shape(self) -> Coordinate:
+        return Coordinate(self.data.chunks)
+
+    @property
+    def roi(self) -> Roi:
+        return Roi(self.offset, Coordinate(self.shape) * self.voxel_size)
+
+    def _slices(self, roi: Roi) -> tuple[slice, ...]:
+        if not self.roi.contains(roi):
+            raise IndexError(f"ROI {roi} is not inside the dataset's {self.roi}")
+        begin = (roi.begin - self.offset) / self.voxel_size
+        end = (roi.end - self.offset) / self.voxel_size
+        return tuple(slice(b, e) for b, e in zip(begin, end))
+
+    def __getitem__(self, roi: Roi) -> np.ndarray:
+        return self.data[self._slices(roi)]
+
+    def __setitem__(self, roi: Roi, value: np.ndarray | int) -> None:
+        self.data[self._slices(roi)] = value
+
+    def to_ndarray(self, roi: Roi, fill_value: int | float = 0) -> np.ndarray:
+        """The data in `roi`, which may reach outside the dataset: voxels outside are `fill_value`."""
+        result = np.full(roi.shape / self.voxel_size, fill_value, dtype=self.dtype)
+        inside = roi.intersect(self.roi)
+        if not inside.empty:
+            target = inside - roi.offset
+            result[tuple(slice(b, e) for b, e in zip(target.begin / self.voxel_size, target.end / self.voxel_size))] = (
+                self[inside]
+            )
+        return result
+
+
+def open_dataset(path: DatasetPath | str, mode: str = "r", require_complete: bool = True) -> Volume:
+    """Open a dataset's full-resolution array in world units (nm).
 
     Voxel size and offset come from the group's OME-Zarr metadata, so datasets written by other OME-Zarr tools
     open too. With `require_complete`, a dataset whose writing run has not finished is refused.
@@ -181,18 +236,8 @@ def open_dataset(path: DatasetPath | str, mode: str = "r", require_complete: boo
     group = zarr.open_group(path.group_path, mode="r")
     voxel_size, offset = _ome_scale_and_translation(path, group.attrs.asdict())
     if require_complete and not is_complete(path):
-        raise UserError(
-            f"{path} is incomplete (its writing run did not finish); rerun the command that writes it"
-        )
-    return open_ds(
-        str(path.array_path),
-        mode=mode,
-        voxel_size=voxel_size,
-        offset=offset,
-        axis_names=list(AXES),
-        units=["nm"] * 3,
-        types=["space"] * 3,
-    )
+        raise UserError(f"{path} is incomplete (its writing run did not finish); rerun the command that writes it")
+    return Volume(zarr.open_array(path.array_path, mode=mode), voxel_size, offset)
 
 
 def _ome_scale_and_translation(path: DatasetPath, attrs: dict) -> tuple[Coordinate, Coordinate]:

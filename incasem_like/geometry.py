@@ -16,18 +16,22 @@ __all__ = ["AXES", "UNIT", "Coordinate", "Roi", "roi_from_voxels", "roi_to_voxel
 
 
 def roi_from_voxels(
-    offset_voxels: Sequence[int], shape_voxels: Sequence[int], voxel_size: Sequence[int], origin: Sequence[int] = (0, 0, 0)
+    offset_voxels: Sequence[int],
+    shape_voxels: Sequence[int],
+    voxel_size: Sequence[int],
+    origin: Sequence[int] = (0, 0, 0),
 ) -> Roi:
     """World ROI of a voxel box given relative to `origin` (a world coordinate, e.g. a dataset's offset)."""
     voxel_size = Coordinate(voxel_size)
     return Roi(Coordinate(origin) + Coordinate(offset_voxels) * voxel_size, Coordinate(shape_voxels) * voxel_size)
 
 
-def roi_to_voxels(roi: Roi, voxel_size: Sequence[int], origin: Sequence[int] = (0, 0, 0)) -> tuple[Coordinate, Coordinate]:
+def roi_to_voxels(
+    roi: Roi, voxel_size: Sequence[int], origin: Sequence[int] = (0, 0, 0)
+) -> tuple[Coordinate, Coordinate]:
     """(offset, shape) in voxels of a world ROI relative to `origin`; the ROI must lie on the voxel grid."""
     voxel_size = Coordinate(voxel_size)
     relative = roi - Coordinate(origin)
     if relative.snap_to_grid(voxel_size, mode="grow") != relative:
         raise ValueError(f"ROI {roi} is not aligned to the voxel grid {tuple(voxel_size)}")
     return relative.offset / voxel_size, relative.shape / voxel_size
-

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import correlate
 from daisy import Block
+from scipy.ndimage import correlate
 
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
 from incasem_like.convert import ConvertStage

@@ -121,7 +121,10 @@ def test_killed_run_resumes_skipping_finished_blocks(tmp_path, volume):
         "voxel_size=(5, 5, 5), chunk=4), workers=1, progress=False)\n"
     )
     job = subprocess.Popen(
-        [sys.executable, "-c", run], cwd=REPO, env={**os.environ, "INCASEM_TEST_BLOCK_SLEEP": "1"}, start_new_session=True
+        [sys.executable, "-c", run],
+        cwd=REPO,
+        env={**os.environ, "INCASEM_TEST_BLOCK_SLEEP": "1"},
+        start_new_session=True,
     )
     try:
         # a block's chunks appear before its sleep ends; once the second block's appear, the first is done
@@ -254,4 +257,4 @@ def test_lucchi_raw_converts_bit_identically(tmp_path):
     array = open_dataset(out)
     assert tuple(array.shape) == (165, 768, 1024) and tuple(array.voxel_size) == (5, 5, 5)
     for z, path in enumerate(sorted(src.glob("*.tif"))):
-        np.testing.assert_array_equal(array.data[z].compute(), tifffile.imread(path), err_msg=str(path))
+        np.testing.assert_array_equal(array.data[z], tifffile.imread(path), err_msg=str(path))

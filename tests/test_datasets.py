@@ -90,7 +90,10 @@ def test_translation_of_a_corner_convention_writer_stays_on_the_voxel_grid(tmp_p
 
 
 def test_pyramid_levels_share_the_first_voxel_corner():
-    transforms = [d["coordinateTransformations"] for d in ome_multiscales("x", (5, 5, 5), (10, 0, 0), 3)["multiscales"][0]["datasets"]]
+    transforms = [
+        d["coordinateTransformations"]
+        for d in ome_multiscales("x", (5, 5, 5), (10, 0, 0), 3)["multiscales"][0]["datasets"]
+    ]
     for level, (scale, translation) in enumerate(transforms):
         size = 5 * 2**level
         assert scale["scale"] == [size] * 3

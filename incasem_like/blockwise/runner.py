@@ -12,7 +12,6 @@ Guarantees every stage inherits from here:
 
 import hashlib
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -24,10 +23,8 @@ from funlib.geometry import Roi
 from incasem_like import __version__
 from incasem_like.blockwise.launchers import LocalLauncher, WorkerSpawner, worker_command
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
-from incasem_like.datasets import dataset_meta, is_complete, remove_dataset, update_dataset_meta
+from incasem_like.datasets import DatasetPath, dataset_meta, is_complete, remove_dataset, update_dataset_meta
 from incasem_like.errors import BlockwiseRunFailed, UserError
-
-logger = logging.getLogger(__name__)
 
 RUN_DIR = ".incasem_run"
 #: bump when the meaning of the tracking store or the block layout changes
@@ -71,28 +68,19 @@ def run_stage(
     run_id = fingerprint(stage, layout)
     run_dir = outputs[0].group_path / RUN_DIR
 
-    resuming = (
-        not overwrite
-        and (run_dir / "spec.json").exists()
-        and all(output.exists() and dataset_meta(output).get("fingerprint") == run_id for output in outputs)
-    )
-    if resuming and all(is_complete(output) for output in outputs):
-        summary = json.loads((run_dir / "summary.json").read_text())
-        return {**summary, "blocks_processed": 0, "blocks_skipped": summary["blocks_total"], "seconds": 0.0,
-                "voxels_per_second": 0, "already_complete": True}
-    if not resuming:
-        existing = [output for output in outputs if output.exists()]
-        if existing and not overwrite:
-            raise UserError(
-                f"{existing[0]} already exists and was not written by this exact command; "
-                "pass --overwrite to replace it"
-            )
-        for output in existing:
-            remove_dataset(output)
-        stage.create_outputs(layout)
-        for output in outputs:
-            update_dataset_meta(output, fingerprint=run_id, written_by=f"incasem-like {__version__} {stage.task_name}")
-        run_dir.mkdir(parents=True)
+    if _is_resumable(outputs, run_dir, run_id, overwrite):
+        if all(is_complete(output) for output in outputs):
+            summary = json.loads((run_dir / "summary.json").read_text())
+            return {
+                **summary,
+                "blocks_processed": 0,
+                "blocks_skipped": summary["blocks_total"],
+                "seconds": 0.0,
+                "voxels_per_second": 0,
+                "already_complete": True,
+            }
+    else:
+        _start_fresh(stage, layout, outputs, run_dir, run_id, overwrite)
     spec = {
         "stage": f"{type(stage).__module__}:{type(stage).__qualname__}",
         "config": stage.model_dump(mode="json"),
@@ -129,17 +117,45 @@ def run_stage(
     summary["complete"] = complete
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if not complete:
-        failed = ", ".join(f"{b['block_id']} {b['write_roi']}" for b in summary["failed_blocks"][:10])
-        more = len(summary["failed_blocks"]) - 10
-        raise BlockwiseRunFailed(
-            f"{stage.task_name}: {summary['blocks_failed']} of {summary['blocks_total']} blocks failed"
-            + (f" ({failed}{f' and {more} more' if more > 0 else ''})" if failed else "")
-            + f"; first error: {summary['first_error']}; {', '.join(map(str, outputs))} left incomplete; "
-            f"logs in {run_dir / 'logs'}; rerun the same command to retry only the unfinished blocks"
-        )
+        raise BlockwiseRunFailed(_failure_message(summary, outputs, run_dir))
     for output in outputs:
         update_dataset_meta(output, complete=True)
     return summary
+
+
+def _is_resumable(outputs: list[DatasetPath], run_dir: Path, run_id: str, overwrite: bool) -> bool:
+    """Whether the outputs were started by this exact command (same fingerprint) and may be continued."""
+    return (
+        not overwrite
+        and (run_dir / "spec.json").exists()
+        and all(output.exists() and dataset_meta(output).get("fingerprint") == run_id for output in outputs)
+    )
+
+
+def _start_fresh(stage, layout, outputs, run_dir, run_id, overwrite) -> None:
+    """Create empty, incomplete outputs stamped with the run's fingerprint; replace existing ones only if told."""
+    existing = [output for output in outputs if output.exists()]
+    if existing and not overwrite:
+        raise UserError(
+            f"{existing[0]} already exists and was not written by this exact command; pass --overwrite to replace it"
+        )
+    for output in existing:
+        remove_dataset(output)
+    stage.create_outputs(layout)
+    for output in outputs:
+        update_dataset_meta(output, fingerprint=run_id, written_by=f"incasem-like {__version__} {stage.task_name}")
+    run_dir.mkdir(parents=True)
+
+
+def _failure_message(summary: dict, outputs: list[DatasetPath], run_dir: Path) -> str:
+    failed = ", ".join(f"{b['block_id']} {b['write_roi']}" for b in summary["failed_blocks"][:10])
+    more = len(summary["failed_blocks"]) - 10
+    return (
+        f"{summary['task']}: {summary['blocks_failed']} of {summary['blocks_total']} blocks failed"
+        + (f" ({failed}{f' and {more} more' if more > 0 else ''})" if failed else "")
+        + f"; first error: {summary['first_error']}; {', '.join(map(str, outputs))} left incomplete; "
+        f"logs in {run_dir / 'logs'}; rerun the same command to retry only the unfinished blocks"
+    )
 
 
 def _summarize(stage, layout, output, run_id, workers, seconds, task, states, abandon_reason) -> dict:
@@ -151,6 +167,7 @@ def _summarize(stage, layout, output, run_id, workers, seconds, task, states, ab
         {"block_id": block.block_id[1], "write_roi": str(block.write_roi)} for block in task.failed_blocks()
     ]
     first_error = abandon_reason or (state.first_worker_error if state else None)
+    # blocks are equal but for the far border, so the processed share of blocks gives the processed voxels
     voxels_processed = layout.num_voxels() * processed / total if total else 0
     return {
         "task": stage.task_name,
@@ -176,7 +193,3 @@ def _last_line(text: str | None) -> str | None:
         return None
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else None
-
-
-def summary_path(output_group: Path) -> Path:
-    return output_group / RUN_DIR / "summary.json"

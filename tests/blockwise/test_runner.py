@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import correlate
 
-from incasem_like.blockwise.runner import run_stage
-from incasem_like.blockwise.runner import RUN_DIR
+from incasem_like.blockwise.runner import RUN_DIR, run_stage
 from incasem_like.datasets import DatasetPath, create_dataset, dataset_meta, open_dataset, update_dataset_meta
 from incasem_like.errors import BlockwiseRunFailed, UserError
 from tests.stages import BoxSumStage
@@ -57,14 +56,19 @@ def test_failed_block_fails_the_run_and_a_rerun_redoes_only_it(source, tmp_path)
     marker = tmp_path / "break"
     marker.touch()
     stage = BoxSumStage(
-        input=str(path), output=str(tmp_path / "cell.zarr/volumes/sum"), fail_at=(40 + 4 * 9, -10 + 5 * 9, 60 + 6 * 9), fail_while=str(marker)
+        input=str(path),
+        output=str(tmp_path / "cell.zarr/volumes/sum"),
+        fail_at=(40 + 4 * 9, -10 + 5 * 9, 60 + 6 * 9),
+        fail_while=str(marker),
     )
 
     with pytest.raises(BlockwiseRunFailed) as failure:
         run_stage(stage, workers=2, progress=False)
 
     message = str(failure.value)
-    assert "1 of 60 blocks failed" in message and "injected failure" in message and "[72:104, 30:70, 108:156]" in message
+    assert (
+        "1 of 60 blocks failed" in message and "injected failure" in message and "[72:104, 30:70, 108:156]" in message
+    )
     assert dataset_meta(stage.output_path())["complete"] is False
     with pytest.raises(UserError, match="incomplete"):
         open_dataset(stage.output_path())

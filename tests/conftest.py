@@ -11,6 +11,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("INCASEM_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected what will not run
+def pytest_collection_modifyitems(config, items):
+    """Slow tests need the shared real data: a selected one fails loudly where it is missing."""
+    if any("slow" in item.keywords for item in items) and not (SHARED_DATA / "lucchi_pp_train").is_dir():
+        raise pytest.UsageError(f"slow tests need the shared data at {SHARED_DATA} (set INCASEM_SHARED_DATA)")
+
+
 def write_slices(folder: Path, volume: np.ndarray, name: str = "slice_{}.tif", compression="zlib") -> list[Path]:
     """One 2D TIFF per z slice, numbered without zero padding (so lexical order differs from z order)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -246,7 +246,7 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path, volume):
     np.testing.assert_array_equal(read_output(out), volume[::-1])
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "lucchi_pp_train/raw").is_dir(), reason="shared Lucchi data not present")
+@pytest.mark.slow
 def test_lucchi_raw_converts_bit_identically(tmp_path):
     src = SHARED_DATA / "lucchi_pp_train/raw"
     out = tmp_path / "cell.zarr/volumes/raw"

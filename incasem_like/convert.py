@@ -92,18 +92,24 @@ class TiffStack:
         return (len(headers), *shape), np.dtype(dtype)
 
     def read(self, z_begin: int, z_end: int, yx: tuple[slice, slice]) -> np.ndarray:
-        """Slices z_begin..z_end-1, cropped to `yx`, stacked (one slice in memory besides the result)."""
-        first = self._read_slice(z_begin)[yx]
-        slab = np.empty((z_end - z_begin, *first.shape), dtype=first.dtype)
-        slab[0] = first
+        """Slices z_begin..z_end-1, cropped to `yx`, stacked; uncropped slices are decoded in place."""
+        first = self._read_slice(z_begin)
+        slab = np.empty((z_end - z_begin, *first[yx].shape), dtype=first.dtype)
+        slab[0] = first[yx]
+        uncropped = slab.shape[1:] == first.shape
         for i, z in enumerate(range(z_begin + 1, z_end), start=1):
-            slab[i] = self._read_slice(z)[yx]
+            if uncropped:
+                self._read_slice(z, out=slab[i])
+            else:
+                slab[i] = self._read_slice(z)[yx]
         return slab
 
-    def _read_slice(self, z: int) -> np.ndarray:
+    def _read_slice(self, z: int, out: np.ndarray | None = None) -> np.ndarray:
         name = f"{self.source} page {z}" if self.multipage else str(self.files[z])
         try:
-            return self._multipage_file.pages[z].asarray() if self.multipage else tifffile.imread(self.files[z])
+            if self.multipage:
+                return self._multipage_file.pages[z].asarray(out=out)
+            return tifffile.imread(self.files[z], out=out)
         except Exception as error:
             raise RuntimeError(f"{name}: cannot decode slice {z} ({type(error).__name__}: {error})") from error
 

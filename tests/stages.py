@@ -1,18 +1,24 @@
 """Stages used only by the tests (importable by worker processes as `tests.stages`)."""
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import zarr
 from daisy import Block
 from scipy.ndimage import correlate
 
+from incasem_like.blockwise.runner import RUN_DIR
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
 from incasem_like.convert import ConvertStage
 from incasem_like.datasets import DatasetPath, create_dataset, open_dataset
 from incasem_like.geometry import Coordinate
+from tests.conftest import REPO
 
 
 class BoxSumStage(BlockwiseStage):
@@ -69,10 +75,11 @@ class BoxSumStage(BlockwiseStage):
         return process
 
 
-class SlowConvertStage(ConvertStage):
-    """`convert` that sleeps INCASEM_TEST_BLOCK_SLEEP seconds after each block, so a test can kill it mid-run.
+class SlowBlocks:
+    """Mixin: sleep INCASEM_TEST_BLOCK_SLEEP seconds after each block, so a test can kill a run mid-way.
 
-    Its parameters (and so its run fingerprint) are those of `ConvertStage`: the real command resumes its runs.
+    A slow stage has its base stage's task name and parameters, hence its run fingerprint: the real command
+    resumes the runs it started.
     """
 
     def block_processor(self) -> Callable[[Block], None]:
@@ -84,3 +91,31 @@ class SlowConvertStage(ConvertStage):
             time.sleep(delay)
 
         return slow
+
+
+class SlowConvertStage(SlowBlocks, ConvertStage):
+    pass
+
+
+def kill_midway(stage: BlockwiseStage, done_blocks: int = 2, seconds_per_block: float = 1.0) -> None:
+    """Run `stage` (a SlowBlocks stage) with one worker in a separate process group and SIGKILL the whole group
+    once `done_blocks` blocks are recorded as done (asserting that the run had not finished by then)."""
+    cls = type(stage)
+    program = (
+        "import importlib\n"
+        "from incasem_like.blockwise.runner import run_stage\n"
+        f"stage_class = getattr(importlib.import_module({cls.__module__!r}), {cls.__qualname__!r})\n"
+        f"run_stage(stage_class.model_validate_json({stage.model_dump_json()!r}), workers=1, progress=False)\n"
+    )
+    done = stage.output_paths()[0].group_path / RUN_DIR / "tracking" / "done"
+    env = {**os.environ, "INCASEM_TEST_BLOCK_SLEEP": str(seconds_per_block)}
+    job = subprocess.Popen([sys.executable, "-c", program], cwd=REPO, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (done.exists() and int(np.count_nonzero(zarr.open_array(done, mode="r")[:])) >= done_blocks):
+            assert job.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.05)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()

@@ -1,0 +1,113 @@
+"""The common shape of preprocessing stages: one input dataset -> one output dataset on the same voxel grid.
+
+A subclass says how much context a block needs, which input dtypes it accepts, the output dtype and a pure
+function from the block's data (write region + context, zero outside the dataset) to its result; this class
+does the rest (validation, optional ROI, chunk-aligned blocks, creating the output, reading and writing).
+"""
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import numpy as np
+from daisy import Block
+
+from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
+from incasem_like.datasets import DEFAULT_CHUNK, DatasetPath, Volume, create_dataset, open_dataset
+from incasem_like.errors import UserError
+from incasem_like.geometry import Coordinate, Roi, roi_from_voxels
+
+DEFAULT_BLOCK = 256
+
+
+class VolumeStage(BlockwiseStage):
+    """Input dataset -> output dataset, blockwise with context; `roi_offset`/`roi_shape` in voxels of the input."""
+
+    #: input dtypes the stage accepts (names), or empty for any
+    input_dtypes: ClassVar[tuple[str, ...]] = ()
+    #: `kind` recorded in the output's bookkeeping ("image", "mask", "labels")
+    output_kind: ClassVar[str] = "image"
+
+    input: str
+    output: str
+    block: int = DEFAULT_BLOCK
+    chunk: int = DEFAULT_CHUNK
+    roi_offset: tuple[int, int, int] | None = None
+    roi_shape: tuple[int, int, int] | None = None
+
+    # --- what subclasses define ---------------------------------------------------------------------------
+    def context_voxels(self) -> int:
+        """Voxels of input needed on each side of a block for its result to be exact."""
+        raise NotImplementedError
+
+    def output_dtype(self, input_dtype: np.dtype) -> np.dtype:
+        raise NotImplementedError
+
+    def compute(self, data: np.ndarray) -> np.ndarray:
+        """Pure per-block function: the block's input (context included) -> result of the same shape."""
+        raise NotImplementedError
+
+    # --- the rest is shared -------------------------------------------------------------------------------
+    def output_paths(self) -> list[DatasetPath]:
+        return [DatasetPath.parse(self.output)]
+
+    def open_input(self) -> Volume:
+        if DatasetPath.parse(self.input) == DatasetPath.parse(self.output):
+            raise UserError(f"{self.output}: the output must differ from the input; choose another dataset name")
+        source = open_dataset(self.input)
+        if self.input_dtypes and source.dtype.name not in self.input_dtypes:
+            raise UserError(
+                f"{self.input}: dtype {source.dtype} is not supported by {self.task_name} "
+                f"(needs {' or '.join(self.input_dtypes)}); convert the data first"
+            )
+        return source
+
+    def output_roi(self, source: Volume) -> Roi:
+        if (self.roi_offset is None) != (self.roi_shape is None):
+            raise UserError("--roi needs both OFFSET and SHAPE (6 numbers: z y x z y x, in voxels)")
+        if self.roi_offset is None:
+            return source.roi
+        roi = roi_from_voxels(self.roi_offset, self.roi_shape, source.voxel_size, origin=source.offset)
+        if roi.empty or not source.roi.contains(roi):
+            raise UserError(
+                f"--roi offset {self.roi_offset} shape {self.roi_shape} (voxels) lies outside {self.input} of shape "
+                f"{source.shape}; choose a region inside it"
+            )
+        return roi
+
+    def layout(self) -> BlockLayout:
+        if self.block < 1 or self.chunk < 1 or self.block % self.chunk:
+            raise UserError(f"--block {self.block} must be a positive multiple of --chunk {self.chunk}")
+        source = self.open_input()
+        voxel_size = source.voxel_size
+        return BlockLayout(
+            total_write_roi=self.output_roi(source),
+            block_write_shape=Coordinate((self.block,) * 3) * voxel_size,
+            context=Coordinate((self.context_voxels(),) * 3) * voxel_size,
+            voxel_size=voxel_size,
+            output_chunk_shape=Coordinate((self.chunk,) * 3) * voxel_size,
+        )
+
+    def create_outputs(self, layout: BlockLayout) -> None:
+        source = self.open_input()
+        roi = layout.total_write_roi
+        create_dataset(
+            DatasetPath.parse(self.output),
+            shape=roi.shape / layout.voxel_size,
+            voxel_size=layout.voxel_size,
+            offset=roi.offset,
+            dtype=self.output_dtype(source.dtype),
+            chunk_shape=(self.chunk,) * 3,
+            attrs={"kind": self.output_kind, "source": {"dataset": self.input, self.task_name: self.model_dump()}},
+        )
+
+    def block_processor(self) -> Callable[[Block], None]:
+        source = open_dataset(self.input)
+        output = open_dataset(self.output, mode="r+", require_complete=False)
+
+        def process(block: Block) -> None:
+            write = block.write_roi.intersect(output.roi)
+            result = self.compute(source.to_ndarray(block.read_roi, fill_value=0))
+            inner = (write - block.read_roi.offset) / source.voxel_size
+            output[write] = result[tuple(slice(b, e) for b, e in zip(inner.begin, inner.end))]
+
+        return process

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from incasem_like import __version__
 from incasem_like.errors import BlockwiseRunFailed, UserError, describe_validation_error
 
-COMMANDS = ("demo", "convert")
+COMMANDS = ("demo", "convert", "clahe")
 
 EPILOG = """\
 examples:

@@ -15,6 +15,7 @@ from scipy.ndimage import correlate
 
 from incasem_like.blockwise.runner import RUN_DIR
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
+from incasem_like.clahe import ClaheStage
 from incasem_like.convert import ConvertStage
 from incasem_like.datasets import DatasetPath, create_dataset, open_dataset
 from incasem_like.geometry import Coordinate
@@ -119,3 +120,7 @@ def kill_midway(stage: BlockwiseStage, done_blocks: int = 2, seconds_per_block: 
     finally:
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
+
+
+class SlowClaheStage(SlowBlocks, ClaheStage):
+    pass

@@ -153,14 +153,21 @@ def create_dataset(
             META_KEY: {"complete": False, **(attrs or {})},
         }
     )
+    _create_level_array(group, FULL_RESOLUTION, shape, dtype, chunk_shape, voxel_size, offset)
+    return open_dataset(path, mode="r+", require_complete=False)
+
+
+def _create_level_array(group, name, shape, dtype, chunk_shape, voxel_size, offset) -> zarr.Array:
+    """An empty level array of a dataset group, with funlib's attributes (voxel size and offset in nm)."""
     array = group.create_array(
-        FULL_RESOLUTION,
+        name,
         shape=tuple(int(s) for s in shape),
         chunks=tuple(int(min(c, s)) for c, s in zip(chunk_shape, shape)),
         dtype=np.dtype(dtype),
         compressors=COMPRESSOR,
         fill_value=0,
         dimension_names=AXES,
+        overwrite=True,
     )
     array.attrs.update(
         {
@@ -171,7 +178,7 @@ def create_dataset(
             "types": ["space"] * 3,
         }
     )
-    return open_dataset(path, mode="r+", require_complete=False)
+    return array
 
 
 @dataclass
@@ -288,3 +295,21 @@ def remove_dataset(path: DatasetPath) -> None:
     """Delete a dataset group and everything in it (its pyramid levels and run state)."""
     if path.group_path.exists():
         shutil.rmtree(path.group_path)
+
+
+def create_level(
+    path: DatasetPath, level: int, shape: Sequence[int], dtype: np.dtype | str, chunk_shape: Sequence[int]
+) -> zarr.Array:
+    """Create (or replace) the empty pyramid level array `s{level}` in a dataset group, with funlib's attributes
+    (voxel size 2**level times s0's, s0's offset). The group's multiscales metadata lists it only after
+    `set_levels`, so an unfinished level stays invisible to OME-Zarr readers."""
+    group = zarr.open_group(path.group_path, mode="r+")
+    voxel_size, offset = _ome_scale_and_translation(path, group.attrs.asdict())
+    return _create_level_array(group, f"s{level}", shape, dtype, chunk_shape, voxel_size * 2**level, offset)
+
+
+def set_levels(path: DatasetPath, levels: int) -> None:
+    """List levels s0..s{levels-1} (each 2x coarser than the last) in the group's OME multiscales metadata."""
+    group = zarr.open_group(path.group_path, mode="r+")
+    voxel_size, offset = _ome_scale_and_translation(path, group.attrs.asdict())
+    group.attrs["ome"] = ome_multiscales(path.name, voxel_size, offset, levels)

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import tifffile
 
+from incasem_like.datasets import DatasetPath, create_dataset, open_dataset, update_dataset_meta
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("INCASEM_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -49,3 +51,18 @@ def rng():
 def volume(rng) -> np.ndarray:
     """A small uint8 volume whose slices are all different."""
     return rng.integers(0, 256, size=(21, 37, 45), dtype=np.uint8)
+
+
+def write_dataset(path, volume: np.ndarray, chunk: int = 16, offset=(0, 0, 0)) -> DatasetPath:
+    """A complete dataset with 5 nm voxels holding `volume`."""
+    path = DatasetPath.parse(path)
+    array = create_dataset(path, volume.shape, (5, 5, 5), offset, volume.dtype, (chunk,) * 3)
+    array[array.roi] = volume
+    update_dataset_meta(path, complete=True)
+    return path
+
+
+def read_dataset(path) -> np.ndarray:
+    """All of a dataset's full-resolution data."""
+    array = open_dataset(path)
+    return array[array.roi]

@@ -18,7 +18,10 @@ from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
 from incasem_like.clahe import ClaheStage
 from incasem_like.convert import ConvertStage
 from incasem_like.datasets import DatasetPath, create_dataset, open_dataset
+from incasem_like.downsample import DownsampleStage, PyramidLevelStage
 from incasem_like.geometry import Coordinate
+from incasem_like.labels import CleanLabelsStage, DilateLabelsStage, MetricMaskStage
+from incasem_like.mask import MaskStage
 from tests.conftest import REPO
 
 
@@ -123,4 +126,28 @@ def kill_midway(stage: BlockwiseStage, done_blocks: int = 2, seconds_per_block: 
 
 
 class SlowClaheStage(SlowBlocks, ClaheStage):
+    pass
+
+
+class SlowDownsampleStage(SlowBlocks, DownsampleStage):
+    pass
+
+
+class SlowPyramidLevelStage(SlowBlocks, PyramidLevelStage):
+    pass
+
+
+class SlowMaskStage(SlowBlocks, MaskStage):
+    pass
+
+
+class SlowCleanLabelsStage(SlowBlocks, CleanLabelsStage):
+    pass
+
+
+class SlowDilateLabelsStage(SlowBlocks, DilateLabelsStage):
+    pass
+
+
+class SlowMetricMaskStage(SlowBlocks, MetricMaskStage):
     pass

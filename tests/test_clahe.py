@@ -1,3 +1,5 @@
+from functools import partial
+
 import numpy as np
 import pytest
 import tifffile
@@ -6,8 +8,9 @@ from skimage.exposure._adapthist import NR_OF_GRAY, _clahe
 from skimage.util import img_as_ubyte, img_as_uint
 
 from incasem_like.clahe import clahe_block, needed_range, to_uint8
-from incasem_like.datasets import DatasetPath, create_dataset, open_dataset, update_dataset_meta
+from incasem_like.datasets import DatasetPath, open_dataset
 from incasem_like.demo import SAMPLE
+from tests import conftest
 from tests.conftest import SHARED_DATA, run_cli
 from tests.stages import SlowClaheStage, kill_midway
 
@@ -20,12 +23,7 @@ def sample_raw(shape=(40, 96, 112)) -> np.ndarray:
     return volume
 
 
-def write_dataset(path, volume: np.ndarray, chunk=32) -> DatasetPath:
-    path = DatasetPath.parse(path)
-    array = create_dataset(path, volume.shape, (5, 5, 5), (100, 0, 50), volume.dtype, (chunk,) * 3)
-    array[array.roi] = volume
-    update_dataset_meta(path, complete=True)
-    return path
+write_dataset = partial(conftest.write_dataset, offset=(100, 0, 50), chunk=32)
 
 
 def skimage_levels_as_uint8(volume: np.ndarray, kernel: int) -> np.ndarray:

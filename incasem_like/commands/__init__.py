@@ -28,6 +28,28 @@ def add_roi_option(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def roi_arguments(args: argparse.Namespace) -> dict:
+    """The stage fields of --roi: `roi_offset` and `roi_shape` (None without --roi)."""
+    return {
+        "roi_offset": tuple(args.roi[:3]) if args.roi else None,
+        "roi_shape": tuple(args.roi[3:]) if args.roi else None,
+    }
+
+
+def add_block_options(parser: argparse.ArgumentParser, block: int = 256, of: str = "") -> None:
+    """--block and --chunk of a stage that writes one dataset (`of` says whose voxels count, e.g. "output ")."""
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=block,
+        metavar="N",
+        help=f"block edge in {of}voxels, a multiple of --chunk (default {block})",
+    )
+    parser.add_argument(
+        "--chunk", type=int, default=128, metavar="N", help="output zarr chunk edge in voxels (default 128)"
+    )
+
+
 def run_and_report(stage, args: argparse.Namespace) -> dict:
     """Run a blockwise stage with the shared options and print what it wrote."""
     from incasem_like.blockwise.runner import run_stage

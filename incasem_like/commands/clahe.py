@@ -3,7 +3,14 @@
 import argparse
 import textwrap
 
-from incasem_like.commands import add_blockwise_options, add_roi_option, formatter, run_and_report
+from incasem_like.commands import (
+    add_block_options,
+    add_blockwise_options,
+    add_roi_option,
+    formatter,
+    roi_arguments,
+    run_and_report,
+)
 
 
 def register(subparsers) -> None:
@@ -38,8 +45,7 @@ def register(subparsers) -> None:
         help="input values stretched over the full range (default 0 255; give the volume's min and max to match "
         "one skimage call on it)",
     )
-    parser.add_argument("--block", type=int, default=256, metavar="N", help="block edge in voxels (default 256)")
-    parser.add_argument("--chunk", type=int, default=128, metavar="N", help="output chunk edge (default 128)")
+    add_block_options(parser)
     add_roi_option(parser, "only this region of IN (the tile grid stays that of the whole volume)")
     add_blockwise_options(parser)
     parser.set_defaults(run=run)
@@ -57,7 +63,6 @@ def run(args: argparse.Namespace) -> None:
         intensity_range=tuple(args.intensity_range),
         block=args.block,
         chunk=args.chunk,
-        roi_offset=tuple(args.roi[:3]) if args.roi else None,
-        roi_shape=tuple(args.roi[3:]) if args.roi else None,
+        **roi_arguments(args),
     )
     run_and_report(stage, args)

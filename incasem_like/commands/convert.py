@@ -3,7 +3,7 @@
 import argparse
 import textwrap
 
-from incasem_like.commands import add_blockwise_options, add_roi_option, formatter, run_and_report
+from incasem_like.commands import add_blockwise_options, add_roi_option, formatter, roi_arguments, run_and_report
 
 
 def register(subparsers) -> None:
@@ -58,7 +58,6 @@ def run(args: argparse.Namespace) -> None:
         offset=tuple(args.offset),
         chunk=args.chunk,
         label_mode=label_mode_for(TiffStack.locate(args.src)) if args.labels else "image",
-        roi_offset=tuple(args.roi[:3]) if args.roi else None,
-        roi_shape=tuple(args.roi[3:]) if args.roi else None,
+        **roi_arguments(args),
     )
     run_and_report(stage, args)

@@ -33,8 +33,9 @@ from incasem_like.blockwise.volume_stage import VolumeStage
 from incasem_like.datasets import open_dataset
 from incasem_like.geometry import Coordinate, Roi
 
-#: z slices interpolated at a time (bounds the float64 temporaries to a few tens of MB)
-SLAB = 16
+#: z slices interpolated at a time: small temporaries stay in cache (measured on 256^2 slices: 4 slices is 20%
+#: faster than 16 alone, and two workers side by side lose 12% per core instead of 35%)
+SLAB = 4
 
 
 @cache

@@ -341,7 +341,8 @@ def source_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def machine() -> dict:
+def machine(packages=("incasem-like", "zarr", "numcodecs", "tifffile", "daisy", "numpy", "psutil")) -> dict:
+    """The machine a benchmark ran on, with the versions of `packages`."""
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -356,10 +357,7 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
-        "packages": {
-            name: version(name)
-            for name in ("incasem-like", "zarr", "numcodecs", "tifffile", "daisy", "numpy", "psutil")
-        },
+        "packages": {name: version(name) for name in packages},
     }
 
 

@@ -64,7 +64,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
-from convert import Meter, machine, median_of, source_digest, wait_for_quiet  # noqa: E402  (the shared benchmark helpers)
+from convert import Meter, machine, median_of, source_digest, wait_for_quiet, write_result  # noqa: E402  (the shared benchmark helpers)
 
 LUCCHI = Path("/work/shared/data/lucchi_pp_train/raw")
 VOXEL_SIZE = (5, 5, 5)
@@ -508,12 +508,7 @@ def main() -> None:
         "skimage_per_voxel_scaling": skimage_scaling(cases),
         "targets": check_targets(cases),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["targets"], indent=2))
-    if result["incasem_like_source"]["changed_during_run"]:
-        print("warning: incasem_like sources changed during the run; the cases may have timed different code")
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

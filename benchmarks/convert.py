@@ -361,6 +361,16 @@ def machine(packages=("incasem-like", "zarr", "numcodecs", "tifffile", "daisy", 
     }
 
 
+def write_result(result: dict, out: Path) -> None:
+    """Write a benchmark's JSON result and print its targets (warning if the sources changed mid-run)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["targets"], indent=2))
+    if result["incasem_like_source"]["changed_during_run"]:
+        print("warning: incasem_like sources changed during the run; the cases may have timed different code")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="cube edges in voxels")
@@ -405,12 +415,7 @@ def main() -> None:
         "cases": cases,
         "targets": check_targets(cases, sizes, args.tall),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["targets"], indent=2))
-    if result["incasem_like_source"]["changed_during_run"]:
-        print("warning: incasem_like sources changed during the run; the cases may have timed different code")
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

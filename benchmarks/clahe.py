@@ -12,24 +12,26 @@ For each cube edge in `--sizes` it:
    RSS (`ru_maxrss` right after the call) and its RSS before the call (interpreter + volume); the tree is
    also sampled from here every 50 ms. skimage takes ~0.4-1 M voxels/s and several GB at 512^3, so cubes
    above `--skimage-max-size` (default 512) get no baseline, only an extrapolation from the largest measured
-   cube's per-voxel time (flagged as such, never used for the targets);
+   cube's time per padded voxel (skimage pads each axis by half a kernel and up to whole tiles; flagged as
+   such, never used for the targets);
 3. runs the `incasem-like clahe` CLI as a subprocess with 1 and 2 workers (default kernel 128, clip 0.02,
-   256 bins, block 256, chunk 128) into a fresh output each time, recording the end-to-end wall time
-   (interpreter start-up, daisy scheduler and worker start-up included), the run summary's `seconds` (the
-   blockwise part only), the CPU time of the whole process tree (reaped children, via getrusage; the 50 ms
-   psutil samples of the tree are recorded beside it as a cross-check) and the tree's peak RSS (sum over all
-   processes) and the largest single process;
-4. checks correctness: one extra, untimed 2-worker run with `--intensity-range MIN MAX` (the volume's own
-   min and max, which is what one skimage call stretches) is compared with `img_as_ubyte` of the skimage
-   result; the maximum absolute difference is reported (the tests expect 0 or 1, at most 2).
+   256 bins, block `--block`: default 512 as the command's, chunk 128) into a fresh output each time,
+   recording the end-to-end wall time (interpreter start-up, daisy scheduler and worker start-up included),
+   the run summary's `seconds` (the blockwise part only), the CPU time of the whole process tree (reaped
+   children, via getrusage; the 50 ms psutil samples of the tree are recorded beside it as a cross-check)
+   and the tree's peak RSS (sum over all processes) and the largest single process;
+4. checks correctness: one extra, untimed 2-worker run with block 128 (many seams) and `--intensity-range
+   MIN MAX` (the volume's own min and max, which is what one skimage call stretches) is compared with
+   `img_as_ubyte` of the skimage result; the maximum absolute difference is reported (the tests expect
+   0 or 1, at most 2).
 
 Measurements are interleaved (skimage, ours 1 worker, ours 2 workers per repeat) so slow drift affects all
 alike; ours is repeated `--repeats` times, skimage `--repeats` times up to `--skimage-repeats-max-size`
 (default 512: one call takes about half a minute there on this 2-core box) and once above. Medians give
 voxels/s, per-voxel times and the ratios:
 
-- speed-up of 2 workers over 1 (end to end and blockwise part); target >= 1.8x. At 256^3 the volume is a
-  single 256^3 block, so a second worker has nothing to do: the target is checked only where there are at
+- speed-up of 2 workers over 1 (end to end and blockwise part); target >= 1.8x. A cube no larger than a block
+  is a single block, so a second worker has nothing to do: the target is checked only where there are at
   least two blocks per worker;
 - per-core speed relative to skimage = (voxels / our tree CPU s) / (voxels / skimage call CPU s) =
   skimage CPU / our CPU, for 1 and 2 workers; target >= 0.9x. Our CPU includes process start-up and zarr
@@ -43,13 +45,14 @@ measurement with more than `CONTENDED` background share is repeated (at most `MA
 discarded runs are kept in the JSON), and the least contended one is kept. The inputs stay in the page cache,
 so this measures CPU cost, not disk speed.
 
-    python benchmarks/clahe.py [--sizes 256 512 1024] [--repeats 3] [--skimage-max-size 512]
+    python benchmarks/clahe.py [--sizes 256 512 1024 1536] [--block 512] [--repeats 3] [--skimage-max-size 512]
                                [--out benchmarks/results/clahe.json]
 """
 
 import argparse
 import datetime
 import json
+import math
 import os
 import resource
 import shutil
@@ -72,8 +75,9 @@ CHUNK = 128
 KERNEL = 128
 CLIP = 0.02
 BINS = 256
-BLOCK = 256
 WORKER_COUNTS = (1, 2)
+#: the correctness run cuts the cube into many blocks, so seams would show
+CORRECTNESS_BLOCK = 128
 RSS_SAMPLE_INTERVAL = 0.05
 CONTENDED = 0.10
 MAX_RETRIES = 2
@@ -227,9 +231,9 @@ def skimage_child(npy: Path, save: Path | None) -> None:
     )
 
 
-def clahe_command(source, output, workers: int, intensity_range: tuple[int, int] | None = None) -> list[str]:
+def clahe_command(source, output, block: int, workers: int, intensity_range: tuple[int, int] | None = None) -> list:
     command = [str(CLI), "clahe", str(source), str(output), "--kernel", str(KERNEL), "--clip", str(CLIP)]
-    command += ["--bins", str(BINS), "--block", str(BLOCK), "--chunk", str(CHUNK), "--workers", str(workers)]
+    command += ["--bins", str(BINS), "--block", str(block), "--chunk", str(CHUNK), "--workers", str(workers)]
     if intensity_range:
         command += ["--intensity-range", *map(str, intensity_range)]
     return [*command, "--quiet"]
@@ -247,10 +251,10 @@ def run_summary(output: Path) -> dict:
     return summary
 
 
-def time_ours(source, output: Path, workers: int) -> dict:
+def time_ours(source, output: Path, block: int, workers: int) -> dict:
     """Run the CLI once into a fresh output: wall and summary time, tree CPU time and peak RSS."""
     fresh(output)
-    meter, sampler, _ = run_measured(clahe_command(source, output, workers))
+    meter, sampler, _ = run_measured(clahe_command(source, output, block, workers))
     summary = run_summary(output)
     return {
         "wall_seconds": round(meter.wall, 3),
@@ -270,7 +274,7 @@ def check_correctness(source, output: Path, expected: Path, intensity_range: tup
     from incasem_like.datasets import open_dataset
 
     fresh(output)
-    command = clahe_command(source, output, 2, intensity_range)
+    command = clahe_command(source, output, CORRECTNESS_BLOCK, 2, intensity_range)
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **SINGLE_THREAD})
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
@@ -307,7 +311,7 @@ def benchmark_case(stack: np.ndarray, edge: int, workdir: Path, args) -> dict:
     case = {
         "shape_zyx": [edge] * 3,
         "voxels": voxels,
-        "blocks": -((-edge // BLOCK) ** 3),
+        "blocks": (-(-edge // args.block)) ** 3,
         "value_range": value_range,
         "write_seconds": round(time.perf_counter() - start, 1),
     }
@@ -321,7 +325,7 @@ def benchmark_case(stack: np.ndarray, edge: int, workdir: Path, args) -> dict:
             print(f"[{name}] skimage: {run}", flush=True)
             skimage_runs.append(run)
         for workers in WORKER_COUNTS:
-            run = least_contended(lambda: time_ours(source, output, workers), f"{name} {workers} worker(s)")
+            run = least_contended(lambda: time_ours(source, output, args.block, workers), f"{name} {workers} worker(s)")
             print(f"[{name}] {workers} worker(s): {run}", flush=True)
             ours[workers].append(run)
 
@@ -396,22 +400,29 @@ def skimage_scaling(cases: dict) -> dict:
     }
 
 
+def skimage_padded_voxels(shape: list[int]) -> int:
+    """Voxels skimage works on: it pads every axis by half a kernel and up to the next whole tile."""
+    from incasem_like.clahe import padded_index
+
+    return math.prod(len(padded_index(size, KERNEL)) for size in shape)
+
+
 def extrapolate_skimage(cases: dict) -> None:
-    """For cubes without a baseline: per-core ratio against the largest measured cube's per-voxel CPU time."""
+    """For cubes without a baseline: per-core ratio against the largest measured cube's time per padded voxel."""
     measured = [case for case in cases.values() if "skimage" in case]
     if not measured:
         return
     largest = max(measured, key=lambda case: case["voxels"])
-    ns = largest["skimage"]["ns_per_voxel_cpu"]
+    seconds_per_padded = largest["skimage"]["median"]["call_cpu_seconds"] / skimage_padded_voxels(largest["shape_zyx"])
     for case in cases.values():
         if "skimage" in case:
             continue
+        seconds = seconds_per_padded * skimage_padded_voxels(case["shape_zyx"])
         estimate = {
-            "note": f"NOT MEASURED: skimage CPU time extrapolated from {largest['shape_zyx']}'s per-voxel time",
-            "estimated_call_cpu_seconds": round(ns * case["voxels"] / 1e9, 1),
+            "note": f"NOT MEASURED: skimage CPU time extrapolated from {largest['shape_zyx']}'s time per padded voxel",
+            "estimated_call_cpu_seconds": round(seconds, 1),
             "per_core_speed_vs_skimage_cpu": {
-                key: round(ns * case["voxels"] / 1e9 / entry["median"]["cpu_seconds"], 3)
-                for key, entry in case["ours"].items()
+                key: round(seconds / entry["median"]["cpu_seconds"], 3) for key, entry in case["ours"].items()
             },
         }
         case["skimage_extrapolated"] = estimate
@@ -449,7 +460,8 @@ def check_targets(cases: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024], help="cube edges in voxels")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 1536], help="cube edges in voxels")
+    parser.add_argument("--block", type=int, default=512, help="block edge in voxels (a multiple of 128)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of our runs (medians reported)")
     parser.add_argument(
         "--skimage-max-size", type=int, default=512, help="largest cube edge with a skimage baseline (it is slow)"
@@ -495,7 +507,7 @@ def main() -> None:
             "kernel": KERNEL,
             "clip_limit": CLIP,
             "nbins": BINS,
-            "block": BLOCK,
+            "block": args.block,
             "chunk": CHUNK,
             "voxel_size": list(VOXEL_SIZE),
             "worker_counts": list(WORKER_COUNTS),

@@ -53,6 +53,13 @@ def test_equals_skimage_arithmetic_exactly_and_does_not_depend_on_blocks():
     np.testing.assert_array_equal(blockwise(volume, (37, 9, 40), 16), whole)
 
 
+def test_cli_default_block_is_the_stages():
+    from incasem_like.clahe import ClaheStage
+    from incasem_like.commands.clahe import CLAHE_BLOCK
+
+    assert CLAHE_BLOCK == ClaheStage.model_fields["block"].default
+
+
 def test_cli_blocks_of_any_size_give_the_single_pass_result(tmp_path):
     """The issue's seam measurement, scaled down: kernel 32, blocks 32 and 64 vs one skimage call."""
     volume = sample_raw()

@@ -12,6 +12,9 @@ from incasem_like.commands import (
     run_and_report,
 )
 
+#: ClaheStage's default block (kept here so `--help` does not import skimage; a test checks they agree)
+CLAHE_BLOCK = 512
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -45,7 +48,7 @@ def register(subparsers) -> None:
         help="input values stretched over the full range (default 0 255; give the volume's min and max to match "
         "one skimage call on it)",
     )
-    add_block_options(parser)
+    add_block_options(parser, block=CLAHE_BLOCK)
     add_roi_option(parser, "only this region of IN (the tile grid stays that of the whole volume)")
     add_blockwise_options(parser)
     parser.set_defaults(run=run)

@@ -1,0 +1,209 @@
+"""The training/fine-tuning configuration (YAML), validated with pydantic; every error names its key and the fix.
+
+Paths are relative to the working directory, as for every other command. ROIs are in voxels relative to the
+first voxel of the raw dataset (as `--roi` elsewhere); `null` means the whole dataset.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from incasem_like.datasets import DatasetPath, Volume, open_dataset
+from incasem_like.errors import UserError, describe_validation_error
+from incasem_like.geometry import Coordinate, Roi, roi_from_voxels
+from incasem_like.model import NetworkConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VoxelRoi(_Section):
+    offset: tuple[int, int, int] = (0, 0, 0)
+    shape: tuple[int, int, int]
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(value) < 1:
+            raise ValueError(f"every edge of an ROI shape must be at least 1 voxel, got {list(value)}")
+        return value
+
+
+class CellData(_Section):
+    """One annotated region of a cell: datasets inside one zarr container and the ROI that is used."""
+
+    container: str
+    raw: str = "volumes/raw_clahe"
+    labels: str
+    mask: str | None = Field(None, description="cell mask (1 = inside); voxels outside do not count")
+    metric_mask: str | None = Field(None, description="1 = counts; the exclusion zone (0) does not count")
+    roi: VoxelRoi | None = None
+
+    def path(self, dataset: str) -> DatasetPath:
+        return DatasetPath(Path(self.container), dataset)
+
+    def datasets(self) -> dict[str, str]:
+        """Role -> dataset name of the datasets this cell uses."""
+        roles = {"raw": self.raw, "labels": self.labels, "mask": self.mask, "metric_mask": self.metric_mask}
+        return {role: name for role, name in roles.items() if name}
+
+
+class Sampling(_Section):
+    max_outside_mask: float = Field(0.25, ge=0, le=1, description="reject blocks with more outside the cell mask")
+    min_foreground: float = Field(0.05, ge=0, le=1, description="blocks with less foreground are rejected ...")
+    reject_probability: float = Field(0.9, ge=0, le=1, description="... with this probability")
+
+
+class Elastic(_Section):
+    control_point_spacing: int = Field(32, ge=1)
+    jitter_sigma: float = Field(2.0, ge=0)
+    subsample: int = Field(4, ge=1)
+    rotate_xy: bool = True
+
+
+class Intensity(_Section):
+    scale: tuple[float, float] = (0.85, 1.15)
+    shift: tuple[float, float] = (-0.15, 0.15)
+
+
+class Augmentation(_Section):
+    mirror_transpose: bool = True
+    elastic: Elastic | None = Elastic()
+    intensity: Intensity | None = Intensity()
+
+
+class Optimizer(_Section):
+    learning_rate: float = Field(3e-5, gt=0)
+    weight_decay: float = Field(3e-5, ge=0)
+
+
+class TrainConfig(_Section):
+    """What `incasem-like train` and `finetune` read."""
+
+    organelle: str
+    run_dir: str
+    network: NetworkConfig = NetworkConfig()
+    training: list[CellData] = Field(min_length=1)
+    validation: list[CellData] = []
+    sampling: Sampling = Sampling()
+    augmentation: Augmentation = Augmentation()
+    max_class_ratio: float = Field(100.0, ge=1, description="class weights are clipped at 1:max_class_ratio")
+    optimizer: Optimizer = Optimizer()
+    iterations: int = Field(40000, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    validate_every: int = Field(1000, ge=1)
+    snapshot_every: int = Field(1000, ge=1)
+    data_workers: int = Field(4, ge=0, description="processes preparing batches ahead (0: in the training process)")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threshold: float = Field(0.5, gt=0, lt=1, description="probability threshold for validation F1")
+
+    @model_validator(mode="after")
+    def _intervals(self) -> "TrainConfig":
+        if self.validation and self.validate_every > self.iterations:
+            raise ValueError(f"validate_every {self.validate_every} exceeds iterations {self.iterations}")
+        return self
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    """Read and validate a YAML config; `overrides` (top-level keys) win over the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file; see configs/training/ for examples")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', None) or error}") from None
+    if not isinstance(content, dict):
+        raise UserError(f"{path}: expected a mapping of keys (organelle, run_dir, training, ...)")
+    try:
+        return TrainConfig.model_validate({**content, **(overrides or {})})
+    except ValidationError as error:
+        first = error.errors()[0]
+        if first["type"] == "missing":
+            key = ".".join(str(part) for part in first["loc"])
+            raise UserError(f"{path}: {key} is missing; add it (see configs/training/ for examples)") from None
+        raise UserError(f"{path}: {describe_validation_error(error)}") from None
+
+
+class CellVolumes:
+    """The opened datasets of one `CellData` entry and its ROI in world units, checked for consistency."""
+
+    def __init__(self, cell: CellData, key: str):
+        self.cell, self.key = cell, key
+        self.volumes: dict[str, Volume] = {}
+        for role, name in cell.datasets().items():
+            try:
+                self.volumes[role] = open_dataset(cell.path(name))
+            except UserError as error:
+                raise UserError(f"{key}.{role}: {error}") from None
+        raw = self.volumes["raw"]
+        for role, volume in self.volumes.items():
+            if volume.voxel_size != raw.voxel_size:
+                raise UserError(
+                    f"{key}.{role}: voxel size {tuple(volume.voxel_size)} nm of {cell.path(cell.datasets()[role])} "
+                    f"differs from the raw data's {tuple(raw.voxel_size)} nm; resample it to the raw grid"
+                )
+        if raw.dtype.kind != "u":
+            raise UserError(f"{key}.raw: dtype {raw.dtype} of {cell.path(cell.raw)}; expected uint8 or uint16")
+        for role in ("labels", "mask", "metric_mask"):
+            if role in self.volumes and self.volumes[role].dtype.kind not in "iub":
+                raise UserError(f"{key}.{role}: dtype {self.volumes[role].dtype} is not an integer label/mask type")
+        if cell.roi is None:
+            self.roi = self._annotated_roi()
+        else:
+            self.roi = roi_from_voxels(cell.roi.offset, cell.roi.shape, raw.voxel_size, origin=raw.offset)
+            for role, volume in self.volumes.items():
+                if role != "raw" and not volume.roi.contains(self.roi):
+                    raise UserError(
+                        f"{key}.roi: offset {list(cell.roi.offset)} shape {list(cell.roi.shape)} (voxels) reaches "
+                        f"outside {role} {cell.path(cell.datasets()[role])} (ROI {volume.roi}); choose a region "
+                        "inside it"
+                    )
+            if not raw.roi.contains(self.roi):
+                raise UserError(
+                    f"{key}.roi: offset {list(cell.roi.offset)} shape {list(cell.roi.shape)} (voxels) lies outside "
+                    f"the raw data of shape {list(raw.shape)}; choose a region inside it"
+                )
+
+    def _annotated_roi(self) -> Roi:
+        roi = self.volumes["raw"].roi
+        for role in ("labels", "mask", "metric_mask"):
+            if role in self.volumes:
+                roi = roi.intersect(self.volumes[role].roi)
+        if roi.empty:
+            raise UserError(f"{self.key}: the labels do not overlap the raw data; check the datasets' offsets")
+        return roi
+
+    @property
+    def voxel_size(self) -> Coordinate:
+        return self.volumes["raw"].voxel_size
+
+    def missing_context(self, context: Coordinate) -> Coordinate:
+        """Voxels of raw context per side the ROI lacks for the network (padded by mirroring in training)."""
+        raw = self.volumes["raw"]
+        wanted = self.roi.grow(context * self.voxel_size, context * self.voxel_size)
+        lacking = [
+            max(raw.roi.begin[d] - wanted.begin[d], wanted.end[d] - raw.roi.end[d], 0) // self.voxel_size[d]
+            for d in range(3)
+        ]
+        return Coordinate(lacking)
+
+
+def open_cells(config: TrainConfig) -> tuple[list[CellVolumes], list[CellVolumes]]:
+    """Open and check all training and validation cells; one voxel size for all of them."""
+    training = [CellVolumes(cell, f"training[{i}]") for i, cell in enumerate(config.training)]
+    validation = [CellVolumes(cell, f"validation[{i}]") for i, cell in enumerate(config.validation)]
+    reference = training[0].voxel_size
+    for cell in training + validation:
+        if cell.voxel_size != reference:
+            raise UserError(
+                f"{cell.key}: voxel size {tuple(cell.voxel_size)} nm differs from training[0]'s "
+                f"{tuple(reference)} nm; one model is trained at one voxel size (downsample to match)"
+            )
+    return training, validation

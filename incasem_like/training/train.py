@@ -1,0 +1,277 @@
+"""The training loop of `train` and `finetune`: batches from the gunpowder graph, Adam, class-balanced BCE,
+atomic checkpoints, validation F1 on held-out ROIs, TensorBoard scalars, zarr snapshots and a JSON summary."""
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from incasem_like.datasets import DatasetPath, create_dataset, update_dataset_meta
+from incasem_like.errors import UserError
+from incasem_like.geometry import Coordinate
+from incasem_like.inference import autocast, normalize, predict_logits, raw_with_context
+from incasem_like.metrics import add_counts, confusion, scores
+from incasem_like.model import UNet3D
+from incasem_like.training.checkpoints import checkpoints, load_checkpoint, save_checkpoint
+from incasem_like.training.config import CellVolumes, TrainConfig, open_cells
+from incasem_like.training.loss import balanced_weights, weighted_bce
+from incasem_like.training.pipeline import batch_stream, cell_probabilities, check_trainable
+
+SUMMARY = "summary.json"
+HISTORY = "history.json"
+
+
+def select_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was asked for, but torch sees no CUDA GPU; use device: auto or cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def uses_bf16(device: torch.device) -> bool:
+    """bf16 autocast + channels_last_3d on GPUs that support bf16; float32 on CPU (training accuracy first)."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+@dataclass
+class ValidationCell:
+    """A validation ROI held in memory: raw with context (uint), labels and the voxels that count."""
+
+    key: str
+    raw: np.ndarray
+    labels: np.ndarray
+    counted: np.ndarray
+
+    @classmethod
+    def load(cls, cell: CellVolumes, context) -> "ValidationCell":
+        labels = cell.volumes["labels"][cell.roi] > 0
+        counted = np.ones(labels.shape, dtype=bool)
+        for role in ("mask", "metric_mask"):
+            if role in cell.volumes:
+                counted &= cell.volumes[role][cell.roi] > 0
+        return cls(cell.key, raw_with_context(cell.volumes["raw"], cell.roi, context), labels, counted)
+
+
+def validate(model: UNet3D, cells: list[ValidationCell], device: torch.device, threshold: float) -> dict:
+    """Loss and precision/recall/F1 at `threshold` over all validation ROIs (and per ROI)."""
+    per_cell, losses, weights_total = {}, 0.0, 0
+    for cell in cells:
+        logits = predict_logits(model, normalize(cell.raw), model.config.input_shape, device, uses_bf16(device))
+        weights = balanced_weights(cell.labels, cell.counted)
+        loss = float(weighted_bce(torch.from_numpy(logits), torch.from_numpy(cell.labels), torch.from_numpy(weights)))
+        counts = confusion(logits > math.log(threshold / (1 - threshold)), cell.labels, cell.counted)
+        per_cell[cell.key] = {"loss": loss, **counts, **scores(counts)}
+        counted = int(cell.counted.sum())
+        losses += loss * counted
+        weights_total += counted
+    total = add_counts(*per_cell.values())
+    return {"loss": losses / max(weights_total, 1), **total, **scores(total), "cells": per_cell}
+
+
+def write_snapshot(run_dir: Path, iteration: int, batch: dict, logits: np.ndarray, voxel_size) -> None:
+    """Input, labels, weights and prediction of one batch as zarr datasets, placed where they were sampled."""
+    container = run_dir / "snapshots.zarr"
+    arrays = {
+        "raw": (batch["raw"], batch["raw_offset"]),
+        "labels": (batch["labels"], batch["labels_offset"]),
+        "weights": (batch["weights"], batch["labels_offset"]),
+        "prediction": ((1 / (1 + np.exp(-logits))).astype(np.float32), batch["labels_offset"]),
+    }
+    for name, (data, offset) in arrays.items():
+        path = DatasetPath(container, f"iteration_{iteration:08d}/{name}")
+        volume = create_dataset(path, data.shape, voxel_size, offset, data.dtype, (64, 64, 64))
+        volume.data[...] = data
+        update_dataset_meta(path, complete=True, kind="labels" if name == "labels" else "image")
+
+
+class Run:
+    """One training or fine-tuning run in `config.run_dir`."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.dir = Path(config.run_dir)
+        self.device = select_device(config.device)
+        self.bf16 = uses_bf16(self.device)
+        self.training, validation = open_cells(config)
+        check_trainable(config, self.training)
+        context = Coordinate(config.network.context())
+        self.validation = [ValidationCell.load(cell, context) for cell in validation]
+        torch.manual_seed(config.seed)
+        self.model = UNet3D(config.network).to(self.device)
+        if self.bf16:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=config.optimizer.learning_rate, weight_decay=config.optimizer.weight_decay
+        )
+        self.history: list[dict] = []
+
+    # --- starting points ----------------------------------------------------------------------------------------
+    def prepare_directory(self, resume: bool, overwrite: bool) -> int:
+        """Create or reuse the run directory; returns the iteration to continue from."""
+        existing = checkpoints(self.dir) if self.dir.exists() else {}
+        if resume:
+            if not existing:
+                raise UserError(f"{self.dir}: no checkpoint to resume from; run without --resume to start")
+            iteration, path = list(existing.items())[-1]
+            state = load_checkpoint(path, self.config.network)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            history = self.dir / HISTORY
+            self.history = (
+                [h for h in json.loads(history.read_text()) if h["iteration"] <= iteration] if history.exists() else []
+            )
+            return iteration
+        if self.dir.exists() and any(self.dir.iterdir()):
+            if not overwrite:
+                raise UserError(
+                    f"{self.dir} already holds a run; pass --resume to continue it or --overwrite to start afresh"
+                )
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        (self.dir / "config.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+        return 0
+
+    def load_weights(self, checkpoint: str, with_optimizer: bool) -> None:
+        state = load_checkpoint(checkpoint, self.config.network)
+        self.model.load_state_dict(state["model"])
+        if with_optimizer:
+            if state["optimizer"] is None:
+                raise UserError(f"{checkpoint}: holds no optimizer state; fine-tune without --with-optimizer")
+            self.optimizer.load_state_dict(state["optimizer"])
+
+    # --- the loop -----------------------------------------------------------------------------------------------
+    def run(self, start: int, progress: bool = True, extra_summary: dict | None = None) -> dict:
+        config = self.config
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start + 1 if start else None)
+        if self.validation and start == 0:
+            self.record_validation(0, writer)
+        probabilities = cell_probabilities(self.training)
+        stream = batch_stream(config, start + 1, config.iterations + 1, probabilities)
+        data_seconds = compute_seconds = 0.0
+        bar = tqdm(total=config.iterations, initial=start, disable=not progress, unit="it", dynamic_ncols=True)
+        waited = time.perf_counter()
+        for batch in stream:
+            iteration = batch["iteration"]
+            ready = time.perf_counter()
+            data_seconds += ready - waited
+            loss, logits = self.step(batch)
+            compute_seconds += time.perf_counter() - ready
+            writer.add_scalar("loss/train", loss, iteration)
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if iteration % config.snapshot_every == 0:
+                write_snapshot(self.dir, iteration, batch, logits, self.training[0].voxel_size)
+            last = iteration == config.iterations
+            validate_now = bool(self.validation) and (iteration % config.validate_every == 0 or last)
+            if validate_now or last or iteration % config.checkpoint_every == 0:  # every validated state is saved
+                save_checkpoint(self.dir, self.model, self.optimizer, iteration, config.organelle)
+            if validate_now:
+                self.record_validation(iteration, writer)
+            waited = time.perf_counter()
+        bar.close()
+        writer.close()
+        timing = {
+            "iterations": config.iterations - start,
+            "data_wait_seconds": round(data_seconds, 3),
+            "compute_seconds": round(compute_seconds, 3),
+        }
+        return self.write_summary(timing, extra_summary or {})
+
+    def step(self, batch: dict) -> tuple[float, np.ndarray]:
+        self.model.train()
+        raw, labels, weights = (
+            torch.from_numpy(np.ascontiguousarray(batch[k]))[None, None] for k in ("raw", "labels", "weights")
+        )
+        raw = raw.to(self.device, memory_format=torch.channels_last_3d) if self.bf16 else raw.to(self.device)
+        with autocast(self.device, self.bf16):
+            logits = self.model(raw)
+        loss = weighted_bce(logits, labels.to(self.device), weights.to(self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach()), logits.detach().float().cpu().numpy()[0, 0]
+
+    def record_validation(self, iteration: int, writer) -> None:
+        result = validate(self.model, self.validation, self.device, self.config.threshold)
+        for name in ("loss", "f1", "precision", "recall"):
+            writer.add_scalar(f"validation/{name}", result[name], iteration)
+        writer.flush()
+        self.history = [h for h in self.history if h["iteration"] != iteration] + [{"iteration": iteration, **result}]
+        (self.dir / HISTORY).write_text(json.dumps(self.history, indent=1))
+
+    def write_summary(self, timing: dict, extra: dict) -> dict:
+        saved = checkpoints(self.dir)
+        scored = [h for h in self.history if h["iteration"] in saved]
+        best = max(scored, key=lambda h: (h["f1"], -h["iteration"]), default=None)
+        summary = {
+            "organelle": self.config.organelle,
+            "run_dir": str(self.dir),
+            "device": str(self.device)
+            + (f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else ""),
+            "bf16": self.bf16,
+            "network": self.config.network.model_dump(mode="json"),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "iterations": self.config.iterations,
+            "checkpoints": {str(i): str(p) for i, p in saved.items()},
+            "validation": [
+                {key: h[key] for key in ("iteration", "loss", "precision", "recall", "f1")} for h in self.history
+            ],
+            "best": {
+                "iteration": best["iteration"],
+                "f1": best["f1"],
+                "checkpoint": str(saved[best["iteration"]]),
+            }
+            if best
+            else None,
+            "timing": {
+                **timing,
+                "iterations_per_second": round(
+                    timing["iterations"] / max(timing["data_wait_seconds"] + timing["compute_seconds"], 1e-9), 4
+                ),
+                "data_wait_fraction": round(
+                    timing["data_wait_seconds"] / max(timing["data_wait_seconds"] + timing["compute_seconds"], 1e-9), 4
+                ),
+            },
+            **extra,
+        }
+        (self.dir / SUMMARY).write_text(json.dumps(summary, indent=1))
+        return summary
+
+
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    run = Run(config)
+    start = run.prepare_directory(resume, overwrite)
+    if start >= config.iterations:
+        raise UserError(f"{run.dir}: already trained to iteration {start}; raise iterations to continue")
+    return run.run(start, progress)
+
+
+def finetune(
+    config: TrainConfig, checkpoint: str, with_optimizer: bool = False, overwrite: bool = False, progress: bool = True
+) -> dict:
+    """Train from `checkpoint`'s weights on the config's cells; F1 on the validation ROIs before and after."""
+    if not config.validation:
+        raise UserError("validation: fine-tuning needs held-out ground truth of the new cell; add a validation entry")
+    run = Run(config)
+    run.load_weights(checkpoint, with_optimizer)
+    run.prepare_directory(resume=False, overwrite=overwrite)
+    summary = run.run(0, progress, {"finetuned_from": str(checkpoint)})
+    before, after = run.history[0], run.history[-1]
+    summary["finetune"] = {
+        "f1_before": before["f1"],
+        "f1_after": after["f1"],
+        "best_iteration": summary["best"]["iteration"] if summary["best"] else None,
+        "best_f1": summary["best"]["f1"] if summary["best"] else None,
+    }
+    (run.dir / SUMMARY).write_text(json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,169 @@
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from incasem_like.datasets import open_dataset
+from incasem_like.training.checkpoints import checkpoints, load_checkpoint
+from incasem_like.training.config import load_config
+from incasem_like.training.train import train
+from tests.conftest import REPO, run_cli
+from tests.training_data import sample_cell, write_config
+
+
+@pytest.fixture
+def cell(tmp_path):
+    return sample_cell(tmp_path / "cell.zarr", shape=(40, 96, 96))
+
+
+def validation_of(cell, z0=28):
+    return {**cell, "roi": {"offset": [z0, 0, 0], "shape": [40 - z0, 96, 96]}}
+
+
+def training_of(cell, z1=28):
+    return {**cell, "roi": {"offset": [0, 0, 0], "shape": [z1, 96, 96]}}
+
+
+def test_a_few_iterations_lower_the_loss(tmp_path, cell):
+    """Fitting one fixed region without augmentation: the loss falls."""
+    path = write_config(
+        tmp_path / "c.yaml",
+        tmp_path / "run",
+        [training_of(cell)],
+        iterations=40,
+        checkpoint_every=40,
+        snapshot_every=40,
+        augmentation={"mirror_transpose": False, "elastic": None, "intensity": None},
+        sampling={"max_outside_mask": 1.0, "min_foreground": 0.0},
+        optimizer={"learning_rate": 3e-3, "weight_decay": 0},
+    )
+    train(load_config(path), progress=False)
+    events = _scalars(tmp_path / "run" / "tensorboard", "loss/train")
+    assert len(events) == 40
+    assert np.mean(events[-10:]) < 0.8 * np.mean(events[:10])
+
+
+def _scalars(logdir, tag) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(logdir))
+    accumulator.Reload()
+    return [event.value for event in accumulator.Scalars(tag)]
+
+
+def test_train_writes_checkpoints_validation_snapshots_and_summary(tmp_path, cell):
+    path = write_config(tmp_path / "c.yaml", tmp_path / "run", [training_of(cell)], [validation_of(cell)])
+    result = run_cli("train", path, "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "run"
+    assert list(checkpoints(run)) == [2, 4]
+    summary = json.loads((run / "summary.json").read_text())
+    assert [v["iteration"] for v in summary["validation"]] == [0, 2, 4]
+    assert all(0 <= v["f1"] <= 1 for v in summary["validation"])
+    assert summary["best"]["checkpoint"] in {str(p) for p in checkpoints(run).values()}
+    assert "best validation F1" in result.stdout
+    state = load_checkpoint(checkpoints(run)[4])
+    assert state["iteration"] == 4 and state["organelle"] == "mito"
+    snapshot = open_dataset(run / "snapshots.zarr" / "iteration_00000004" / "prediction")
+    labels = open_dataset(run / "snapshots.zarr" / "iteration_00000004" / "labels")
+    assert snapshot.roi == labels.roi and snapshot.dtype == np.float32
+    assert set(_scalar_tags(run / "tensorboard")) >= {"loss/train", "validation/f1", "validation/loss"}
+
+
+def _scalar_tags(logdir) -> list[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(logdir))
+    accumulator.Reload()
+    return accumulator.Tags()["scalars"]
+
+
+def test_resume_continues_exactly(tmp_path, cell):
+    augmentation = {"mirror_transpose": True, "elastic": {}, "intensity": {}}
+    whole = write_config(tmp_path / "a.yaml", tmp_path / "a", [training_of(cell)], augmentation=augmentation)
+    assert run_cli("train", whole, "--quiet", cwd=tmp_path).returncode == 0
+    half = write_config(
+        tmp_path / "b.yaml", tmp_path / "b", [training_of(cell)], augmentation=augmentation, iterations=2
+    )
+    assert run_cli("train", half, "--quiet", cwd=tmp_path).returncode == 0
+    result = run_cli("train", half, "--resume", "--iterations", 4, "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    a, b = (load_checkpoint(checkpoints(tmp_path / run)[4]) for run in ("a", "b"))
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    again = run_cli("train", half, "--quiet", cwd=tmp_path)
+    assert again.returncode == 2 and "--resume" in again.stderr and "--overwrite" in again.stderr
+
+
+def test_finetune_reports_f1_before_and_after(tmp_path, cell):
+    base = write_config(tmp_path / "a.yaml", tmp_path / "a", [training_of(cell)])
+    assert run_cli("train", base, "--quiet", cwd=tmp_path).returncode == 0
+    tune = write_config(tmp_path / "t.yaml", tmp_path / "t", [training_of(cell)], [validation_of(cell)])
+    checkpoint = checkpoints(tmp_path / "a")[4]
+    result = run_cli("finetune", tune, "--from", checkpoint, "--iterations", 2, "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "validation F1 before" in result.stdout
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert summary["finetuned_from"] == str(checkpoint)
+    assert summary["finetune"]["best_iteration"] == 2
+    assert summary["validation"][0]["f1"] == summary["finetune"]["f1_before"]
+
+
+def test_finetune_refuses_a_checkpoint_of_another_architecture(tmp_path, cell):
+    base = write_config(tmp_path / "a.yaml", tmp_path / "a", [training_of(cell)], iterations=2)
+    assert run_cli("train", base, "--quiet", cwd=tmp_path).returncode == 0
+    other = {"feature_maps": 6, "downsamplings": 1, "input_shape": [28, 28, 28]}
+    tune = write_config(tmp_path / "t.yaml", tmp_path / "t", [training_of(cell)], [validation_of(cell)], network=other)
+    result = run_cli("finetune", tune, "--from", checkpoints(tmp_path / "a")[2], "--quiet", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "trained with network {'feature_maps': 4" in result.stderr and "'feature_maps': 6" in result.stderr
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c["training"][0].update(labels="volumes/nothing"), r"training\[0\]\.labels: .*no such dataset"),
+        (
+            lambda c: c["training"][0].update(roi={"offset": [30, 0, 0], "shape": [20, 96, 96]}),
+            r"training\[0\]\.roi: offset \[30, 0, 0\] shape \[20, 96, 96\].* outside",
+        ),
+        (lambda c: c.pop("organelle"), "organelle is missing"),
+        (lambda c: c.update(iterationz=3), "iterationz"),
+        (lambda c: c["network"].update(input_shape=[29, 29, 29]), "input edge 29 does not fit"),
+        (lambda c: c["training"][0].update(mask="volumes/coarse"), r"training\[0\]\.mask: voxel size \(10, 10, 10\)"),
+    ],
+)
+def test_bad_configs_fail_with_one_line(tmp_path, cell, change, message):
+    from incasem_like.datasets import DatasetPath, create_dataset, update_dataset_meta
+
+    coarse = DatasetPath.parse(tmp_path / "cell.zarr/volumes/coarse")
+    create_dataset(coarse, (20, 48, 48), (10, 10, 10), (0, 0, 0), np.uint8)
+    update_dataset_meta(coarse, complete=True)
+    path = write_config(tmp_path / "c.yaml", tmp_path / "run", [training_of(cell)])
+    content = yaml.safe_load(path.read_text())
+    change(content)
+    path.write_text(yaml.safe_dump(content))
+    result = run_cli("train", path, "--quiet", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_shipped_configs_are_valid():
+    from incasem_like.training.config import TrainConfig
+
+    folder = REPO / "configs" / "training"
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    assert {"mito", "er", "golgi", "nuclear_pore", "ccp", "lucchi_mito_cpu"} <= set(names)
+    for name in names:
+        config = TrainConfig.model_validate(yaml.safe_load((folder / f"{name}.yaml").read_text()))
+        config.network.output_shape()
+    asem = load_config(folder / "mito.yaml")
+    assert asem.network.parameter_count() == 5_836_865
+    assert asem.optimizer.learning_rate == 3e-5 and asem.sampling.reject_probability == 0.9

@@ -55,7 +55,13 @@ def _scalars(logdir, tag) -> list[float]:
 
 
 def test_train_writes_checkpoints_validation_snapshots_and_summary(tmp_path, cell):
-    path = write_config(tmp_path / "c.yaml", tmp_path / "run", [training_of(cell)], [validation_of(cell)])
+    path = write_config(
+        tmp_path / "c.yaml",
+        tmp_path / "run",
+        [training_of(cell)],
+        [validation_of(cell)],
+        validation_input_shape=[28, 44, 44],  # larger validation passes than the training input
+    )
     result = run_cli("train", path, "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run = tmp_path / "run"

@@ -100,6 +100,9 @@ class TrainConfig(_Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threshold: float = Field(0.5, gt=0, lt=1, description="probability threshold for validation F1")
+    validation_input_shape: tuple[int, int, int] | None = Field(
+        None, description="network input of validation passes: larger tiles waste less context (default: training's)"
+    )
 
     @model_validator(mode="after")
     def _intervals(self) -> "TrainConfig":

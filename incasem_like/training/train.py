@@ -3,6 +3,7 @@ atomic checkpoints, validation F1 on held-out ROIs, TensorBoard scalars, zarr sn
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,6 +27,13 @@ from incasem_like.training.pipeline import batch_stream, cell_probabilities, che
 
 SUMMARY = "summary.json"
 HISTORY = "history.json"
+
+
+def _write_json(path: Path, content) -> None:
+    """Replace a JSON file atomically: readers (TensorBoard users, scripts) never see half of it."""
+    temporary = path.with_suffix(".json.partial")
+    temporary.write_text(json.dumps(content, indent=1))
+    os.replace(temporary, path)
 
 
 def select_device(name: str) -> torch.device:
@@ -60,11 +68,11 @@ class ValidationCell:
         return cls(cell.key, raw_with_context(cell.volumes["raw"], cell.roi, context), labels, counted)
 
 
-def validate(model: UNet3D, cells: list[ValidationCell], device: torch.device, threshold: float) -> dict:
-    """Loss and precision/recall/F1 at `threshold` over all validation ROIs (and per ROI)."""
+def validate(model: UNet3D, cells: list[ValidationCell], device: torch.device, threshold: float, input_shape) -> dict:
+    """Loss and precision/recall/F1 at `threshold` over all validation ROIs (and per ROI); passes of `input_shape`."""
     per_cell, losses, weights_total = {}, 0.0, 0
     for cell in cells:
-        logits = predict_logits(model, normalize(cell.raw), model.config.input_shape, device, uses_bf16(device))
+        logits = predict_logits(model, normalize(cell.raw), input_shape, device, uses_bf16(device))
         weights = balanced_weights(cell.labels, cell.counted)
         loss = float(weighted_bce(torch.from_numpy(logits), torch.from_numpy(cell.labels), torch.from_numpy(weights)))
         counts = confusion(logits > math.log(threshold / (1 - threshold)), cell.labels, cell.counted)
@@ -104,6 +112,8 @@ class Run:
         check_trainable(config, self.training)
         context = Coordinate(config.network.context())
         self.validation = [ValidationCell.load(cell, context) for cell in validation]
+        self.validation_input_shape = config.validation_input_shape or config.network.input_shape
+        config.network.output_shape(self.validation_input_shape)  # UserError naming valid edges if it does not fit
         torch.manual_seed(config.seed)
         self.model = UNet3D(config.network).to(self.device)
         if self.bf16:
@@ -202,12 +212,12 @@ class Run:
         return float(loss.detach()), logits.detach().float().cpu().numpy()[0, 0]
 
     def record_validation(self, iteration: int, writer) -> None:
-        result = validate(self.model, self.validation, self.device, self.config.threshold)
+        result = validate(self.model, self.validation, self.device, self.config.threshold, self.validation_input_shape)
         for name in ("loss", "f1", "precision", "recall"):
             writer.add_scalar(f"validation/{name}", result[name], iteration)
         writer.flush()
         self.history = [h for h in self.history if h["iteration"] != iteration] + [{"iteration": iteration, **result}]
-        (self.dir / HISTORY).write_text(json.dumps(self.history, indent=1))
+        _write_json(self.dir / HISTORY, self.history)
 
     def write_summary(self, timing: dict, extra: dict) -> dict:
         saved = checkpoints(self.dir)
@@ -244,7 +254,7 @@ class Run:
             },
             **extra,
         }
-        (self.dir / SUMMARY).write_text(json.dumps(summary, indent=1))
+        _write_json(self.dir / SUMMARY, summary)
         return summary
 
 
@@ -273,5 +283,5 @@ def finetune(
         "best_iteration": summary["best"]["iteration"] if summary["best"] else None,
         "best_f1": summary["best"]["f1"] if summary["best"] else None,
     }
-    (run.dir / SUMMARY).write_text(json.dumps(summary, indent=1))
+    _write_json(run.dir / SUMMARY, summary)
     return summary

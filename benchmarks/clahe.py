@@ -59,7 +59,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -67,7 +66,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
-from convert import Meter, machine, median_of, source_digest, wait_for_quiet, write_result  # noqa: E402  (the shared benchmark helpers)
+from convert import Meter, TreeSampler, machine, median_of, source_digest, wait_for_quiet, write_result  # noqa: E402  (the shared benchmark helpers)
 
 LUCCHI = Path("/work/shared/data/lucchi_pp_train/raw")
 VOXEL_SIZE = (5, 5, 5)
@@ -124,44 +123,6 @@ def write_volume(stack: np.ndarray, edge: int, path, npy: Path | None) -> dict:
 
 
 # --- measuring ---------------------------------------------------------------------------------------------------
-class TreeSampler(threading.Thread):
-    """Samples RSS and CPU times of a process and all its descendants until it exits."""
-
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.root = psutil.Process(pid)
-        self.peak_tree = 0
-        self.peak_single = 0
-        self.max_processes = 0
-        self.cpu = {}  # pid -> last seen user + system seconds
-
-    def run(self) -> None:
-        while True:
-            try:
-                if self.root.status() == psutil.STATUS_ZOMBIE:
-                    break
-                processes = [self.root, *self.root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                break
-            rss = []
-            for process in processes:
-                try:
-                    with process.oneshot():
-                        rss.append(process.memory_info().rss)
-                        times = process.cpu_times()
-                        self.cpu[process.pid] = times.user + times.system
-                except psutil.NoSuchProcess:
-                    pass
-            self.peak_tree = max(self.peak_tree, sum(rss))
-            self.peak_single = max(self.peak_single, max(rss, default=0))
-            self.max_processes = max(self.max_processes, len(rss))
-            time.sleep(RSS_SAMPLE_INTERVAL)
-
-    @property
-    def sampled_cpu(self) -> float:
-        return sum(self.cpu.values())
-
-
 def run_measured(command: list[str]) -> tuple[Meter, TreeSampler, str]:
     """Run `command` after the CPUs go quiet: wall, reaped CPU and background share (Meter), tree samples."""
     wait_for_quiet()

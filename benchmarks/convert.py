@@ -136,8 +136,8 @@ def time_read_only(files: list[Path]) -> dict:
     }
 
 
-class TreeRssSampler(threading.Thread):
-    """Samples the RSS of a process and all its descendants until it exits."""
+class TreeSampler(threading.Thread):
+    """Samples RSS and CPU times of a process and all its descendants until it exits."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
@@ -145,13 +145,23 @@ class TreeRssSampler(threading.Thread):
         self.peak_tree = 0
         self.peak_single = 0
         self.max_processes = 0
+        self.cpu = {}  # pid -> last seen user + system seconds
 
     def run(self) -> None:
-        while self.root.is_running() and self.root.status() != psutil.STATUS_ZOMBIE:
+        while True:
+            try:
+                if self.root.status() == psutil.STATUS_ZOMBIE:
+                    break
+                processes = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
             rss = []
-            for process in [self.root, *self._descendants()]:
+            for process in processes:
                 try:
-                    rss.append(process.memory_info().rss)
+                    with process.oneshot():
+                        rss.append(process.memory_info().rss)
+                        times = process.cpu_times()
+                        self.cpu[process.pid] = times.user + times.system
                 except psutil.NoSuchProcess:
                     pass
             self.peak_tree = max(self.peak_tree, sum(rss))
@@ -159,11 +169,9 @@ class TreeRssSampler(threading.Thread):
             self.max_processes = max(self.max_processes, len(rss))
             time.sleep(RSS_SAMPLE_INTERVAL)
 
-    def _descendants(self) -> list[psutil.Process]:
-        try:
-            return self.root.children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
+    @property
+    def sampled_cpu(self) -> float:
+        return sum(self.cpu.values())
 
 
 def time_convert(source: Path, output: Path, workers: int) -> dict:
@@ -186,7 +194,7 @@ def time_convert(source: Path, output: Path, workers: int) -> dict:
     wait_for_quiet()
     with Meter() as meter:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        sampler = TreeRssSampler(process.pid)
+        sampler = TreeSampler(process.pid)
         sampler.start()
         log, _ = process.communicate()
     sampler.join()

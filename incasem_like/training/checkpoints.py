@@ -70,13 +70,3 @@ def load_checkpoint(path: str | Path, network: NetworkConfig | None = None) -> d
                 "set the config's network to the checkpoint's architecture"
             )
     return state
-
-
-def model_from_checkpoint(state: dict, input_shape: tuple[int, int, int] | None = None) -> UNet3D:
-    """The checkpoint's network (optionally with another input shape) with its weights, in float32."""
-    network = NetworkConfig.model_validate(state["network"])
-    if input_shape is not None:
-        network = network.model_copy(update={"input_shape": tuple(input_shape)})
-    model = UNet3D(network)
-    model.load_state_dict({key: value.float() for key, value in state["model"].items()})
-    return model

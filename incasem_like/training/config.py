@@ -187,16 +187,6 @@ class CellVolumes:
     def voxel_size(self) -> Coordinate:
         return self.volumes["raw"].voxel_size
 
-    def missing_context(self, context: Coordinate) -> Coordinate:
-        """Voxels of raw context per side the ROI lacks for the network (padded by mirroring in training)."""
-        raw = self.volumes["raw"]
-        wanted = self.roi.grow(context * self.voxel_size, context * self.voxel_size)
-        lacking = [
-            max(raw.roi.begin[d] - wanted.begin[d], wanted.end[d] - raw.roi.end[d], 0) // self.voxel_size[d]
-            for d in range(3)
-        ]
-        return Coordinate(lacking)
-
 
 def open_cells(config: TrainConfig) -> tuple[list[CellVolumes], list[CellVolumes]]:
     """Open and check all training and validation cells; one voxel size for all of them."""

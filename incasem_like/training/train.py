@@ -17,7 +17,7 @@ from tqdm import tqdm
 from incasem_like.datasets import DatasetPath, create_dataset, update_dataset_meta
 from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate
-from incasem_like.inference import autocast, normalize, predict_logits, raw_with_context
+from incasem_like.inference import autocast, normalize, predict_logits, probabilities, raw_with_context
 from incasem_like.metrics import add_counts, confusion, scores
 from incasem_like.model import UNet3D
 from incasem_like.training.checkpoints import checkpoints, load_checkpoint, save_checkpoint
@@ -91,7 +91,7 @@ def write_snapshot(run_dir: Path, iteration: int, batch: dict, logits: np.ndarra
         "raw": (batch["raw"], batch["raw_offset"]),
         "labels": (batch["labels"], batch["labels_offset"]),
         "weights": (batch["weights"], batch["labels_offset"]),
-        "prediction": ((1 / (1 + np.exp(-logits))).astype(np.float32), batch["labels_offset"]),
+        "prediction": (probabilities(logits), batch["labels_offset"]),
     }
     for name, (data, offset) in arrays.items():
         path = DatasetPath(container, f"iteration_{iteration:08d}/{name}")

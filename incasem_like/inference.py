@@ -1,8 +1,9 @@
 """Dense prediction of a region with a trained U-Net: context from the data (mirrored beyond it), output tiles.
 
 The network is translation-equivariant for shifts by its total downsampling factor, so tiles placed on that grid
-agree with one large pass: tiles step by the largest multiple of the factor within the output size (overlaps are
-written twice with identical values) and the data is mirrored beyond the region where the last tile reaches out.
+agree with one large pass (up to float rounding): tiles step by the largest multiple of the factor within the
+output size (a later tile overwrites the few voxels it shares with the one before) and the data is mirrored
+beyond the region where the last tile reaches out.
 """
 
 import itertools
@@ -46,30 +47,49 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
-def predict_logits(
-    model: UNet3D, raw: np.ndarray, input_shape: tuple[int, int, int], device: torch.device, bf16: bool = False
-) -> np.ndarray:
-    """Logits for the centre of `raw` (float32, normalized), which carries the network's context on each side.
+def pass_step(output_edge: int, factor: int) -> int:
+    """How far consecutive passes move: the largest multiple of the downsampling factor within the output."""
+    return output_edge // factor * factor
 
-    Tiles are network passes of `input_shape` (a valid input of the model).
+
+def predict_region(
+    model: UNet3D,
+    raw: np.ndarray,
+    input_shape: tuple[int, int, int],
+    device: torch.device,
+    bf16: bool = False,
+    quantize: bool = False,
+) -> np.ndarray:
+    """Network output for the centre of `raw` (float32, normalized), which carries the network's context on each
+    side: float32 logits, or with `quantize` uint8 probabilities round(255 * sigmoid) (computed on the device).
+
+    Passes of `input_shape` (a valid input of the model) start every `pass_step` voxels from the region's corner,
+    so output voxel v comes from pass v // step whatever region it is computed in, as long as the region starts
+    on the same grid. Where the last pass reaches past `raw`, `raw` is mirrored.
     """
     output_shape = model.config.output_shape(input_shape)
     context = [(i - o) // 2 for i, o in zip(input_shape, output_shape)]
     region = [r - 2 * c for r, c in zip(raw.shape, context)]
     factor = 2**model.config.downsamplings
-    starts = [tile_starts(r, o, o // factor * factor) for r, o in zip(region, output_shape)]
+    starts = [tile_starts(r, o, pass_step(o, factor)) for r, o in zip(region, output_shape)]
     covered = [s[-1] + o for s, o in zip(starts, output_shape)]
     if covered != region:
         raw = np.pad(raw, [(0, c - r) for c, r in zip(covered, region)], mode="reflect")
-    logits = np.empty(covered, dtype=np.float32)
+    result = np.empty(covered, dtype=np.uint8 if quantize else np.float32)
+    channels_last = bf16 and device.type == "cuda"
     model.eval()
     with torch.no_grad(), autocast(device, bf16):
         for start in itertools.product(*starts):
-            tile = raw[tuple(slice(s, s + i) for s, i in zip(start, input_shape))]
-            tensor = torch.from_numpy(np.ascontiguousarray(tile))[None, None].to(device)
-            result = model(tensor).float().cpu().numpy()[0, 0]
-            logits[tuple(slice(s, s + o) for s, o in zip(start, output_shape))] = result
-    return logits[tuple(slice(0, r) for r in region)]
+            tile = torch.from_numpy(
+                np.ascontiguousarray(raw[tuple(slice(s, s + i) for s, i in zip(start, input_shape))])
+            )
+            tensor = tile[None, None].to(device, non_blocking=True)
+            if channels_last:
+                tensor = tensor.contiguous(memory_format=torch.channels_last_3d)
+            logits = model(tensor).float()
+            output = torch.sigmoid(logits).mul_(255).round_().to(torch.uint8) if quantize else logits
+            result[tuple(slice(s, s + o) for s, o in zip(start, output_shape))] = output.cpu().numpy()[0, 0]
+    return result[tuple(slice(0, r) for r in region)]
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:

@@ -49,6 +49,13 @@ class NetworkConfig(BaseModel):
         candidates = sorted(range(1, 2 * near + 2 ** (self.downsamplings + 4)), key=lambda e: (abs(e - near), e))
         return sorted([edge for edge in candidates if self._output_edge(edge) is not None][:count])
 
+    def input_edge_for(self, output_at_least: int) -> int:
+        """The smallest valid input edge whose output edge is at least `output_at_least`."""
+        edge = output_at_least
+        while (self._output_edge(edge) or 0) < output_at_least:
+            edge += 1
+        return edge
+
     def _output_edge(self, edge: int) -> int | None:
         """Output edge length for an input edge, None where a max-pool would meet an odd size."""
         size = edge

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Prepare the Lucchi++ FIB-SEM volume (raw + mitochondria TIFF slices) and train the small CPU mito model.
+# Prepare the Lucchi++ FIB-SEM volume (raw + mitochondria TIFF slices), train the small CPU mito model and export
+# its best checkpoint (by validation F1) as float16 weights: this is how incasem_like/models/mito_lucchi_cpu.pt
+# was made.
 #   pipelines/lucchi_mito.sh DATA_DIR WORK_DIR [CONFIG]
-# DATA_DIR holds raw/ and mito/ slice folders (e.g. ../shared/data/lucchi_pp_train); WORK_DIR gets lucchi.zarr
-# and runs/. The config (default configs/training/lucchi_mito_cpu.yaml) trains on slices 0-124 and validates on
-# the last 40 (125-164).
+# DATA_DIR holds raw/ and mito/ slice folders (e.g. ../shared/data/lucchi_pp_train); WORK_DIR gets lucchi.zarr,
+# runs/ and mito_lucchi_cpu.pt. The config (default configs/training/lucchi_mito_cpu.yaml) trains on slices
+# 0-124 and validates on the last 40 (125-164).
 set -euo pipefail
 data=$(realpath "$1"); work=$2; config=$(realpath "${3:-$(dirname "$0")/../configs/training/lucchi_mito_cpu.yaml}")
 mkdir -p "$work" && cd "$work"
@@ -13,3 +15,25 @@ incasem-like convert "$data/mito" lucchi.zarr/volumes/labels/mito --voxel-size 5
 incasem-like clahe lucchi.zarr/volumes/raw lucchi.zarr/volumes/raw_clahe --workers "$workers" --quiet
 incasem-like labels metric-mask lucchi.zarr/volumes/labels/mito lucchi.zarr/volumes/metric_masks/mito --organelle mito --workers "$workers" --quiet
 incasem-like train "$config"
+python - "$config" <<'EOF'
+import json
+import sys
+from pathlib import Path
+
+from incasem_like.training.checkpoints import export_weights
+from incasem_like.training.config import load_config
+
+summary = json.loads((Path(load_config(sys.argv[1]).run_dir) / "summary.json").read_text())
+best = summary["best"]
+provenance = {
+    "name": "mito_lucchi_cpu",
+    "trained_on": "Lucchi++ training volume (EPFL hippocampus CA1 FIB-SEM, 5 nm), slices 0-124, raw_clahe",
+    "validated_on": "slices 125-164 of the same volume",
+    "iteration": best["iteration"],
+    "validation_f1": best["f1"],
+    "validation_curve": summary["validation"],
+    "device": summary["device"],
+    "training_minutes": round(summary["timing"]["wall_seconds"] / 60, 1),
+}
+print("exported", export_weights(best["checkpoint"], "mito_lucchi_cpu.pt", provenance))
+EOF

@@ -22,6 +22,7 @@ from incasem_like.downsample import DownsampleStage, PyramidLevelStage
 from incasem_like.geometry import Coordinate
 from incasem_like.labels import CleanLabelsStage, DilateLabelsStage, MetricMaskStage
 from incasem_like.mask import MaskStage
+from incasem_like.predict import PredictStage
 from tests.conftest import REPO
 
 
@@ -150,4 +151,8 @@ class SlowDilateLabelsStage(SlowBlocks, DilateLabelsStage):
 
 
 class SlowMetricMaskStage(SlowBlocks, MetricMaskStage):
+    pass
+
+
+class SlowPredictStage(SlowBlocks, PredictStage):
     pass

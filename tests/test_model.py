@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from incasem_like.errors import UserError
-from incasem_like.inference import predict_logits
+from incasem_like.inference import predict_region
 from incasem_like.model import NetworkConfig, UNet3D
 
 
@@ -38,7 +38,16 @@ def test_tiled_prediction_equals_one_pass():
     torch.manual_seed(0)
     model = UNet3D(NetworkConfig(feature_maps=4, downsamplings=2, input_shape=(52, 52, 52)))  # context 21
     raw = np.random.default_rng(0).uniform(-1, 1, size=(68, 60, 76)).astype(np.float32)
-    whole = predict_logits(model, raw, raw.shape, torch.device("cpu"))
-    tiled = predict_logits(model, raw, (52, 52, 52), torch.device("cpu"))  # 10^3 tiles, the last ones overlap
+    whole = predict_region(model, raw, raw.shape, torch.device("cpu"))
+    tiled = predict_region(model, raw, (52, 52, 52), torch.device("cpu"))  # 10^3 tiles, the last ones overlap
     assert whole.shape == tiled.shape == (26, 18, 34)
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_input_edge_for_an_output_step():
+    asem = NetworkConfig()
+    assert asem.input_edge_for(128) == 228 and asem.output_shape((228,) * 3) == (134, 134, 134)
+    assert asem.input_edge_for(110) == 204
+    small = NetworkConfig(feature_maps=4, downsamplings=2, input_shape=(52, 52, 52))
+    edge = small.input_edge_for(64)
+    assert small.output_shape((edge,) * 3)[0] >= 64 > small.output_shape((edge - 4,) * 3)[0]

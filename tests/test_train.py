@@ -7,11 +7,20 @@ import torch
 import yaml
 
 from incasem_like.datasets import open_dataset
-from incasem_like.training.checkpoints import checkpoints, load_checkpoint
+from incasem_like.errors import UserError
+from incasem_like.model import NetworkConfig, UNet3D
+from incasem_like.models import bundled_model
+from incasem_like.training.checkpoints import (
+    checkpoints,
+    export_weights,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from incasem_like.training.config import load_config
 from incasem_like.training.train import train
 from tests.conftest import REPO, run_cli
-from tests.training_data import sample_cell, write_config
+from tests.training_data import TINY_NETWORK, sample_cell, write_config
 
 
 @pytest.fixture
@@ -72,7 +81,7 @@ def test_train_writes_checkpoints_validation_snapshots_and_summary(tmp_path, cel
     assert summary["best"]["checkpoint"] in {str(p) for p in checkpoints(run).values()}
     assert "best validation F1" in result.stdout
     state = load_checkpoint(checkpoints(run)[4])
-    assert state["iteration"] == 4 and state["organelle"] == "mito"
+    assert state["iteration"] == 4 and state["organelle"] == "mito" and state["voxel_size"] == [5, 5, 5]
     snapshot = open_dataset(run / "snapshots.zarr" / "iteration_00000004" / "prediction")
     labels = open_dataset(run / "snapshots.zarr" / "iteration_00000004" / "labels")
     assert snapshot.roi == labels.roi and snapshot.dtype == np.float32
@@ -102,6 +111,25 @@ def test_resume_continues_exactly(tmp_path, cell):
         assert torch.equal(value, b["model"][key]), key
     again = run_cli("train", half, "--quiet", cwd=tmp_path)
     assert again.returncode == 2 and "--resume" in again.stderr and "--overwrite" in again.stderr
+
+
+def test_time_limit_stops_with_a_checkpoint_and_validation_then_resume_goes_on(tmp_path, cell):
+    limited = write_config(
+        tmp_path / "c.yaml", tmp_path / "run", [training_of(cell)], [validation_of(cell)], max_minutes=0.001
+    )
+
+    result = run_cli("train", limited, "--quiet", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "stopped at the time limit" in result.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["timing"]["stopped_at_time_limit"] and summary["iterations"] == 1
+    assert list(checkpoints(tmp_path / "run")) == [1]
+    assert [v["iteration"] for v in summary["validation"]] == [0, 1]
+    unlimited = write_config(tmp_path / "c.yaml", tmp_path / "run", [training_of(cell)], [validation_of(cell)])
+    resumed = run_cli("train", unlimited, "--resume", "--quiet", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert list(checkpoints(tmp_path / "run"))[-1] == 4
 
 
 def test_finetune_reports_f1_before_and_after(tmp_path, cell):
@@ -173,3 +201,28 @@ def test_shipped_configs_are_valid():
     asem = load_config(folder / "mito.yaml")
     assert asem.network.parameter_count() == 5_836_865
     assert asem.optimizer.learning_rate == 3e-5 and asem.sampling.reject_probability == 0.9
+
+
+def test_exported_float16_weights_predict_like_the_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = UNet3D(NetworkConfig(**TINY_NETWORK))
+    optimizer = torch.optim.Adam(model.parameters())
+    saved = save_checkpoint(tmp_path / "run", model, optimizer, 3, "mito", (5, 5, 5))
+
+    exported = export_weights(saved, tmp_path / "models" / "mito.pt", {"trained_on": "test"})
+
+    original, _ = model_from_checkpoint(saved)
+    shipped, state = model_from_checkpoint(exported)
+    assert state["optimizer"] is None and state["provenance"] == {"trained_on": "test"}
+    assert all(t.dtype == torch.float16 for t in torch.load(exported, weights_only=True)["model"].values())
+    raw = torch.rand(1, 1, 28, 28, 28) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(shipped(raw), original(raw), atol=1e-2)
+
+
+def test_bundled_mito_model_loads():
+    model, state = model_from_checkpoint(bundled_model("mito"))
+    assert state["organelle"] == "mito" and state["voxel_size"] == [5, 5, 5]
+    assert state["provenance"]["validation_f1"] >= 0.8
+    with pytest.raises(UserError, match="no bundled model for 'golgi'"):
+        bundled_model("golgi")

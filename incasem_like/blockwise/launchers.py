@@ -24,6 +24,10 @@ class LocalLauncher:
         return subprocess.run(command, env={**os.environ, **env}, stdin=subprocess.DEVNULL).returncode
 
 
+#: environment variable telling a worker how many threads its compute may use (the machine's cores / workers)
+WORKER_THREADS_ENV = "INCASEM_LIKE_WORKER_THREADS"
+
+
 def worker_command(spec_path: Path) -> list[str]:
     return [sys.executable, "-m", "incasem_like.blockwise.worker", str(spec_path)]
 
@@ -37,8 +41,10 @@ class WorkerSpawner:
 
     launcher: LocalLauncher
     command: tuple[str, ...]
+    threads: int
 
     def __call__(self, *, context) -> None:
-        returncode = self.launcher.run_worker(list(self.command), {"DAISY_CONTEXT": context.to_env()})
+        env = {"DAISY_CONTEXT": context.to_env(), WORKER_THREADS_ENV: str(self.threads)}
+        returncode = self.launcher.run_worker(list(self.command), env)
         if returncode != 0:
             raise RuntimeError(f"worker exited with code {returncode}")

@@ -12,6 +12,7 @@ Guarantees every stage inherits from here:
 
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -89,12 +90,13 @@ def run_stage(
     (run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
 
     daisy.logging.set_log_basedir(run_dir / "logs")
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
     task = daisy_v2.Task(
         stage.task_name,
         total_roi=layout.total_write_roi.grow(layout.context, layout.context),
         read_roi=Roi((0,) * 3, layout.block_read_shape),
         write_roi=Roi(layout.context, layout.block_write_shape),
-        process_function=WorkerSpawner(launcher, tuple(worker_command(run_dir / "spec.json"))),
+        process_function=WorkerSpawner(launcher, tuple(worker_command(run_dir / "spec.json")), threads),
         read_write_conflict=False,
         fit="shrink",
         max_workers=workers,

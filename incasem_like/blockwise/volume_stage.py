@@ -19,6 +19,23 @@ from incasem_like.geometry import Coordinate, Roi, roi_from_voxels
 DEFAULT_BLOCK = 256
 
 
+def requested_roi(
+    source: Volume, name: str, offset: tuple[int, int, int] | None, shape: tuple[int, int, int] | None
+) -> Roi:
+    """The world ROI of `--roi OFFSET SHAPE` (voxels of `source`, the dataset `name`), or all of it without one."""
+    if (offset is None) != (shape is None):
+        raise UserError("--roi needs both OFFSET and SHAPE (6 numbers: z y x z y x, in voxels)")
+    if offset is None:
+        return source.roi
+    roi = roi_from_voxels(offset, shape, source.voxel_size, origin=source.offset)
+    if roi.empty or not source.roi.contains(roi):
+        raise UserError(
+            f"--roi offset {offset} shape {shape} (voxels) lies outside {name} of shape {source.shape}; "
+            "choose a region inside it"
+        )
+    return roi
+
+
 class VolumeStage(BlockwiseStage):
     """Input dataset -> output dataset, blockwise with context; `roi_offset`/`roi_shape` in voxels of the input."""
 
@@ -61,26 +78,13 @@ class VolumeStage(BlockwiseStage):
             )
         return source
 
-    def output_roi(self, source: Volume) -> Roi:
-        if (self.roi_offset is None) != (self.roi_shape is None):
-            raise UserError("--roi needs both OFFSET and SHAPE (6 numbers: z y x z y x, in voxels)")
-        if self.roi_offset is None:
-            return source.roi
-        roi = roi_from_voxels(self.roi_offset, self.roi_shape, source.voxel_size, origin=source.offset)
-        if roi.empty or not source.roi.contains(roi):
-            raise UserError(
-                f"--roi offset {self.roi_offset} shape {self.roi_shape} (voxels) lies outside {self.input} of shape "
-                f"{source.shape}; choose a region inside it"
-            )
-        return roi
-
     def layout(self) -> BlockLayout:
         if self.block < 1 or self.chunk < 1 or self.block % self.chunk:
             raise UserError(f"--block {self.block} must be a positive multiple of --chunk {self.chunk}")
         source = self.open_input()
         voxel_size = source.voxel_size
         return BlockLayout(
-            total_write_roi=self.output_roi(source),
+            total_write_roi=requested_roi(source, self.input, self.roi_offset, self.roi_shape),
             block_write_shape=Coordinate((self.block,) * 3) * voxel_size,
             context=Coordinate((self.context_voxels(),) * 3) * voxel_size,
             voxel_size=voxel_size,

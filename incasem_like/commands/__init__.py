@@ -7,10 +7,15 @@ def formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
-def add_blockwise_options(parser: argparse.ArgumentParser, workers: int = 1) -> None:
-    """--workers, --overwrite and --quiet, shared by every blockwise command."""
+def add_blockwise_options(parser: argparse.ArgumentParser, workers: int | None = 1, workers_default: str = "") -> None:
+    """--workers, --overwrite and --quiet, shared by every blockwise command (`workers_default` describes a
+    default of None that the command resolves)."""
     parser.add_argument(
-        "--workers", type=int, default=workers, metavar="N", help=f"worker processes (default {workers})"
+        "--workers",
+        type=int,
+        default=workers,
+        metavar="N",
+        help=f"worker processes (default {workers_default or workers})",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing output (otherwise it is never touched)"

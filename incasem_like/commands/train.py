@@ -51,9 +51,12 @@ def report(summary: dict) -> None:
     best = summary["best"]
     timing = summary["timing"]
     print(
-        f"trained {summary['organelle']} to iteration {summary['iterations']} on {summary['device']} "
-        f"({timing['iterations_per_second']} it/s, waiting for data {timing['data_wait_fraction']:.0%})"
+        f"trained {summary['organelle']} to iteration {summary['iterations']} on {summary['device']} in "
+        f"{timing['wall_seconds'] / 60:.1f} min ({timing['iterations_per_second']} it/s, waiting for data "
+        f"{timing['data_wait_fraction']:.0%})"
     )
+    if timing["stopped_at_time_limit"]:
+        print("stopped at the time limit (max_minutes); --resume continues towards the configured iterations")
     if best:
         print(f"best validation F1 {best['f1']:.3f} at iteration {best['iteration']}: {best['checkpoint']}")
     print(f"summary: {summary['run_dir']}/summary.json")

@@ -1,10 +1,12 @@
-"""Atomic training checkpoints: model + optimizer + iteration + the network they belong to."""
+"""Atomic training checkpoints: model + optimizer + iteration + the network and voxel size they belong to."""
 
+import hashlib
 import os
 import re
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from incasem_like.errors import UserError
 from incasem_like.model import NetworkConfig, UNet3D
@@ -19,7 +21,12 @@ def checkpoint_path(run_dir: Path, iteration: int) -> Path:
 
 
 def save_checkpoint(
-    run_dir: Path, model: UNet3D, optimizer: torch.optim.Optimizer | None, iteration: int, organelle: str
+    run_dir: Path,
+    model: UNet3D,
+    optimizer: torch.optim.Optimizer | None,
+    iteration: int,
+    organelle: str,
+    voxel_size: tuple[int, ...],
 ) -> Path:
     """Write iteration's checkpoint (temporary file, then rename: never a half-written checkpoint)."""
     path = checkpoint_path(run_dir, iteration)
@@ -28,14 +35,53 @@ def save_checkpoint(
         "format": FORMAT,
         "organelle": organelle,
         "iteration": iteration,
+        "voxel_size": [int(v) for v in voxel_size],
         "network": model.config.model_dump(mode="json"),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
     }
-    temporary = path.with_suffix(".pt.partial")
+    _save_atomically(state, path)
+    return path
+
+
+def _save_atomically(state: dict, path: Path) -> None:
+    temporary = path.with_suffix(path.suffix + ".partial")
     torch.save(state, temporary)
     os.replace(temporary, path)
-    return path
+
+
+def export_weights(checkpoint: str | Path, out: str | Path, provenance: dict) -> Path:
+    """A checkpoint's weights in float16 without optimizer state (a model to ship), with `provenance` attached."""
+    state = load_checkpoint(checkpoint)
+    state["model"] = {
+        name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in state["model"].items()
+    }
+    state["optimizer"] = None
+    state["provenance"] = provenance
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _save_atomically(state, out)
+    return out
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file (checkpoints are a few MB: read at once)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[UNet3D, dict]:
+    """The network a checkpoint describes, with its weights in float32, and the checkpoint's content."""
+    state = load_checkpoint(path)
+    try:
+        model = UNet3D(NetworkConfig.model_validate(state["network"]))
+        model.load_state_dict({name: tensor.float() for name, tensor in state["model"].items()})
+    except (KeyError, ValidationError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise UserError(
+            f"{path}: its weights do not fit the network it describes ({reason}); use a checkpoint written by "
+            "incasem-like train"
+        ) from None
+    return model.eval(), state
 
 
 def checkpoints(run_dir: Path) -> dict[int, Path]:

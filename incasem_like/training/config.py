@@ -93,6 +93,12 @@ class TrainConfig(_Section):
     max_class_ratio: float = Field(100.0, ge=1, description="class weights are clipped at 1:max_class_ratio")
     optimizer: Optimizer = Optimizer()
     iterations: int = Field(40000, ge=1)
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="stop earlier, with a last checkpoint and validation, so the run ends within this wall time "
+        "(e.g. a cluster job's limit); --resume continues it",
+    )
     checkpoint_every: int = Field(1000, ge=1)
     validate_every: int = Field(1000, ge=1)
     snapshot_every: int = Field(1000, ge=1)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from incasem_like.datasets import DatasetPath, create_dataset, update_dataset_meta
 from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate
-from incasem_like.inference import autocast, normalize, predict_logits, probabilities, raw_with_context
+from incasem_like.inference import autocast, normalize, predict_region, probabilities, raw_with_context
 from incasem_like.metrics import add_counts, confusion, scores
 from incasem_like.model import UNet3D
 from incasem_like.training.checkpoints import checkpoints, load_checkpoint, save_checkpoint
@@ -72,7 +72,7 @@ def validate(model: UNet3D, cells: list[ValidationCell], device: torch.device, t
     """Loss and precision/recall/F1 at `threshold` over all validation ROIs (and per ROI); passes of `input_shape`."""
     per_cell, losses, weights_total = {}, 0.0, 0
     for cell in cells:
-        logits = predict_logits(model, normalize(cell.raw), input_shape, device, uses_bf16(device))
+        logits = predict_region(model, normalize(cell.raw), input_shape, device, uses_bf16(device))
         weights = balanced_weights(cell.labels, cell.counted)
         loss = float(weighted_bce(torch.from_numpy(logits), torch.from_numpy(cell.labels), torch.from_numpy(weights)))
         counts = confusion(logits > math.log(threshold / (1 - threshold)), cell.labels, cell.counted)
@@ -162,14 +162,18 @@ class Run:
         config = self.config
         from torch.utils.tensorboard import SummaryWriter
 
+        started = time.perf_counter()
+        deadline = started + config.max_minutes * 60 if config.max_minutes else math.inf
         writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start + 1 if start else None)
+        validation_seconds = 0.0  # the last validation's duration: the time a final one needs
         if self.validation and start == 0:
-            self.record_validation(0, writer)
+            validation_seconds = self.record_validation(0, writer)
         probabilities = cell_probabilities(self.training)
         stream = batch_stream(config, start + 1, config.iterations + 1, probabilities)
         data_seconds = compute_seconds = 0.0
         bar = tqdm(total=config.iterations, initial=start, disable=not progress, unit="it", dynamic_ncols=True)
         waited = time.perf_counter()
+        iteration = start
         for batch in stream:
             iteration = batch["iteration"]
             ready = time.perf_counter()
@@ -181,19 +185,27 @@ class Run:
             bar.set_postfix(loss=f"{loss:.4f}")
             if iteration % config.snapshot_every == 0:
                 write_snapshot(self.dir, iteration, batch, logits, self.training[0].voxel_size)
-            last = iteration == config.iterations
+            step_seconds = time.perf_counter() - waited
+            last = iteration == config.iterations or time.perf_counter() + step_seconds + validation_seconds > deadline
             validate_now = bool(self.validation) and (iteration % config.validate_every == 0 or last)
             if validate_now or last or iteration % config.checkpoint_every == 0:  # every validated state is saved
-                save_checkpoint(self.dir, self.model, self.optimizer, iteration, config.organelle)
+                save_checkpoint(
+                    self.dir, self.model, self.optimizer, iteration, config.organelle, self.training[0].voxel_size
+                )
             if validate_now:
-                self.record_validation(iteration, writer)
+                validation_seconds = self.record_validation(iteration, writer)
+            if last:
+                break
             waited = time.perf_counter()
+        stream.close()
         bar.close()
         writer.close()
         timing = {
-            "iterations": config.iterations - start,
+            "iterations": iteration - start,
+            "stopped_at_time_limit": iteration < config.iterations,
             "data_wait_seconds": round(data_seconds, 3),
             "compute_seconds": round(compute_seconds, 3),
+            "wall_seconds": round(time.perf_counter() - started, 1),  # validation and checkpoints included
         }
         return self.write_summary(timing, extra_summary or {})
 
@@ -211,13 +223,16 @@ class Run:
         self.optimizer.step()
         return float(loss.detach()), logits.detach().float().cpu().numpy()[0, 0]
 
-    def record_validation(self, iteration: int, writer) -> None:
+    def record_validation(self, iteration: int, writer) -> float:
+        """Validate, log and record the result; returns the seconds it took."""
+        started = time.perf_counter()
         result = validate(self.model, self.validation, self.device, self.config.threshold, self.validation_input_shape)
         for name in ("loss", "f1", "precision", "recall"):
             writer.add_scalar(f"validation/{name}", result[name], iteration)
         writer.flush()
         self.history = [h for h in self.history if h["iteration"] != iteration] + [{"iteration": iteration, **result}]
         _write_json(self.dir / HISTORY, self.history)
+        return time.perf_counter() - started
 
     def write_summary(self, timing: dict, extra: dict) -> dict:
         saved = checkpoints(self.dir)
@@ -231,7 +246,7 @@ class Run:
             "bf16": self.bf16,
             "network": self.config.network.model_dump(mode="json"),
             "parameters": sum(p.numel() for p in self.model.parameters()),
-            "iterations": self.config.iterations,
+            "iterations": max(saved, default=0),
             "checkpoints": {str(i): str(p) for i, p in saved.items()},
             "validation": [
                 {key: h[key] for key in ("iteration", "loss", "precision", "recall", "f1")} for h in self.history

@@ -1,0 +1,203 @@
+"""Benchmark prediction end to end: output voxels/s of `incasem-like predict` vs a plain PyTorch sliding window.
+
+For each network (`small`: the bundled CPU mito model; `asem`: the method's 204^3 -> 110^3 network with random
+weights, whose speed does not depend on them) on a volume of real EM texture (the embedded Lucchi sample,
+mirrored to `--shape`), it times:
+- ours: the real command line (`incasem-like predict`, daisy workers, zarr in -> probabilities and segmentation
+  zarr out), with 1 and 2 workers, wall time from command start to exit;
+- plain: the same network in one process over the whole volume in memory: read the zarr, mirror-pad, one pass
+  of the training input shape every largest multiple of the downsampling factor within its output, sigmoid, write
+  both zarr datasets with zarr's defaults.
+Medians of `--repeats` runs; the ratio ours/plain is quoted from the same run. `--bf16-check` also measures on
+the bundled model how many segmentation voxels bf16 autocast changes against float32 (the prediction issue's
+< 0.1% rule) on a `--bf16-shape` crop.
+
+    python benchmarks/predict.py [--shape 128 384 384] [--networks small asem] [--repeats 3] [--bf16-check]
+"""
+
+import argparse
+import datetime
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+sys.path.insert(0, str(Path(__file__).parent))
+from convert import Meter, machine, source_digest, wait_for_quiet, write_result  # noqa: E402  (shared helpers)
+
+from incasem_like.datasets import DatasetPath, create_dataset, open_dataset, update_dataset_meta  # noqa: E402
+from incasem_like.demo import SAMPLE  # noqa: E402
+from incasem_like.inference import normalize, pass_step, predict_region  # noqa: E402
+from incasem_like.model import NetworkConfig, UNet3D  # noqa: E402
+from incasem_like.models import bundled_model  # noqa: E402
+from incasem_like.threshold import segment  # noqa: E402
+from incasem_like.training.checkpoints import model_from_checkpoint, save_checkpoint  # noqa: E402
+
+
+def sample_volume(shape: tuple[int, int, int]) -> np.ndarray:
+    import tifffile
+
+    slices = sorted((Path(str(SAMPLE)) / "raw").iterdir())
+    stack = np.stack([tifffile.imread(path) for path in slices])
+    pad = [(0, max(0, want - have)) for want, have in zip(shape, stack.shape)]
+    return np.pad(stack, pad, mode="symmetric")[tuple(slice(0, s) for s in shape)]
+
+
+def write_raw(volume: np.ndarray, container: Path) -> str:
+    path = DatasetPath(container, "volumes/raw")
+    array = create_dataset(path, volume.shape, (5, 5, 5), (0, 0, 0), np.uint8)
+    array[array.roi] = volume
+    update_dataset_meta(path, complete=True)
+    return str(path)
+
+
+def checkpoints(workdir: Path) -> dict[str, Path]:
+    torch.manual_seed(0)
+    asem = save_checkpoint(workdir / "asem", UNet3D(NetworkConfig()), None, 0, "mito", (5, 5, 5))
+    return {"small": bundled_model("mito"), "asem": asem}
+
+
+def time_ours(checkpoint: Path, raw: str, out: Path, workers: int, block: int) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    command = [
+        sys.executable, "-m", "incasem_like", "predict", "--checkpoint", str(checkpoint), "--raw", raw,
+        "--out", str(out), "--device", "cpu", "--workers", str(workers), "--block", str(block), "--quiet",
+    ]  # fmt: skip
+    wait_for_quiet()
+    with Meter() as meter:
+        subprocess.run(command, check=True, capture_output=True)
+    return {"seconds": meter.wall, "cpu_seconds": meter.children_cpu, "background": meter.background_cpu_fraction}
+
+
+def time_plain(checkpoint: Path, raw: str, out: Path) -> dict:
+    """The plain sliding window over the volume in memory, zarr in and out: one thread of work, passes of the
+    training input one after the other (`predict_region` is exactly that loop: no threads, no zarr)."""
+    wait_for_quiet()
+    with Meter() as meter:
+        model, _ = model_from_checkpoint(checkpoint)
+        volume = open_dataset(raw)
+        data = volume[volume.roi]
+        input_shape = model.config.input_shape
+        context = model.config.context()
+        padded = normalize(np.pad(data, [(c, c) for c in context], mode="reflect"))
+        logits = predict_region(model, padded, input_shape, torch.device("cpu"))
+        probabilities = (torch.sigmoid(torch.from_numpy(logits)) * 255).round().to(torch.uint8).numpy()
+        out.mkdir(parents=True, exist_ok=True)
+        zarr.save_array(str(out / "probabilities.zarr"), probabilities)
+        zarr.save_array(str(out / "segmentation.zarr"), (probabilities > 127).astype(np.uint8))
+    return {"seconds": meter.wall, "cpu_seconds": meter.self_cpu, "background": meter.background_cpu_fraction}
+
+
+def median_case(runs: list[dict], voxels: int) -> dict:
+    seconds = statistics.median(run["seconds"] for run in runs)
+    return {
+        "seconds_median": round(seconds, 2),
+        "seconds_runs": [round(run["seconds"], 2) for run in runs],
+        "voxels_per_second": round(voxels / seconds),
+        "cpu_seconds_median": round(statistics.median(run["cpu_seconds"] for run in runs), 2),
+        "background_cpu_fraction_max": round(max(run["background"] for run in runs), 3),
+    }
+
+
+def bf16_check(shape: tuple[int, int, int]) -> dict:
+    """Segmentation voxels that bf16 autocast changes on the bundled model, over a crop of the sample."""
+    model, state = model_from_checkpoint(bundled_model("mito"))
+    factor = 2**model.config.downsamplings
+    edge = model.config.input_edge_for(128)
+    context = (edge - model.config.output_shape((edge,) * 3)[0]) // 2
+    raw = normalize(np.pad(sample_volume(shape), context, mode="reflect"))
+    results, seconds = {}, {}
+    for precision in ("fp32", "bf16"):
+        start = time.perf_counter()
+        results[precision] = predict_region(
+            model, raw, (edge,) * 3, torch.device("cpu"), precision == "bf16", quantize=True
+        )
+        seconds[precision] = round(time.perf_counter() - start, 2)
+    changed = int(np.count_nonzero(segment(results["fp32"], 0.5) != segment(results["bf16"], 0.5)))
+    return {
+        "model": state.get("provenance", {}).get("name", "bundled mito"),
+        "shape": list(shape),
+        "pass_step": pass_step(model.config.output_shape((edge,) * 3)[0], factor),
+        "segmentation_voxels_changed": changed,
+        "changed_fraction": changed / int(np.prod(shape)),
+        "probability_max_abs_difference": int(
+            np.abs(results["fp32"].astype(np.int16) - results["bf16"].astype(np.int16)).max()
+        ),
+        "seconds_cpu": seconds,
+        "within_0.1_percent": changed / int(np.prod(shape)) < 1e-3,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", type=int, nargs=3, default=[128, 384, 384])
+    parser.add_argument("--networks", nargs="+", default=["small", "asem"], choices=["small", "asem"])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--block", type=int, default=128, help="write block edge of ours (default 128)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bf16-check", action="store_true")
+    parser.add_argument("--bf16-shape", type=int, nargs=3, default=[40, 128, 128])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "predict_cpu.json")
+    args = parser.parse_args()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    digest = source_digest()
+    shape = tuple(args.shape)
+    voxels = int(np.prod(shape))
+    cases = {}
+    with tempfile.TemporaryDirectory(prefix="incasem_bench_predict_", dir="/tmp") as workdir:
+        workdir = Path(workdir)
+        raw = write_raw(sample_volume(shape), workdir / "cell.zarr")
+        models = checkpoints(workdir)
+        for network in args.networks:
+            case = {}
+            for workers in args.workers:
+                runs = [
+                    time_ours(models[network], raw, workdir / "cell.zarr/volumes/pred", workers, args.block)
+                    for _ in range(args.repeats)
+                ]
+                case[f"ours_{workers}_workers"] = median_case(runs, voxels)
+            runs = [time_plain(models[network], raw, workdir / "plain") for _ in range(args.repeats)]
+            case["plain_pytorch"] = median_case(runs, voxels)
+            for workers in args.workers:
+                ours = case[f"ours_{workers}_workers"]["seconds_median"]
+                case[f"speedup_{workers}_workers_vs_plain"] = round(case["plain_pytorch"]["seconds_median"] / ours, 3)
+            network_config, _ = model_from_checkpoint(models[network])
+            case["network"] = network_config.config.model_dump(mode="json")
+            cases[network] = case
+            print(network, json.dumps(case), flush=True)
+    result = {
+        "benchmark": "incasem-like predict end to end (zarr in -> probabilities + segmentation zarr) vs plain PyTorch",
+        "date": started.isoformat(timespec="seconds"),
+        "machine": {
+            **machine(("incasem-like", "torch", "zarr", "daisy", "numpy")),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "incasem_like_source": {"digest": digest, "changed_during_run": source_digest() != digest},
+        "parameters": {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "shape": list(shape),
+            "block": args.block,
+            "repeats": args.repeats,
+        },
+        "cases": cases,
+        "bf16_check": bf16_check(tuple(args.bf16_shape)) if args.bf16_check else None,
+        "targets": {
+            f"{network}_{workers}_workers_vs_plain_at_least_1.0": cases[network][f"speedup_{workers}_workers_vs_plain"]
+            >= 1.0
+            for network in cases
+            for workers in args.workers
+        },
+    }
+    write_result(result, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""`incasem-like predict`: a trained model over a cell -> probabilities and segmentation datasets."""
+
+import argparse
+import textwrap
+
+from incasem_like.commands import add_block_options, add_blockwise_options, add_roi_option, formatter, roi_arguments
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="blockwise 3D U-Net prediction -> probabilities (uint8) and segmentation (0/1)",
+        description=textwrap.dedent(
+            """\
+            Predict one organelle over RAW (or --roi of it) with a trained checkpoint, blockwise on daisy
+            workers that each load the model once. Writes OUT/probabilities (uint8, 0..255 = 0..1) and
+            OUT/segmentation (uint8 1 where probability > --threshold) with RAW's voxel size and offset and
+            the model's provenance in the attributes. The whole ROI is predicted, borders included (input
+            mirrored beyond the data). Outputs are bit-identical whatever --workers, --block, the block order
+            or an interruption: rerun the same command to resume."""
+        ),
+        epilog=textwrap.dedent(
+            """\
+            examples:
+              incasem-like predict --checkpoint runs/mito/checkpoints/iteration_00100000.pt \\
+                  --raw cell_6.zarr/volumes/raw_clahe --out cell_6.zarr/volumes/predictions/run1/mito
+              incasem-like predict --checkpoint mito.pt --raw cell.zarr/volumes/raw_clahe \\
+                  --out cell.zarr/volumes/predictions/cpu/mito --device cpu --workers 2 --roi 0 0 0 64 256 256
+              incasem-like threshold cell.zarr/volumes/predictions/run1/mito/probabilities \\
+                  cell.zarr/volumes/predictions/run1/mito/segmentation_0.7 --threshold 0.7"""
+        ),
+        formatter_class=formatter,
+    )
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint written by train/finetune")
+    parser.add_argument("--raw", required=True, metavar="RAW", help="raw dataset, e.g. cell.zarr/volumes/raw_clahe")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="OUT",
+        help="output group, e.g. cell.zarr/volumes/predictions/RUN/mito (gets probabilities/ and segmentation/)",
+    )
+    add_roi_option(parser, "predict only this region of RAW")
+    parser.add_argument(
+        "--threshold", type=float, default=0.5, metavar="T", help="segmentation: probability > T (default 0.5)"
+    )
+    parser.add_argument(
+        "--device", choices=("auto", "cuda", "cpu"), default="auto", help="default: cuda if available, else cpu"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 autocast on GPUs that support it, float32 on CPU",
+    )
+    parser.add_argument(
+        "--step",
+        type=int,
+        default=128,
+        metavar="N",
+        help="output edge each network pass provides (a multiple of the network's downsampling factor; the pass "
+        "input is the smallest valid one that reaches it; default 128)",
+    )
+    parser.add_argument("--strict", action="store_true", help="refuse raw whose voxel size differs from training's")
+    add_block_options(parser, block=256)
+    add_blockwise_options(parser, workers=None, workers_default="one per visible GPU, else 1")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from incasem_like.commands import run_and_report
+    from incasem_like.predict import PredictStage, default_precision, select_device
+
+    device = select_device(args.device)
+    stage = PredictStage(
+        checkpoint=args.checkpoint,
+        raw=args.raw,
+        output=args.out,
+        threshold=args.threshold,
+        block=args.block,
+        chunk=args.chunk,
+        step=args.step,
+        device=device,
+        precision=default_precision(device) if args.precision == "auto" else args.precision,
+        strict=args.strict,
+        **roi_arguments(args),
+    )
+    if args.workers is None:  # one worker per visible GPU, else one using all cores
+        args.workers = torch.cuda.device_count() if device == "cuda" else 1
+    run_and_report(stage, args)
+    print(f"  segmentation: {stage.output_paths()[1]}")

@@ -26,6 +26,11 @@ COMMANDS = (
     "finetune",
     "predict",
     "threshold",
+    "evaluate",
+    "export",
+    "objects",
+    "mesh",
+    "view",
 )
 
 EPILOG = """\

@@ -14,7 +14,19 @@ from pydantic import ValidationError
 from incasem_like import __version__
 from incasem_like.errors import BlockwiseRunFailed, UserError, describe_validation_error
 
-COMMANDS = ("demo", "convert", "clahe", "mask", "labels", "downsample", "pyramid", "train", "finetune")
+COMMANDS = (
+    "demo",
+    "convert",
+    "clahe",
+    "mask",
+    "labels",
+    "downsample",
+    "pyramid",
+    "train",
+    "finetune",
+    "evaluate",
+    "export",
+)
 
 EPILOG = """\
 examples:

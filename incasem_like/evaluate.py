@@ -243,10 +243,10 @@ def format_report(result: dict) -> str:
     roi = result["roi"]
     lines = [
         f"{result['prediction']} ({result['kind']}) vs {result['labels']}",
-        f"  region: offset {tuple(roi['offset_voxels'])} shape {tuple(roi['shape_voxels'])} voxels of the prediction"
-        f" ({voxels:,} voxels), {counted:,} counted ({counted / voxels:.1%}), label foreground {foreground:,} "
-        f"({foreground / counted:.1%} of counted); {result['seconds']:.1f} s, "
-        f"{result['voxels_per_second'] / 1e6:.0f} M voxels/s",
+        f"  region: offset {tuple(roi['offset_voxels'])} shape {tuple(roi['shape_voxels'])} voxels of the prediction,"
+        f" {voxels:,} voxels, {counted:,} counted ({counted / voxels:.1%})",
+        f"  label foreground: {foreground:,} voxels ({foreground / counted:.1%} of counted); "
+        f"{result['seconds']:.1f} s, {result['voxels_per_second'] / 1e6:.0f} M voxels/s",
         "",
         f"{'threshold':>9} {'precision':>9} {'recall':>7} {'F1':>7} {'IoU':>7} {'Dice':>7} "
         f"{'TP':>14} {'FP':>14} {'FN':>14}",

@@ -1,4 +1,5 @@
 import json
+import re
 from functools import partial
 from importlib.resources import files
 
@@ -282,6 +283,15 @@ def test_bad_input_exits_with_2_from_the_command_line(tmp_path):
     assert "p.zarr/missing: no such dataset" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
-def test_bad_threshold_spec_in_process():
-    with pytest.raises(UserError, match="STEP must be positive"):
-        parse_thresholds("0.7:0.3:0.1")
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("0.7:0.3:0.1", "STEP must be positive and STOP at least START"),
+        ("0.3:0.7", "write START:STOP:STEP (e.g. 0.3:0.7:0.05, STOP included) or values separated by commas"),
+        ("0.5,high", "or values separated by commas (e.g. 0.3,0.5)"),
+        ("-0.1,0.5", "-0.1 is outside [0, 1)"),
+    ],
+)
+def test_bad_threshold_specs_name_the_fix(text, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        parse_thresholds(text)

@@ -26,6 +26,11 @@ def export_in_process(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
+def compression(tiff) -> str:
+    with tifffile.TiffFile(tiff) as file:
+        return file.pages[0].compression.name
+
+
 def read_slices(folder) -> tuple[list[str], np.ndarray]:
     names = sorted(p.name for p in folder.iterdir())
     return names, np.stack([tifffile.imread(folder / name) for name in names])
@@ -71,6 +76,7 @@ def test_convert_export_convert_round_trips_also_uncropped(tmp_path, cropped, ca
         names, slices = read_slices(tmp_path / folder)
         assert names == slice_names(len(data)) and slices.dtype == np.uint8
         np.testing.assert_array_equal(slices, data, err_msg=folder)
+    assert compression(tmp_path / "plain/slice_0000.tif") == "NONE"  # images: EM intensities barely compress
     convert(tmp_path / "uncropped", tmp_path / "again.zarr/volumes/raw")
     np.testing.assert_array_equal(read_dataset(tmp_path / "again.zarr/volumes/raw"), expected)
 
@@ -99,6 +105,7 @@ def test_derived_labels_are_uncropped_by_their_offset_and_written_as_0_255(tmp_p
     expected[8:16, 10:26, 8:28] = data  # the crop's corner (5, 6, 7) + the --roi offset (3, 4, 1)
     np.testing.assert_array_equal(read_slices(tmp_path / "scaled")[1], expected * 255)
     np.testing.assert_array_equal(read_slices(tmp_path / "kept")[1], expected)
+    assert compression(tmp_path / "kept/slice_0000.tif") == "ADOBE_DEFLATE"
 
 
 def test_instance_labels_keep_their_values(tmp_path, rng, capsys):

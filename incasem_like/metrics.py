@@ -28,3 +28,43 @@ def scores(counts: dict[str, int]) -> dict[str, float]:
 
 def add_counts(*counts: dict[str, int]) -> dict[str, int]:
     return {key: sum(c[key] for c in counts) for key in ("true_positives", "false_positives", "false_negatives")}
+
+
+def overlap_scores(counts: dict[str, int]) -> dict[str, float]:
+    """`scores` plus IoU (Jaccard) = TP/(TP+FP+FN) and Dice = 2TP/(2TP+FP+FN), which equals F1 voxel-wise; both
+    score 1 when there is nothing to find and nothing was found."""
+    tp, fp, fn = counts["true_positives"], counts["false_positives"], counts["false_negatives"]
+    return {
+        **scores(counts),
+        "iou": tp / (tp + fp + fn) if tp + fp + fn else 1.0,
+        "dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,
+    }
+
+
+#: values of a uint8 prediction, the bins of `value_histograms`
+UINT8_VALUES = np.arange(256)
+
+
+def value_histograms(predicted: np.ndarray, truth: np.ndarray, counted: np.ndarray | None = None) -> np.ndarray:
+    """(2, 256) voxel counts of each uint8 prediction value among the counted truth-background (row 0) and
+    truth-foreground (row 1) voxels (truth foreground = nonzero). Summed over blocks, they give the confusion counts
+    at every threshold (`threshold_counts`)."""
+    # one bincount of (not counted, truth, value) packed in 10 bits: bit operations on uint16, no boolean indexing
+    code = truth.astype(bool, copy=False).view(np.uint8).astype(np.uint16)
+    if counted is not None:
+        code |= np.logical_not(counted).view(np.uint8) << 1
+    code <<= 8
+    code |= predicted
+    return np.bincount(code.ravel(), minlength=1024)[:512].reshape(2, 256)
+
+
+def threshold_counts(histograms: np.ndarray, threshold: float) -> dict[str, int]:
+    """Confusion counts of the segmentation `q > threshold * 255` (the rule of `incasem_like.threshold.segment`)
+    from `value_histograms` of the uint8 prediction q."""
+    background, foreground = histograms
+    predicted = UINT8_VALUES > threshold * 255
+    return {
+        "true_positives": int(foreground[predicted].sum()),
+        "false_positives": int(background[predicted].sum()),
+        "false_negatives": int(foreground[~predicted].sum()),
+    }

@@ -42,7 +42,7 @@ from pydantic import NonNegativeInt, PositiveInt
 
 from incasem_like.blockwise.runner import fingerprint, run_stage
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
-from incasem_like.datasets import META_KEY, DatasetPath, dataset_meta
+from incasem_like.datasets import META_KEY, DatasetPath, dataset_meta, update_dataset_meta
 from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate, Roi
 from incasem_like.objects import (
@@ -168,6 +168,14 @@ class MeshStage(BlockwiseStage):
 
 
 # --- the command -------------------------------------------------------------------------------------------------
+def _record_in_container(labels: DatasetPath, meshes: Path) -> None:
+    """Name the neuroglancer meshes in the object-id dataset's attributes when they lie in its container, so
+    `incasem-like view` adds them to its segmentation layer."""
+    container, meshes = labels.container.resolve(), meshes.resolve()
+    if meshes.is_relative_to(container):
+        update_dataset_meta(labels, meshes=meshes.relative_to(container).as_posix())
+
+
 @dataclass(frozen=True)
 class MeshResult:
     folder: Path
@@ -233,5 +241,6 @@ def make_meshes(stage: MeshStage, workers: int = 1, overwrite: bool = False, pro
     }
     if "neuroglancer" in stage.formats:
         write_atomically(stage.folder / "neuroglancer" / "info", json.dumps(NEUROGLANCER_INFO))
+        _record_in_container(DatasetPath.parse(stage.labels), stage.folder / "neuroglancer")
     write_atomically(summary_path, json.dumps(summary, indent=2))
     return MeshResult(stage.folder, summary, run)

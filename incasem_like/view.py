@@ -68,6 +68,8 @@ class ShownDataset:
     roi: Roi
     voxel_size: Coordinate
     dtype: np.dtype
+    #: folder (in the container) of the dataset's neuroglancer meshes, written by `incasem-like mesh`
+    meshes: str | None = None
 
 
 # --- datasets ----------------------------------------------------------------------------------------------------
@@ -128,7 +130,10 @@ def shown_dataset(container: Path, name: str) -> ShownDataset:
     volume = open_dataset(path, require_complete=False)
     if not is_complete(path):
         raise UserError(f"{path} is incomplete (its writing run did not finish); rerun the command that writes it")
-    return ShownDataset(name, layer_kind(path, volume.dtype), volume.roi, volume.voxel_size, volume.dtype)
+    meshes = dataset_meta(path).get("meshes")
+    if meshes is not None and not (container / meshes / "info").is_file():
+        meshes = None  # moved or deleted since
+    return ShownDataset(name, layer_kind(path, volume.dtype), volume.roi, volume.voxel_size, volume.dtype, meshes)
 
 
 def shown_datasets(container: Path, names: Sequence[str] = ()) -> tuple[list[ShownDataset], list[str]]:
@@ -182,6 +187,8 @@ def build_state(datasets: Sequence[ShownDataset], data_url: str) -> dict:
             layer.update(opacity=1.0, shader=HEAT_MAP_SHADER.format(top=top))
         else:
             layer.update(type="segmentation", segmentColors={"1": next(segment_colours)})
+            if dataset.meshes:
+                layer["source"] = [layer["source"], f"precomputed://{data_url.rstrip('/')}/{quote(dataset.meshes)}"]
         layers.append(layer)
     return {
         "dimensions": {axis: [voxel_size[i], "nm"] for axis, i in (("x", 2), ("y", 1), ("z", 0))},

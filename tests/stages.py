@@ -22,7 +22,6 @@ from incasem_like.downsample import DownsampleStage, PyramidLevelStage
 from incasem_like.geometry import Coordinate
 from incasem_like.labels import CleanLabelsStage, DilateLabelsStage, MetricMaskStage
 from incasem_like.mask import MaskStage
-from incasem_like.predict import PredictStage
 from tests.conftest import REPO
 
 
@@ -151,8 +150,4 @@ class SlowDilateLabelsStage(SlowBlocks, DilateLabelsStage):
 
 
 class SlowMetricMaskStage(SlowBlocks, MetricMaskStage):
-    pass
-
-
-class SlowPredictStage(SlowBlocks, PredictStage):
     pass

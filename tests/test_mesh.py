@@ -7,6 +7,7 @@ import pytest
 
 from incasem_like.cli import main
 from incasem_like.objects import find_objects, signed_volume, surface_area
+from incasem_like.view import view_state
 from tests.conftest import run_cli
 from tests.test_objects import is_closed_and_oriented, shapes_volume, write_volume
 
@@ -151,3 +152,19 @@ def test_bad_input_fails_with_one_line_and_touches_nothing(objects, tmp_path, ca
 def snapshot(folder) -> list:
     """Every path under `folder` with its modification time."""
     return sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_meshes_inside_the_container_become_the_segmentation_layers_mesh_source(objects):
+    folder, labels, _ = objects
+    out = folder / "c.zarr" / "meshes" / "seg"
+
+    result = run_cli("mesh", labels, out, "--block", 32)
+
+    assert result.returncode == 0, result.stderr
+    state, _ = view_state(folder / "c.zarr", ["volumes/seg_ids"], "http://127.0.0.1:8000")
+    (layer,) = state["layers"]
+    assert layer["type"] == "segmentation"
+    assert layer["source"] == [
+        "zarr://http://127.0.0.1:8000/volumes/seg_ids",
+        "precomputed://http://127.0.0.1:8000/meshes/seg/neuroglancer",
+    ]

@@ -14,7 +14,8 @@ from incasem_like.model import NetworkConfig, UNet3D
 from incasem_like.predict import PredictStage
 from incasem_like.training.checkpoints import save_checkpoint
 from tests.conftest import read_dataset, run_cli, write_dataset
-from tests.stages import SlowPredictStage, kill_midway
+from tests.predict_stages import SlowPredictStage
+from tests.stages import kill_midway
 from tests.training_data import sample_stack
 
 STEP = 8  # output voxels each pass keeps (the tiny network's factor is 4)

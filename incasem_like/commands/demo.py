@@ -1,6 +1,7 @@
 """`incasem-like demo`: the pipeline on the embedded sample data, offline, on the CPU."""
 
 import argparse
+import textwrap
 
 from incasem_like.commands import add_blockwise_options, formatter
 
@@ -9,14 +10,20 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run the pipeline on the embedded sample data (offline, CPU)",
-        description="Convert the embedded sample (a 40 x 384 x 384 crop of the Lucchi FIB-SEM volume and its "
-        "mitochondria labels) into an OME-Zarr container and print where it is.",
-        epilog="examples:\n  incasem-like demo\n  incasem-like demo --out /tmp/demo --workers 2",
+        description=textwrap.dedent(
+            """\
+            The pipeline on the embedded sample (a 40 x 384 x 384 crop of the Lucchi FIB-SEM volume with its
+            mitochondria labels, never seen in training): TIFF slices -> OME-Zarr -> CLAHE -> metric mask ->
+            mitochondria prediction with the bundled model -> precision/recall/F1 against the labels; then the
+            result is served to neuroglancer (Ctrl-C stops it; --no-view skips it). Rerunning resumes."""
+        ),
+        epilog="examples:\n  incasem-like demo\n  incasem-like demo --out /tmp/demo --workers 2 --no-view",
         formatter_class=formatter,
     )
     parser.add_argument(
         "--out", default="incasem_like_demo", metavar="DIR", help="output folder (default ./incasem_like_demo)"
     )
+    parser.add_argument("--no-view", action="store_true", help="do not serve the result to neuroglancer at the end")
     add_blockwise_options(parser, workers=2)
     parser.set_defaults(run=run)
 
@@ -24,6 +31,25 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     from incasem_like.demo import run_demo
 
-    print("incasem-like demo: converting the embedded Lucchi sample (raw + mitochondria labels)")
-    container = run_demo(args.out, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"done: the sample cell is in {container}")
+    print("incasem-like demo: mitochondria in the embedded Lucchi sample, on the CPU", flush=True)
+    result = run_demo(args.out, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
+    segmentation, best = result["segmentation"]["best"], result["probabilities"]["best"]
+    print(
+        f"mitochondria F1 {segmentation['f1']:.3f} (precision {segmentation['precision']:.3f}, recall "
+        f"{segmentation['recall']:.3f}) at threshold 0.5; best threshold {best['threshold']:.2f}: F1 {best['f1']:.3f}"
+    )
+    print(f"the sample cell and its prediction are in {result['container']}", flush=True)
+    if not args.no_view:
+        from incasem_like.commands.view import serve
+
+        serve(
+            argparse.Namespace(
+                container=str(result["container"]),
+                datasets=[],
+                port=None,
+                bind=None,
+                client_url=None,
+                state_file=None,
+                open=False,
+            )
+        )

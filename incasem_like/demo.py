@@ -14,7 +14,7 @@ from incasem_like.datasets import RAW, RAW_CLAHE, DatasetPath, labels_name, metr
 from incasem_like.evaluate import evaluate, open_inputs
 from incasem_like.labels import MetricMaskStage, load_organelle
 from incasem_like.models import bundled_model
-from incasem_like.predict import PredictStage
+from incasem_like.predict import PredictStage, recommended_threshold
 
 SAMPLE = files("incasem_like") / "sample_data" / "lucchi_crop"
 SAMPLE_VOXEL_SIZE = (5, 5, 5)
@@ -54,11 +54,13 @@ def run_demo(out_dir: Path, workers: int = 2, overwrite: bool = False, progress:
         ),
     )
     probabilities, segmentation = prediction_names(RUN, "mito")
+    threshold = recommended_threshold(str(bundled_model("mito")))
     output = str(DatasetPath(container, probabilities).group_path.parent)
     step(
         f"predict mitochondria with the bundled model -> {output}",
         PredictStage(
             checkpoint=str(bundled_model("mito")),
+            threshold=threshold,
             raw=str(container / RAW_CLAHE),
             output=output,
             device="cpu",
@@ -71,4 +73,4 @@ def run_demo(out_dir: Path, workers: int = 2, overwrite: bool = False, progress:
         name: evaluate(open_inputs(str(container / dataset), str(container / labels_name("mito")), metric_mask))
         for name, dataset in (("segmentation", segmentation), ("probabilities", probabilities))
     }
-    return {"container": container, **scores}
+    return {"container": container, "threshold": threshold, **scores}

@@ -36,7 +36,7 @@ from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate, Roi
 from incasem_like.inference import normalize, predict_region, raw_with_context
 from incasem_like.threshold import Threshold, segment
-from incasem_like.training.checkpoints import file_digest, model_from_checkpoint
+from incasem_like.training.checkpoints import file_digest, load_checkpoint, model_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ def select_device(name: str) -> str:
 def default_precision(device: str) -> str:
     """bf16 on GPUs that support it; float32 on CPUs (bf16 is many times slower without AVX512-BF16/AMX)."""
     return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def recommended_threshold(checkpoint: str) -> float:
+    """The threshold recorded with an exported model (the best of its validation sweep), else 0.5."""
+    return float(load_checkpoint(checkpoint).get("threshold") or 0.5)
 
 
 class PredictStage(BlockwiseStage):

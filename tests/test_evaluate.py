@@ -13,7 +13,7 @@ from incasem_like.errors import UserError
 from incasem_like.evaluate import evaluation_blocks, parse_thresholds
 from incasem_like.geometry import Roi
 from incasem_like.labels import metric_mask
-from incasem_like.metrics import confusion, overlap_scores, threshold_counts, value_histograms
+from incasem_like.metrics import overlap_scores, threshold_counts, value_histograms
 from tests import conftest
 from tests.conftest import read_dataset, run_cli
 
@@ -84,6 +84,17 @@ def cell(tmp_path, rng):
     truth = labels[inner] > 0
     counted = (metric[:20, 10:160, :140] > 0) & (cell_mask[:, :, :140] > 0)
     return paths, probabilities, truth, counted
+
+
+def confusion(predicted: np.ndarray, truth: np.ndarray, counted: np.ndarray | None) -> dict[str, int]:
+    """The direct numpy computation: TP, FP, FN among counted voxels (all without a mask; foreground = nonzero)."""
+    counted = np.ones(predicted.shape, bool) if counted is None else counted
+    predicted, truth = predicted.astype(bool) & counted, truth.astype(bool) & counted
+    return {
+        "true_positives": int(np.count_nonzero(predicted & truth)),
+        "false_positives": int(np.count_nonzero(predicted & ~truth)),
+        "false_negatives": int(np.count_nonzero(~predicted & truth)),
+    }
 
 
 def test_histograms_give_the_confusion_counts_of_every_threshold(rng):

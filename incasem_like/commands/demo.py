@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> None:
     segmentation, best = result["segmentation"]["best"], result["probabilities"]["best"]
     print(
         f"mitochondria F1 {segmentation['f1']:.3f} (precision {segmentation['precision']:.3f}, recall "
-        f"{segmentation['recall']:.3f}) at threshold 0.5; best threshold {best['threshold']:.2f}: F1 {best['f1']:.3f}"
+        f"{segmentation['recall']:.3f}) at the model's threshold {result['threshold']}; best threshold on the "
+        f"sample {best['threshold']:.2f}: F1 {best['f1']:.3f}"
     )
     print(f"the sample cell and its prediction are in {result['container']}", flush=True)
     if not args.no_view:

@@ -41,7 +41,10 @@ def register(subparsers) -> None:
     )
     add_roi_option(parser, "predict only this region of RAW")
     parser.add_argument(
-        "--threshold", type=float, default=0.5, metavar="T", help="segmentation: probability > T (default 0.5)"
+        "--threshold",
+        type=float,
+        metavar="T",
+        help="segmentation: probability > T (default: the threshold recorded with an exported model, else 0.5)",
     )
     parser.add_argument(
         "--device", choices=("auto", "cuda", "cpu"), default="auto", help="default: cuda if available, else cpu"
@@ -70,14 +73,14 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from incasem_like.commands import run_and_report
-    from incasem_like.predict import PredictStage, default_precision, select_device
+    from incasem_like.predict import PredictStage, default_precision, recommended_threshold, select_device
 
     device = select_device(args.device)
     stage = PredictStage(
         checkpoint=args.checkpoint,
         raw=args.raw,
         output=args.out,
-        threshold=args.threshold,
+        threshold=recommended_threshold(args.checkpoint) if args.threshold is None else args.threshold,
         block=args.block,
         chunk=args.chunk,
         step=args.step,

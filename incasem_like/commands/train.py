@@ -58,7 +58,12 @@ def report(summary: dict) -> None:
     if timing["stopped_at_time_limit"]:
         print("stopped at the time limit (max_minutes); --resume continues towards the configured iterations")
     if best:
-        print(f"best validation F1 {best['f1']:.3f} at iteration {best['iteration']}: {best['checkpoint']}")
+        print(
+            f"best validation F1 {best['f1']:.3f} (threshold {summary['threshold']}) at iteration {best['iteration']}: "
+            f"{best['checkpoint']}"
+        )
+        swept = summary["best_at_swept_threshold"]
+        print(f"  best over thresholds: F1 {swept['f1']:.3f} at {swept['threshold']} (iteration {swept['iteration']})")
     print(f"summary: {summary['run_dir']}/summary.json")
 
 

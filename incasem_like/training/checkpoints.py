@@ -50,9 +50,11 @@ def _save_atomically(state: dict, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def export_weights(checkpoint: str | Path, out: str | Path, provenance: dict) -> Path:
-    """A checkpoint's weights in float16 without optimizer state (a model to ship), with `provenance` attached."""
+def export_weights(checkpoint: str | Path, out: str | Path, provenance: dict, threshold: float | None = None) -> Path:
+    """A checkpoint's weights in float16 without optimizer state (a model to ship), with `provenance` attached and
+    the probability threshold `predict` should use by default (e.g. the best of the validation sweep)."""
     state = load_checkpoint(checkpoint)
+    state["threshold"] = threshold
     state["model"] = {
         name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in state["model"].items()
     }

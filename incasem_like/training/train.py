@@ -18,7 +18,7 @@ from incasem_like.datasets import DatasetPath, create_dataset, update_dataset_me
 from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate
 from incasem_like.inference import autocast, normalize, predict_region, probabilities, raw_with_context
-from incasem_like.metrics import add_counts, confusion, scores
+from incasem_like.metrics import scores, threshold_counts, value_histograms
 from incasem_like.model import UNet3D
 from incasem_like.training.checkpoints import checkpoints, load_checkpoint, save_checkpoint
 from incasem_like.training.config import CellVolumes, TrainConfig, open_cells
@@ -68,20 +68,40 @@ class ValidationCell:
         return cls(cell.key, raw_with_context(cell.volumes["raw"], cell.roi, context), labels, counted)
 
 
+#: thresholds of the validation sweep (the best one is reported beside the F1 at the configured threshold)
+SWEEP = tuple(round(0.05 * step, 2) for step in range(1, 20))
+SWEPT = ("best_threshold", "best_threshold_f1")
+
+
 def validate(model: UNet3D, cells: list[ValidationCell], device: torch.device, threshold: float, input_shape) -> dict:
-    """Loss and precision/recall/F1 at `threshold` over all validation ROIs (and per ROI); passes of `input_shape`."""
+    """Loss and precision/recall/F1 at `threshold` over all validation ROIs (and per ROI), and the sweep's best
+    threshold with its F1; passes of `input_shape`. Probabilities are quantized and thresholded as `predict`
+    stores and thresholds them (uint8 q, foreground q > 255 t)."""
     per_cell, losses, weights_total = {}, 0.0, 0
+    histograms = np.zeros((2, 256), np.int64)
     for cell in cells:
         logits = predict_region(model, normalize(cell.raw), input_shape, device, uses_bf16(device))
         weights = balanced_weights(cell.labels, cell.counted)
         loss = float(weighted_bce(torch.from_numpy(logits), torch.from_numpy(cell.labels), torch.from_numpy(weights)))
-        counts = confusion(logits > math.log(threshold / (1 - threshold)), cell.labels, cell.counted)
+        quantized = np.round(probabilities(logits) * 255).astype(np.uint8)
+        cell_histograms = value_histograms(quantized, cell.labels, cell.counted)
+        histograms += cell_histograms
+        counts = threshold_counts(cell_histograms, threshold)
         per_cell[cell.key] = {"loss": loss, **counts, **scores(counts)}
         counted = int(cell.counted.sum())
         losses += loss * counted
         weights_total += counted
-    total = add_counts(*per_cell.values())
-    return {"loss": losses / max(weights_total, 1), **total, **scores(total), "cells": per_cell}
+    total = threshold_counts(histograms, threshold)
+    swept = {t: scores(threshold_counts(histograms, t))["f1"] for t in SWEEP}
+    best = max(SWEEP, key=lambda t: (swept[t], -t))
+    return {
+        "loss": losses / max(weights_total, 1),
+        **total,
+        **scores(total),
+        "best_threshold": best,
+        "best_threshold_f1": swept[best],
+        "cells": per_cell,
+    }
 
 
 def write_snapshot(run_dir: Path, iteration: int, batch: dict, logits: np.ndarray, voxel_size) -> None:
@@ -227,7 +247,7 @@ class Run:
         """Validate, log and record the result; returns the seconds it took."""
         started = time.perf_counter()
         result = validate(self.model, self.validation, self.device, self.config.threshold, self.validation_input_shape)
-        for name in ("loss", "f1", "precision", "recall"):
+        for name in ("loss", "f1", "precision", "recall", "best_threshold", "best_threshold_f1"):
             writer.add_scalar(f"validation/{name}", result[name], iteration)
         writer.flush()
         self.history = [h for h in self.history if h["iteration"] != iteration] + [{"iteration": iteration, **result}]
@@ -238,6 +258,11 @@ class Run:
         saved = checkpoints(self.dir)
         scored = [h for h in self.history if h["iteration"] in saved]
         best = max(scored, key=lambda h: (h["f1"], -h["iteration"]), default=None)
+        swept_best = max(
+            (h for h in scored if "best_threshold_f1" in h),
+            key=lambda h: (h["best_threshold_f1"], -h["iteration"]),
+            default=None,
+        )
         summary = {
             "organelle": self.config.organelle,
             "run_dir": str(self.dir),
@@ -248,8 +273,10 @@ class Run:
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "iterations": max(saved, default=0),
             "checkpoints": {str(i): str(p) for i, p in saved.items()},
+            "threshold": self.config.threshold,
             "validation": [
-                {key: h[key] for key in ("iteration", "loss", "precision", "recall", "f1")} for h in self.history
+                {key: h.get(key) for key in ("iteration", "loss", "precision", "recall", "f1", *SWEPT)}
+                for h in self.history
             ],
             "best": {
                 "iteration": best["iteration"],
@@ -257,6 +284,14 @@ class Run:
                 "checkpoint": str(saved[best["iteration"]]),
             }
             if best
+            else None,
+            "best_at_swept_threshold": {
+                "iteration": swept_best["iteration"],
+                "threshold": swept_best["best_threshold"],
+                "f1": swept_best["best_threshold_f1"],
+                "checkpoint": str(saved[swept_best["iteration"]]),
+            }
+            if swept_best
             else None,
             "timing": {
                 **timing,

@@ -80,6 +80,7 @@ def time_ours(checkpoint: Path, raw: str, out: Path, workers: int, block: int) -
 def time_plain(checkpoint: Path, raw: str, out: Path) -> dict:
     """The plain sliding window over the volume in memory, zarr in and out: one thread of work, passes of the
     training input one after the other (`predict_region` is exactly that loop: no threads, no zarr)."""
+    shutil.rmtree(out, ignore_errors=True)
     wait_for_quiet()
     with Meter() as meter:
         model, _ = model_from_checkpoint(checkpoint)

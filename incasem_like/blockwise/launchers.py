@@ -6,16 +6,21 @@ and LSF launchers submit the same command as a batch job and wait for the job to
 `bsub -K`), so a job that dies or is killed by the cluster ends its submission with a non-zero code and daisy
 counts it as a lost worker: the block it held is retried and another job is submitted, up to `max_restarts`.
 Jobs are submitted not to be requeued or rerun by the cluster (`--no-requeue`, `-rn`): a lost job ends its
-submission at once instead of waiting in the queue as the same worker.
+submission at once instead of waiting in the queue as the same worker. daisy returns only once every submission
+has: a waiting submission checks that the scheduler still listens and cancels its job (`scancel`, `bkill`) once
+the run is over, so a job still queued then does not hold the command.
 
 Commands are argument lists, never shell strings. This module stays light (standard library only): daisy
 unpickles `WorkerSpawner` in a process of its own for every worker.
 """
 
 import os
+import re
 import shlex
+import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +29,8 @@ from typing import Protocol
 WORKER_THREADS_ENV = "INCASEM_LIKE_WORKER_THREADS"
 #: daisy's default number of replacement workers a run may start after its first `workers`
 DEFAULT_MAX_RESTARTS = 10
+#: how often a waiting submission checks that the scheduler still listens
+SCHEDULER_CHECK_SECONDS = 5.0
 #: SLURM runs a script, not a program: this one runs its arguments as they are (no shell parses them)
 SLURM_JOB_SCRIPT = '#!/bin/sh\nexec "$@"\n'
 
@@ -36,6 +43,8 @@ class WorkerJob:
     command: tuple[str, ...]
     env: dict[str, str]
     log_dir: Path
+    #: host and port of the daisy scheduler
+    scheduler: tuple[str, int]
 
 
 class Launcher(Protocol):
@@ -133,7 +142,7 @@ class SlurmLauncher:
             temporary.write_text(SLURM_JOB_SCRIPT)
             temporary.chmod(0o755)
             temporary.replace(script)
-        _submit(self.submit_command(job, script), job.env)
+        _submit(self.submit_command(job, script), job, r"Submitted batch job (\d+)", "scancel")
 
 
 @dataclass(frozen=True)
@@ -171,18 +180,48 @@ class LsfLauncher:
     def run_worker(self, job: WorkerJob) -> None:
         """bsub -K's exit code is the job's: non-zero when the job failed, was killed or hit its run limit."""
         job.log_dir.mkdir(parents=True, exist_ok=True)
-        _submit(self.submit_command(job), job.env)
+        _submit(self.submit_command(job), job, r"Job <(\d+)>", "bkill")
 
 
-def _submit(command: list[str], env: dict[str, str]) -> None:
-    """Run a blocking submission (its output goes to the daisy worker log); when it fails, raise with the
-    submitting program's last complaint, e.g. a refused partition."""
-    result = subprocess.run(command, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    complaint = result.stderr.decode(errors="replace")
-    sys.stderr.write(complaint)
-    if result.returncode != 0:
+def _submit(command: list[str], job: WorkerJob, job_id_pattern: str, cancel_program: str) -> None:
+    """Run a blocking submission (its output goes to the daisy worker log). Once the scheduler stops listening
+    (the run is over) its job is cancelled, which ends it cleanly; otherwise a failure raises with the submitting
+    program's last complaint, e.g. a refused partition."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        submission = subprocess.Popen(
+            command, env={**os.environ, **job.env}, stdin=subprocess.DEVNULL, stdout=out, stderr=err
+        )
+        cancelled = False
+        while True:
+            try:
+                code = submission.wait(timeout=SCHEDULER_CHECK_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                if not cancelled and not _listening(job.scheduler):
+                    out.seek(0)
+                    job_id = re.search(job_id_pattern, out.read().decode(errors="replace"))
+                    if job_id:
+                        subprocess.run([cancel_program, job_id[1]], stdin=subprocess.DEVNULL)
+                        cancelled = True
+        out.seek(0)
+        err.seek(0)
+        sys.stdout.write(out.read().decode(errors="replace"))
+        complaint = err.read().decode(errors="replace")
+        sys.stderr.write(complaint)
+    if code != 0 and not cancelled:
         last = complaint.strip().splitlines()[-1:] or ["the job failed, was killed or lost its node"]
-        raise RuntimeError(f"{command[0]} exited with code {result.returncode}: {last[0]}")
+        raise RuntimeError(f"{command[0]} exited with code {code}: {last[0]}")
+
+
+def _listening(address: tuple[str, int]) -> bool:
+    """Whether something accepts connections at `address` (a refusal means the scheduler is gone)."""
+    try:
+        with socket.create_connection(address, timeout=30):
+            return True
+    except ConnectionRefusedError:
+        return False
+    except OSError:  # unreachable for now is not gone
+        return True
 
 
 def worker_command(spec_path: Path) -> list[str]:
@@ -204,4 +243,5 @@ class WorkerSpawner:
 
     def __call__(self, *, context) -> None:
         env = {"DAISY_CONTEXT": context.to_env(), WORKER_THREADS_ENV: str(self.threads)}
-        self.launcher.run_worker(WorkerJob(self.name, self.command, env, self.log_dir))
+        scheduler = (context["hostname"], int(context["port"]))
+        self.launcher.run_worker(WorkerJob(self.name, self.command, env, self.log_dir, scheduler))

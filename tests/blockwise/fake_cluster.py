@@ -5,6 +5,8 @@ arguments follows unchanged), start the job in the background on this machine wi
 program would give it (sbatch: `--export`; bsub: the submitter's whole environment) and its output in the file
 `--output`/`-o` names, and wait for it when told to (`sbatch --wait`, `bsub -K`), then exit with the job's code.
 Every submission and every started job is appended as a JSON line to `records.jsonl` beside them.
+With FAKE_PENDING_AFTER=N in the environment, jobs after the N-th stay queued until `scancel`/`bkill` (fakes
+too) cancels them.
 """
 
 import json
@@ -22,7 +24,7 @@ from incasem_like.blockwise.stage import BlockwiseStage
 from tests.stages import BoxSumStage, SlowBlocks
 
 COMMON = r'''
-import fcntl, json, os, subprocess, sys
+import fcntl, json, os, subprocess, sys, time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -65,6 +67,16 @@ def parse(argv, flags, valued):
             sys.exit(f"{PROGRAM}: unrecognized option '{argv[index]}'")
         index += 1
     return options, argv[index:]
+
+
+def stay_queued(job_id):
+    """Past FAKE_PENDING_AFTER jobs the queue is full: wait, never starting, until the job is cancelled."""
+    if job_id <= 1000 + int(os.environ.get("FAKE_PENDING_AFTER", 10**9)):
+        return
+    while not (HERE / f"cancelled_{job_id}").exists():
+        time.sleep(0.05)
+    record({"event": "cancelled", "program": PROGRAM, "job_id": job_id})
+    sys.exit(f"{PROGRAM}: job {job_id} was cancelled while queued")
 
 
 def start(job_id, command, env, output):
@@ -119,8 +131,9 @@ def main():
         "event": "submitted", "program": PROGRAM, "job_id": job_id, "argv": sys.argv[1:], "options": options,
         "command": rest, "env": {key: env[key] for key in RECORDED_ENV if key in env},
     })
-    job = start(job_id, [str(script), *rest[1:]], env, output)
     print(job_id if "--parsable" in options else f"Submitted batch job {job_id}", flush=True)
+    stay_queued(job_id)
+    job = start(job_id, [str(script), *rest[1:]], env, output)
     if waits:
         code = job.wait()
         sys.exit(code if code >= 0 else 128 - code)
@@ -147,8 +160,9 @@ def main():
         "command": rest, "env": {key: env[key] for key in RECORDED_ENV if key in env},
     })
     # LSF stores the command line as one string and runs it through a shell on the execution host
-    job = start(job_id, ["/bin/sh", "-c", " ".join(rest)], env, output)
     print(f"Job <{job_id}> is submitted to queue <{options.get('-q', 'normal')}>.", flush=True)
+    stay_queued(job_id)
+    job = start(job_id, ["/bin/sh", "-c", " ".join(rest)], env, output)
     if "-K" in options:
         print("<<Waiting for dispatch ...>>", flush=True)
         code = job.wait()
@@ -160,13 +174,20 @@ main()
 """
 
 
+CANCEL = r"""
+PROGRAM = Path(sys.argv[0]).name
+record({"event": "cancel", "program": PROGRAM, "job_id": int(sys.argv[1])})
+(HERE / f"cancelled_{sys.argv[1]}").touch()
+"""
+
+
 class FakeCluster:
     """The folder holding the fake `sbatch` and `bsub` (put first on PATH by the test) and what they recorded."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         folder.mkdir(parents=True)
-        for name, program in (("sbatch", SBATCH), ("bsub", BSUB)):
+        for name, program in (("sbatch", SBATCH), ("bsub", BSUB), ("scancel", CANCEL), ("bkill", CANCEL)):
             path = folder / name
             path.write_text(f"#!{sys.executable}\n{COMMON}\n{program}")
             path.chmod(0o755)

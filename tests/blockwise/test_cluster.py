@@ -200,6 +200,21 @@ def test_jobs_the_cluster_refuses_fail_the_run_instead_of_hanging(source, tmp_pa
     assert len(fake_cluster.submissions()) == 0 and len(fake_cluster.records("refused")) == 3
 
 
+@pytest.mark.parametrize("kind", ["slurm", "lsf"])
+def test_a_job_still_queued_when_the_run_ends_is_cancelled(kind, source, tmp_path, fake_cluster, monkeypatch):
+    path, data = source
+    monkeypatch.setenv("FAKE_PENDING_AFTER", "1")
+    stage = BoxSumStage(input=str(path), output=str(tmp_path / "cell.zarr/volumes/sum"))
+    launcher = cluster_settings({"cluster": kind, "scheduler_host": "127.0.0.1"}).launcher()
+
+    summary = run_stage(stage, workers=2, launcher=launcher, progress=False)
+
+    assert summary["complete"]
+    np.testing.assert_array_equal(open_dataset(stage.output_path())[open_dataset(path).roi], box_sum(data, 1))
+    assert [entry["job_id"] for entry in fake_cluster.records("started")] == [1001]
+    assert [entry["job_id"] for entry in fake_cluster.records("cancelled")] == [1002]
+
+
 CONFIGS = {
     "unknown.yaml": "cluster: slurm\ngpu: 1\n",
     "bad_value.yaml": "cluster: slurm\ncpus: 0\n",

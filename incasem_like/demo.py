@@ -7,6 +7,7 @@ labels (in the method's metric mask), every step through the same stages the com
 from importlib.resources import files
 from pathlib import Path
 
+from incasem_like.blockwise.launchers import Launcher
 from incasem_like.blockwise.runner import run_stage
 from incasem_like.clahe import ClaheStage
 from incasem_like.convert import ConvertStage, TiffStack, label_mode_for
@@ -23,14 +24,16 @@ CHUNK = 64
 RUN = "demo"
 
 
-def run_demo(out_dir: Path, workers: int = 2, overwrite: bool = False, progress: bool = True) -> dict:
+def run_demo(
+    out_dir: Path, workers: int = 2, overwrite: bool = False, progress: bool = True, launcher: Launcher | None = None
+) -> dict:
     """Run the demo into `out_dir/sample.zarr`; returns the container and the evaluation of the prediction."""
     container = Path(out_dir) / "sample.zarr"
     sample = Path(str(SAMPLE))
 
     def step(message: str, stage) -> None:
         print(f"  {message}", flush=True)
-        run_stage(stage, workers=workers, overwrite=overwrite, progress=progress)
+        run_stage(stage, workers=workers, overwrite=overwrite, launcher=launcher, progress=progress)
 
     for folder, name, label in (("raw", RAW, False), ("mito", labels_name("mito"), True)):
         stage = ConvertStage(

@@ -33,6 +33,7 @@ import zarr
 from daisy import Block
 from pydantic import field_validator
 
+from incasem_like.blockwise.launchers import Launcher
 from incasem_like.blockwise.runner import fingerprint, run_stage
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
 from incasem_like.datasets import (
@@ -430,6 +431,7 @@ def build_pyramid(
     overwrite: bool = False,
     progress: bool = True,
     on_level: Callable[[PyramidLevelStage, dict], None] | None = None,
+    launcher: Launcher | None = None,
 ) -> list[int]:
     """Write levels s1..s{levels} of `path` (those not already complete, or all with `overwrite`) and list each in
     the multiscales metadata once complete. Returns the levels it wrote (empty if there was nothing to do)."""
@@ -445,7 +447,7 @@ def build_pyramid(
         for stage in todo:
             _check_resumable(path, stage)
     for stage in todo:
-        summary = run_stage(stage, workers=workers, progress=progress)
+        summary = run_stage(stage, workers=workers, launcher=launcher, progress=progress)
         set_levels(path, stage.level + 1)
         if on_level:
             on_level(stage, summary)

@@ -40,6 +40,7 @@ import zarr
 from daisy import Block
 from pydantic import NonNegativeInt, PositiveInt
 
+from incasem_like.blockwise.launchers import Launcher
 from incasem_like.blockwise.runner import fingerprint, run_stage
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
 from incasem_like.datasets import META_KEY, DatasetPath, dataset_meta, update_dataset_meta
@@ -207,7 +208,13 @@ def check_output_folder(stage: MeshStage, overwrite: bool) -> None:
         raise UserError(f"{folder} already exists; pass --overwrite to replace it")
 
 
-def make_meshes(stage: MeshStage, workers: int = 1, overwrite: bool = False, progress: bool = True) -> MeshResult:
+def make_meshes(
+    stage: MeshStage,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+    launcher: Launcher | None = None,
+) -> MeshResult:
     """The `mesh` command: run (or resume) `stage`, then write `neuroglancer/info` and `summary.json`."""
     if workers < 1:
         raise UserError(f"--workers {workers}: need at least one worker")
@@ -216,7 +223,7 @@ def make_meshes(stage: MeshStage, workers: int = 1, overwrite: bool = False, pro
         update={"labels_run": dataset_meta(DatasetPath.parse(stage.labels)).get("fingerprint", "")}
     )
     check_output_folder(stage, overwrite)
-    run = run_stage(stage, workers=workers, progress=progress)
+    run = run_stage(stage, workers=workers, launcher=launcher, progress=progress)
     summary_path = stage.folder / "summary.json"
     if run.get("already_complete") and summary_path.exists():
         return MeshResult(stage.folder, json.loads(summary_path.read_text()), None)

@@ -52,6 +52,7 @@ from scipy.sparse.csgraph import connected_components
 from skimage.measure import marching_cubes
 
 from incasem_like import __version__
+from incasem_like.blockwise.launchers import Launcher
 from incasem_like.blockwise.runner import run_stage
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
 from incasem_like.datasets import (
@@ -583,15 +584,17 @@ def prepare_output(config: ObjectsStep, overwrite: bool) -> str:
     return "new"
 
 
-def compute_objects(config: ObjectsStep, workers: int = 1, progress: bool = True) -> dict[str, dict]:
+def compute_objects(
+    config: ObjectsStep, workers: int = 1, progress: bool = True, launcher: Launcher | None = None
+) -> dict[str, dict]:
     """Run (or resume) the steps into a prepared object-id dataset and mark it complete; returns the runner's
     summary of each blockwise step."""
     update_dataset_meta(DatasetPath.parse(config.labels), complete=False)  # in case its table went missing
     fragments, relabel = (cls.model_validate(config.model_dump()) for cls in STEPS)
-    summaries = {"fragments": run_stage(fragments, workers=workers, progress=progress)}
+    summaries = {"fragments": run_stage(fragments, workers=workers, launcher=launcher, progress=progress)}
     if not (config.scratch_root() / MERGE_FILE).exists():
         _merge(config)
-    summaries["relabel"] = run_stage(relabel, workers=workers, progress=progress)
+    summaries["relabel"] = run_stage(relabel, workers=workers, launcher=launcher, progress=progress)
     table = ObjectTable.load(config.scratch_root() / TABLE_FILE)
     areas = table.surface_area_nm2.copy()
     for path in config.results_dir(RelabelStage.step).glob("b_*.npz"):
@@ -647,6 +650,7 @@ def find_objects(
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    launcher: Launcher | None = None,
 ) -> ObjectsResult:
     """The `objects` command: object ids into `labels`, statistics into `csv_path`; resumable.
 
@@ -665,7 +669,7 @@ def find_objects(
         remove_scratch(config)  # left behind if a finished run was stopped while cleaning up
         return ObjectsResult(DatasetPath.parse(labels), csv_path, len(_table(config)), {}, 0.0, False)
     state = prepare_output(config, overwrite)
-    summaries = {} if state == "complete" else compute_objects(config, workers, progress)
+    summaries = {} if state == "complete" else compute_objects(config, workers, progress, launcher)
     remove_scratch(config)
     table = _table(config)
     write_atomically(csv_path, table.csv_text())

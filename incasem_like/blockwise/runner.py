@@ -12,7 +12,6 @@ Guarantees every stage inherits from here:
 
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import daisy.v2 as daisy_v2
 from funlib.geometry import Roi
 
 from incasem_like import __version__
-from incasem_like.blockwise.launchers import LocalLauncher, WorkerSpawner, worker_command
+from incasem_like.blockwise.launchers import Launcher, LocalLauncher, WorkerSpawner, worker_command
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
 from incasem_like.datasets import DatasetPath, dataset_meta, is_complete, remove_dataset, update_dataset_meta
 from incasem_like.errors import BlockwiseRunFailed, UserError
@@ -50,14 +49,15 @@ def run_stage(
     stage: BlockwiseStage,
     workers: int = 1,
     overwrite: bool = False,
-    launcher: LocalLauncher | None = None,
+    launcher: Launcher | None = None,
     max_retries: int = 2,
     block_timeout: float = 3600.0,
     progress: bool = True,
 ) -> dict:
     """Run `stage` blockwise and return the run summary (also written to `<output>/.incasem_run/summary.json`).
 
-    Raises `UserError` for bad input or an existing output that this exact command did not start, and
+    `launcher` starts the workers (default: processes on this machine); workers it loses are replaced up to its
+    `max_restarts`. Raises `UserError` for bad input or an existing output that this exact command did not start, and
     `BlockwiseRunFailed` when blocks still fail after `max_retries` retries.
     """
     if workers < 1:
@@ -90,32 +90,33 @@ def run_stage(
     (run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
 
     daisy.logging.set_log_basedir(run_dir / "logs")
-    threads = max(1, len(os.sched_getaffinity(0)) // workers)
     task = daisy_v2.Task(
         stage.task_name,
         total_roi=layout.total_write_roi.grow(layout.context, layout.context),
         read_roi=Roi((0,) * 3, layout.block_read_shape),
         write_roi=Roi(layout.context, layout.block_write_shape),
-        process_function=WorkerSpawner(launcher, tuple(worker_command(run_dir / "spec.json")), threads),
+        process_function=WorkerSpawner(
+            launcher,
+            f"incasem-{stage.task_name}",
+            tuple(worker_command(run_dir / "spec.json")),
+            run_dir / "logs" / "jobs",
+            launcher.worker_threads(workers),
+        ),
         read_write_conflict=False,
         fit="shrink",
         max_workers=workers,
         max_retries=max_retries,
+        max_worker_restarts=launcher.max_restarts,
         timeout=block_timeout,
         tracking_path=str(run_dir / "tracking"),
     )
     start = time.perf_counter()
-    try:
-        states = daisy_v2.run_blockwise(
-            task, progress=progress, return_states=True, summary=False, host=launcher.scheduler_host
-        )
-        abandon_reason = None
-    except RuntimeError as error:  # daisy abandons a task whose workers keep crashing
-        states, abandon_reason = None, str(error)
+    # the Server returns the task's state even when daisy abandons it (every worker lost, restarts used up)
+    states = daisy_v2.Server().run_blockwise(task, progress=progress, summary=False, host=launcher.scheduler_host)
     seconds = time.perf_counter() - start
 
-    summary = _summarize(stage, layout, outputs[0], run_id, workers, seconds, task, states, abandon_reason)
-    complete = summary["blocks_failed"] == 0 and abandon_reason is None and summary["blocks_pending"] == 0
+    summary = _summarize(stage, layout, outputs[0], run_id, workers, seconds, task, states[stage.task_name])
+    complete = summary["blocks_failed"] == 0 and summary["stopped"] is None and summary["blocks_pending"] == 0
     summary["complete"] = complete
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if not complete:
@@ -155,20 +156,25 @@ def _failure_message(summary: dict, outputs: list[DatasetPath], run_dir: Path) -
     return (
         f"{summary['task']}: {summary['blocks_failed']} of {summary['blocks_total']} blocks failed"
         + (f" ({failed}{f' and {more} more' if more > 0 else ''})" if failed else "")
+        + (f", {summary['blocks_pending']} not processed" if summary["blocks_pending"] else "")
+        + (f"; {summary['stopped']}" if summary["stopped"] else "")
         + f"; first error: {summary['first_error']}; {', '.join(map(str, outputs))} left incomplete; "
         f"logs in {run_dir / 'logs'}; rerun the same command to retry only the unfinished blocks"
     )
 
 
-def _summarize(stage, layout, output, run_id, workers, seconds, task, states, abandon_reason) -> dict:
-    state = states[stage.task_name] if states else None
-    total = state.total_block_count if state else 0
-    skipped = state.skipped_count if state else 0
-    processed = (state.completed_count - skipped) if state else 0
+def _summarize(stage, layout, output, run_id, workers, seconds, task, state) -> dict:
+    total = state.total_block_count
+    skipped = state.skipped_count
+    processed = state.completed_count - skipped
     failed_blocks = [
         {"block_id": block.block_id[1], "write_roi": str(block.write_roi)} for block in task.failed_blocks()
     ]
-    first_error = abandon_reason or (state.first_worker_error if state else None)
+    stopped = (
+        f"stopped after losing {state.worker_failure_count} workers ({state.abandon_reason})"
+        if state.abandoned
+        else None
+    )
     # blocks are equal but for the far border, so the processed share of blocks gives the processed voxels
     voxels_processed = layout.num_voxels() * processed / total if total else 0
     return {
@@ -179,13 +185,14 @@ def _summarize(stage, layout, output, run_id, workers, seconds, task, states, ab
         "blocks_total": total,
         "blocks_processed": processed,
         "blocks_skipped": skipped,
-        "blocks_failed": max(len(failed_blocks), state.failed_count if state else 0),
-        "blocks_pending": (total - state.completed_count - state.failed_count) if state else 0,
+        "blocks_failed": max(len(failed_blocks), state.failed_count),
+        "blocks_pending": total - state.completed_count - state.failed_count,
         "seconds": round(seconds, 3),
         "voxels_total": layout.num_voxels(),
         "voxels_per_second": round(voxels_processed / seconds) if seconds > 0 else 0,
         "failed_blocks": failed_blocks,
-        "first_error": _last_line(first_error),
+        "first_error": _last_line(state.first_worker_error),
+        "stopped": stopped,
     }
 
 

@@ -3,7 +3,7 @@
 import argparse
 import textwrap
 
-from incasem_like.commands import add_blockwise_options, formatter
+from incasem_like.commands import add_blockwise_options, formatter, launcher_from_args
 
 
 def register(subparsers) -> None:
@@ -31,8 +31,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     from incasem_like.demo import run_demo
 
+    launcher = launcher_from_args(args)
     print("incasem-like demo: mitochondria in the embedded Lucchi sample, on the CPU", flush=True)
-    result = run_demo(args.out, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
+    result = run_demo(
+        args.out, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet, launcher=launcher
+    )
     segmentation, best = result["segmentation"]["best"], result["probabilities"]["best"]
     print(
         f"mitochondria F1 {segmentation['f1']:.3f} (precision {segmentation['precision']:.3f}, recall "

@@ -3,7 +3,7 @@
 import argparse
 import textwrap
 
-from incasem_like.commands import add_blockwise_options, formatter
+from incasem_like.commands import add_blockwise_options, formatter, launcher_from_args
 
 
 def register(subparsers) -> None:
@@ -65,7 +65,10 @@ def run(args: argparse.Namespace) -> None:
     if args.smooth is not None:
         options["smooth"] = args.smooth
     stage = MeshStage(labels=args.labels, output=args.output, step_size=args.step_size, block=args.block, **options)
-    result = make_meshes(stage, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
+    launcher = launcher_from_args(args)
+    result = make_meshes(
+        stage, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet, launcher=launcher
+    )
     summary = result.summary
     if result.run is None:
         print(f"{result.folder} is already complete (same command, same parameters)")

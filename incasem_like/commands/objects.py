@@ -3,7 +3,7 @@
 import argparse
 import textwrap
 
-from incasem_like.commands import add_block_options, add_blockwise_options, formatter
+from incasem_like.commands import add_block_options, add_blockwise_options, formatter, launcher_from_args
 
 
 def register(subparsers) -> None:
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> None:
     from incasem_like.objects import find_objects
 
     labels = args.labels_out or str(args.segmentation).rstrip("/") + "_objects"
+    launcher = launcher_from_args(args)
     result = find_objects(
         args.segmentation,
         args.csv,
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> None:
         workers=args.workers,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        launcher=launcher,
     )
     if not result.summaries:
         print(f"{result.labels} is already complete (same command, same parameters)")

@@ -3,7 +3,7 @@
 import argparse
 import textwrap
 
-from incasem_like.commands import add_block_options, add_blockwise_options, formatter
+from incasem_like.commands import add_block_options, add_blockwise_options, formatter, launcher_from_args
 from incasem_like.commands.downsample import VALUE_RULES, add_kind_options
 
 
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> None:
     levels = parse_int(args.levels, "--levels", minimum=1)
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: need at least one worker")
+    launcher = launcher_from_args(args)
 
     def report(stage, summary: dict) -> None:
         level = open_level(path, stage.level)
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         progress=not args.quiet,
         on_level=report,
+        launcher=launcher,
     )
     count = listed_levels(path)
     sizes = ", ".join(str(tuple(open_level(path, k).voxel_size)) for k in range(count))

@@ -174,7 +174,13 @@ def main() -> None:
             case["network"] = network_config.config.model_dump(mode="json")
             cases[network] = case
             print(network, json.dumps(case), flush=True)
-    result = {
+            write_result(report(started, digest, args, shape, cases, None), args.out)  # kept if a later step fails
+    bf16 = bf16_check(tuple(args.bf16_shape)) if args.bf16_check else None
+    write_result(report(started, digest, args, shape, cases, bf16), args.out)
+
+
+def report(started, digest, args, shape, cases: dict, bf16: dict | None) -> dict:
+    return {
         "benchmark": "incasem-like predict end to end (zarr in -> probabilities + segmentation zarr) vs plain PyTorch",
         "date": started.isoformat(timespec="seconds"),
         "machine": {
@@ -189,7 +195,7 @@ def main() -> None:
             "repeats": args.repeats,
         },
         "cases": cases,
-        "bf16_check": bf16_check(tuple(args.bf16_shape)) if args.bf16_check else None,
+        "bf16_check": bf16,
         "targets": {
             f"{network}_{workers}_workers_vs_plain_at_least_1.0": cases[network][f"speedup_{workers}_workers_vs_plain"]
             >= 1.0
@@ -197,7 +203,6 @@ def main() -> None:
             for workers in args.workers
         },
     }
-    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError
 
 from incasem_like.blockwise.volume_stage import VolumeStage
+from incasem_like.config_files import read_yaml_mapping
 from incasem_like.errors import UserError, describe_validation_error
 from incasem_like.mask import DEFAULT_MAX_SPAN, blockwise_context, clean_components, dilate, erode
 
@@ -95,15 +95,7 @@ def load_organelle(name: str, config_dir: Path | None = None) -> OrganelleConfig
     if name not in known:
         raise UserError(f"unknown organelle {name!r}; known: {', '.join(known) or 'none'} (configs in {config_dir})")
     path = config_dir / f"{name}.yaml"
-    try:
-        content = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
-    if not isinstance(content, dict):
-        raise UserError(f"{path}: expected a mapping of keys (organelle, clean, dilate_voxels, metric_mask)")
+    content = read_yaml_mapping(path, "keys (organelle, clean, dilate_voxels, metric_mask)")
     try:
         config = OrganelleConfig.model_validate(content)
     except ValidationError as error:

@@ -14,7 +14,6 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from incasem_like.blockwise.launchers import (
@@ -25,6 +24,7 @@ from incasem_like.blockwise.launchers import (
     LsfLauncher,
     SlurmLauncher,
 )
+from incasem_like.config_files import read_yaml_mapping
 from incasem_like.errors import UserError
 
 SUBMIT_PROGRAMS = {"slurm": "sbatch", "lsf": "bsub"}
@@ -135,15 +135,8 @@ def load_cluster_config(path: Path) -> dict:
     """The settings of a cluster config file, keys checked (values are validated with the command line's)."""
     if not path.is_file():
         raise UserError(f"--cluster-config {path}: no such file")
-    try:
-        content = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', None) or error}") from None
     keys = ", ".join(ClusterSettings.model_fields)
-    if not isinstance(content, dict):
-        raise UserError(f"{path}: expected a mapping of cluster settings ({keys})")
+    content = read_yaml_mapping(path, f"cluster settings ({keys})")
     for key in content:
         if key not in ClusterSettings.model_fields:
             raise UserError(f"{path}: unknown key {key!r}; the keys are {keys}")

@@ -7,9 +7,9 @@ first voxel of the raw dataset (as `--roi` elsewhere); `null` means the whole da
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from incasem_like.config_files import read_yaml_mapping
 from incasem_like.datasets import DatasetPath, Volume, open_dataset
 from incasem_like.errors import UserError, describe_validation_error
 from incasem_like.geometry import Coordinate, Roi, roi_from_voxels
@@ -122,14 +122,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such config file; see configs/training/ for examples")
-    try:
-        content = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', None) or error}") from None
-    if not isinstance(content, dict):
-        raise UserError(f"{path}: expected a mapping of keys (organelle, run_dir, training, ...)")
+    content = read_yaml_mapping(path, "keys (organelle, run_dir, training, ...)")
     try:
         return TrainConfig.model_validate({**content, **(overrides or {})})
     except ValidationError as error:

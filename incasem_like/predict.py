@@ -98,13 +98,16 @@ class PredictStage(BlockwiseStage):
     def output_paths(self) -> list[DatasetPath]:
         return [DatasetPath.parse(f"{self.output}/{name}") for name in (PROBABILITIES, SEGMENTATION)]
 
-    def pass_input_shape(self, model) -> tuple[int, int, int]:
+    def pass_shapes(self, model) -> tuple[tuple[int, int, int], Coordinate, Coordinate]:
+        """A pass's input shape, its output shape and the context per side (voxels) for `step`."""
         factor = 2**model.config.downsamplings
         if self.step < factor or self.step % factor:
             raise UserError(
                 f"--step {self.step} must be a positive multiple of {factor} (the network's downsampling factor)"
             )
-        return (model.config.input_edge_for(self.step),) * 3
+        input_shape = (model.config.input_edge_for(self.step),) * 3
+        output_shape = Coordinate(model.config.output_shape(input_shape))
+        return input_shape, output_shape, (Coordinate(input_shape) - output_shape) / 2
 
     def open_raw(self) -> Volume:
         raw = open_dataset(self.raw)
@@ -130,22 +133,21 @@ class PredictStage(BlockwiseStage):
         if self.block < 1 or self.chunk < 1 or self.block % self.chunk:
             raise UserError(f"--block {self.block} must be a positive multiple of --chunk {self.chunk}")
         model, state = model_from_checkpoint(self.checkpoint)
-        input_shape = self.pass_input_shape(model)
+        _, _, context = self.pass_shapes(model)
         raw = self.open_raw()
         self.check_voxel_size(raw, state)
         if DatasetPath.parse(self.raw) in self.output_paths():
             raise UserError(f"{self.output}: the output must not contain the raw dataset; choose another name")
-        context = [(i - o) // 2 for i, o in zip(input_shape, model.config.output_shape(input_shape))]
         return BlockLayout(
             total_write_roi=requested_roi(raw, self.raw, self.roi_offset, self.roi_shape),
             block_write_shape=Coordinate((self.block,) * 3) * raw.voxel_size,
-            context=Coordinate(context) * raw.voxel_size,
+            context=context * raw.voxel_size,
             voxel_size=raw.voxel_size,
             output_chunk_shape=Coordinate((self.chunk,) * 3) * raw.voxel_size,
         )
 
     def create_outputs(self, layout: BlockLayout) -> None:
-        _, state = model_from_checkpoint(self.checkpoint)
+        state = load_checkpoint(self.checkpoint)
         model_info = {key: state.get(key) for key in ("organelle", "iteration", "voxel_size", "network", "provenance")}
         roi = layout.total_write_roi
         for path, kind in zip(self.output_paths(), ("probabilities", "labels")):
@@ -178,7 +180,7 @@ class PredictStage(BlockwiseStage):
         model = model.to(device)
         if bf16 and device.type == "cuda":
             model = model.to(memory_format=torch.channels_last_3d)
-        input_shape = self.pass_input_shape(model)
+        input_shape, output_shape, context = self.pass_shapes(model)
         raw = self.open_raw()
         probabilities, segmentation = (
             open_dataset(path, mode="r+", require_complete=False) for path in self.output_paths()
@@ -186,9 +188,8 @@ class PredictStage(BlockwiseStage):
         grid = PassGrid(
             anchor=probabilities.roi.begin,
             step=Coordinate((self.step,) * 3) * raw.voxel_size,
-            output=Coordinate(model.config.output_shape(input_shape)) * raw.voxel_size,
+            output=output_shape * raw.voxel_size,
         )
-        context = Coordinate([(i - o) // 2 for i, o in zip(input_shape, model.config.output_shape(input_shape))])
         reader, writer = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
 
         def read(region: Roi) -> np.ndarray:

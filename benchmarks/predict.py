@@ -8,11 +8,10 @@ mirrored to `--shape`), it times:
 - plain: the same network in one process over the whole volume in memory: read the zarr, mirror-pad, one pass
   of the training input shape every largest multiple of the downsampling factor within its output, sigmoid, write
   both zarr datasets with zarr's defaults.
-Medians of `--repeats` runs; the ratio ours/plain is quoted from the same run. `--bf16-check` also measures on
-the bundled model how many segmentation voxels bf16 autocast changes against float32 (the prediction issue's
-< 0.1% rule) on a `--bf16-shape` crop.
+Medians of `--repeats` runs; the ratio ours/plain is quoted from the same run. (bf16's effect on the
+segmentation: benchmarks/bf16.py.)
 
-    python benchmarks/predict.py [--shape 128 384 384] [--networks small asem] [--repeats 3] [--bf16-check]
+    python benchmarks/predict.py [--shape 128 384 384] [--networks small asem] [--repeats 3]
 """
 
 import argparse
@@ -23,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +33,9 @@ from convert import Meter, machine, source_digest, wait_for_quiet, write_result 
 
 from incasem_like.datasets import DatasetPath, create_dataset, open_dataset, update_dataset_meta  # noqa: E402
 from incasem_like.demo import SAMPLE  # noqa: E402
-from incasem_like.inference import normalize, pass_step, predict_region  # noqa: E402
+from incasem_like.inference import normalize, predict_region  # noqa: E402
 from incasem_like.model import NetworkConfig, UNet3D  # noqa: E402
 from incasem_like.models import bundled_model  # noqa: E402
-from incasem_like.threshold import segment  # noqa: E402
 from incasem_like.training.checkpoints import model_from_checkpoint, save_checkpoint  # noqa: E402
 
 
@@ -108,35 +105,6 @@ def median_case(runs: list[dict], voxels: int) -> dict:
     }
 
 
-def bf16_check(shape: tuple[int, int, int]) -> dict:
-    """Segmentation voxels that bf16 autocast changes on the bundled model, over a crop of the sample."""
-    model, state = model_from_checkpoint(bundled_model("mito"))
-    factor = 2**model.config.downsamplings
-    edge = model.config.input_edge_for(128)
-    context = (edge - model.config.output_shape((edge,) * 3)[0]) // 2
-    raw = normalize(np.pad(sample_volume(shape), context, mode="reflect"))
-    results, seconds = {}, {}
-    for precision in ("fp32", "bf16"):
-        start = time.perf_counter()
-        results[precision] = predict_region(
-            model, raw, (edge,) * 3, torch.device("cpu"), precision == "bf16", quantize=True
-        )
-        seconds[precision] = round(time.perf_counter() - start, 2)
-    changed = int(np.count_nonzero(segment(results["fp32"], 0.5) != segment(results["bf16"], 0.5)))
-    return {
-        "model": state.get("provenance", {}).get("name", "bundled mito"),
-        "shape": list(shape),
-        "pass_step": pass_step(model.config.output_shape((edge,) * 3)[0], factor),
-        "segmentation_voxels_changed": changed,
-        "changed_fraction": changed / int(np.prod(shape)),
-        "probability_max_abs_difference": int(
-            np.abs(results["fp32"].astype(np.int16) - results["bf16"].astype(np.int16)).max()
-        ),
-        "seconds_cpu": seconds,
-        "within_0.1_percent": changed / int(np.prod(shape)) < 1e-3,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", type=int, nargs=3, default=[128, 384, 384])
@@ -144,8 +112,6 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--block", type=int, default=128, help="write block edge of ours (default 128)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--bf16-check", action="store_true")
-    parser.add_argument("--bf16-shape", type=int, nargs=3, default=[40, 128, 128])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "predict_cpu.json")
     args = parser.parse_args()
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -174,12 +140,10 @@ def main() -> None:
             case["network"] = network_config.config.model_dump(mode="json")
             cases[network] = case
             print(network, json.dumps(case), flush=True)
-            write_result(report(started, digest, args, shape, cases, None), args.out)  # kept if a later step fails
-    bf16 = bf16_check(tuple(args.bf16_shape)) if args.bf16_check else None
-    write_result(report(started, digest, args, shape, cases, bf16), args.out)
+            write_result(report(started, digest, args, shape, cases), args.out)  # kept if a later step fails
 
 
-def report(started, digest, args, shape, cases: dict, bf16: dict | None) -> dict:
+def report(started, digest, args, shape, cases: dict) -> dict:
     return {
         "benchmark": "incasem-like predict end to end (zarr in -> probabilities + segmentation zarr) vs plain PyTorch",
         "date": started.isoformat(timespec="seconds"),
@@ -195,7 +159,6 @@ def report(started, digest, args, shape, cases: dict, bf16: dict | None) -> dict
             "repeats": args.repeats,
         },
         "cases": cases,
-        "bf16_check": bf16,
         "targets": {
             f"{network}_{workers}_workers_vs_plain_at_least_1.0": cases[network][f"speedup_{workers}_workers_vs_plain"]
             >= 1.0

@@ -17,7 +17,7 @@ from incasem_like.training.checkpoints import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from incasem_like.training.config import load_config
+from incasem_like.training.config import Optimizer, load_config
 from incasem_like.training.train import train
 from tests.conftest import REPO, run_cli
 from tests.training_data import TINY_NETWORK, sample_cell, write_config
@@ -116,8 +116,15 @@ def test_resume_continues_exactly(tmp_path, cell):
 
 
 def test_time_limit_stops_with_a_checkpoint_and_validation_then_resume_goes_on(tmp_path, cell):
+    """Also under a cosine learning-rate schedule: stopped + resumed equals one uninterrupted run."""
+    cosine = {"learning_rate": 1e-3, "schedule": "cosine", "final_learning_rate": 1e-5}
     limited = write_config(
-        tmp_path / "c.yaml", tmp_path / "run", [training_of(cell)], [validation_of(cell)], max_minutes=0.001
+        tmp_path / "c.yaml",
+        tmp_path / "run",
+        [training_of(cell)],
+        [validation_of(cell)],
+        max_minutes=0.001,
+        optimizer=cosine,
     )
 
     result = run_cli("train", limited, "--quiet", cwd=tmp_path)
@@ -128,10 +135,27 @@ def test_time_limit_stops_with_a_checkpoint_and_validation_then_resume_goes_on(t
     assert summary["timing"]["stopped_at_time_limit"] and summary["iterations"] == 1
     assert list(checkpoints(tmp_path / "run")) == [1]
     assert [v["iteration"] for v in summary["validation"]] == [0, 1]
-    unlimited = write_config(tmp_path / "c.yaml", tmp_path / "run", [training_of(cell)], [validation_of(cell)])
+    unlimited = write_config(
+        tmp_path / "c.yaml", tmp_path / "run", [training_of(cell)], [validation_of(cell)], optimizer=cosine
+    )
     resumed = run_cli("train", unlimited, "--resume", "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert list(checkpoints(tmp_path / "run"))[-1] == 4
+    whole = write_config(tmp_path / "w.yaml", tmp_path / "whole", [training_of(cell)], optimizer=cosine)
+    assert run_cli("train", whole, "--quiet", cwd=tmp_path).returncode == 0
+    a, b = (load_checkpoint(checkpoints(tmp_path / run)[4]) for run in ("run", "whole"))
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    rates = _scalars(tmp_path / "whole" / "tensorboard", "learning_rate")
+    assert rates == pytest.approx([1e-3, 0.75 * 1e-3 + 0.25 * 1e-5, 0.25 * 1e-3 + 0.75 * 1e-5, 1e-5])
+
+
+def test_cosine_schedule_runs_from_the_rate_to_the_final_rate():
+    optimizer = Optimizer(learning_rate=2e-4, schedule="cosine", final_learning_rate=2e-6)
+    rates = [optimizer.learning_rate_at(i, 101) for i in range(1, 102)]
+    assert rates[0] == pytest.approx(2e-4) and rates[50] == pytest.approx(1.01e-4) and rates[-1] == pytest.approx(2e-6)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert Optimizer(learning_rate=2e-4).learning_rate_at(77, 101) == 2e-4
 
 
 def test_finetune_reports_f1_before_and_after(tmp_path, cell):
@@ -171,6 +195,10 @@ def test_finetune_refuses_a_checkpoint_of_another_architecture(tmp_path, cell):
         (lambda c: c.update(iterationz=3), "iterationz"),
         (lambda c: c["network"].update(input_shape=[29, 29, 29]), "input edge 29 does not fit"),
         (lambda c: c["training"][0].update(mask="volumes/coarse"), r"training\[0\]\.mask: voxel size \(10, 10, 10\)"),
+        (
+            lambda c: c.update(optimizer={"schedule": "cosine", "learning_rate": 1e-4, "final_learning_rate": 1e-3}),
+            "optimizer = .*final_learning_rate 0.001 exceeds learning_rate 0.0001",
+        ),
     ],
 )
 def test_bad_configs_fail_with_one_line(tmp_path, cell, change, message):

@@ -4,6 +4,7 @@ Paths are relative to the working directory, as for every other command. ROIs ar
 first voxel of the raw dataset (as `--roi` elsewhere); `null` means the whole dataset.
 """
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -78,6 +79,26 @@ class Augmentation(_Section):
 class Optimizer(_Section):
     learning_rate: float = Field(3e-5, gt=0)
     weight_decay: float = Field(3e-5, ge=0)
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: from learning_rate down to final_learning_rate at the last iteration"
+    )
+    final_learning_rate: float = Field(0.0, ge=0, description="the cosine schedule's rate at the last iteration")
+
+    @model_validator(mode="after")
+    def _final_below_start(self) -> "Optimizer":
+        if self.schedule == "cosine" and self.final_learning_rate > self.learning_rate:
+            raise ValueError(
+                f"final_learning_rate {self.final_learning_rate} exceeds learning_rate {self.learning_rate}"
+            )
+        return self
+
+    def learning_rate_at(self, iteration: int, iterations: int) -> float:
+        """The rate of step `iteration` (1..iterations): a function of the iteration alone, so resuming is exact."""
+        if self.schedule == "constant" or iterations <= 1:
+            return self.learning_rate
+        progress = (iteration - 1) / (iterations - 1)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return self.final_learning_rate + (self.learning_rate - self.final_learning_rate) * cosine
 
 
 class TrainConfig(_Section):

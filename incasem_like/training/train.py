@@ -198,9 +198,11 @@ class Run:
             iteration = batch["iteration"]
             ready = time.perf_counter()
             data_seconds += ready - waited
-            loss, logits = self.step(batch)
+            learning_rate = config.optimizer.learning_rate_at(iteration, config.iterations)
+            loss, logits = self.step(batch, learning_rate)
             compute_seconds += time.perf_counter() - ready
             writer.add_scalar("loss/train", loss, iteration)
+            writer.add_scalar("learning_rate", learning_rate, iteration)
             bar.update()
             bar.set_postfix(loss=f"{loss:.4f}")
             if iteration % config.snapshot_every == 0:
@@ -229,8 +231,10 @@ class Run:
         }
         return self.write_summary(timing, extra_summary or {})
 
-    def step(self, batch: dict) -> tuple[float, np.ndarray]:
+    def step(self, batch: dict, learning_rate: float) -> tuple[float, np.ndarray]:
         self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
         raw, labels, weights = (
             torch.from_numpy(np.ascontiguousarray(batch[k]))[None, None] for k in ("raw", "labels", "weights")
         )

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import subprocess
 import sys
@@ -40,6 +41,20 @@ def run_cli(*args, cwd: Path | None = None, timeout: float = 300) -> subprocess.
         cwd=cwd,
         timeout=timeout,
     )
+
+
+def run_cli_in_process(capsys, *args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The CLI's `main` in this process, for input it refuses before starting workers (saves a start-up each)."""
+    from incasem_like.cli import main
+
+    capsys.readouterr()
+    with contextlib.chdir(cwd or Path.cwd()):
+        try:
+            code = main([str(arg) for arg in args])
+        except SystemExit as exit:  # argparse's own errors
+            code = exit.code
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from incasem_like.clahe import clahe_block, needed_range, to_uint8
 from incasem_like.datasets import DatasetPath, open_dataset
 from incasem_like.demo import SAMPLE
 from tests import conftest
-from tests.conftest import SHARED_DATA, run_cli
+from tests.conftest import SHARED_DATA, run_cli, run_cli_in_process
 from tests.stages import SlowClaheStage, kill_midway
 
 
@@ -117,7 +117,7 @@ def test_killed_run_resumes_with_identical_output(tmp_path):
         ("same", [], "the output must differ from the input"),
     ],
 )
-def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, setup, extra, message):
+def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, setup, extra, message, capsys):
     volume = sample_raw((8, 16, 16))
     raw = tmp_path / "cell.zarr/volumes/raw"
     if setup != "missing":
@@ -126,7 +126,7 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, setup, extra
     if setup == "existing":
         write_dataset(out, volume, chunk=8)
 
-    result = run_cli("clahe", raw, out, "--kernel", 8, "--chunk", 32, "--block", 32, *extra)
+    result = run_cli_in_process(capsys, "clahe", raw, out, "--kernel", 8, "--chunk", 32, "--block", 32, *extra)
 
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -3,7 +3,6 @@ packaged Lucchi sample (odd shape 19 x 71 x 90, offset on the 40 nm grid)."""
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +10,10 @@ import pytest
 import zarr
 from funlib.persistence import open_ds
 
-from incasem_like.cli import main
 from incasem_like.datasets import DatasetPath, create_dataset, dataset_meta, open_dataset, update_dataset_meta
 from incasem_like.downsample import downsample, downsample_image, downsample_labels, listed_levels, open_level
 from incasem_like.errors import UserError
-from tests.conftest import REPO, SHARED_DATA, run_cli
+from tests.conftest import REPO, SHARED_DATA, run_cli, run_cli_in_process
 from tests.stages import SlowDownsampleStage, SlowPyramidLevelStage, kill_midway
 
 SAMPLE = REPO / "incasem_like/sample_data/lucchi_crop"
@@ -130,13 +128,6 @@ def one_line_error(result, expected: str) -> None:
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def refused_in_process(capsys, *args) -> subprocess.CompletedProcess:
-    """The CLI's `main` in this process, for input it refuses before starting workers (saves a start-up each)."""
-    code = main([str(arg) for arg in args])
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
-
-
 def add_dataset(cell: Path, name: str, data: np.ndarray, offset=(0, 0, 0), **meta) -> Path:
     path = DatasetPath(cell, name)
     create_dataset(path, data.shape, (5, 5, 5), offset, data.dtype, (8, 8, 8)).data[...] = data
@@ -233,7 +224,7 @@ def test_bad_downsample_input_fails_with_one_line_and_writes_nothing(cell, probl
     add_dataset(cell, "volumes/shifted", np.zeros((4, 4, 4), np.uint8), offset=(5, 0, 0), kind="image")
     source, extra, expected = BAD_DOWNSAMPLE[problem]
 
-    result = refused_in_process(capsys, "downsample", cell / source, cell / "volumes/out", "--chunk", 8, *extra)
+    result = run_cli_in_process(capsys, "downsample", cell / source, cell / "volumes/out", "--chunk", 8, *extra)
 
     one_line_error(result, expected)
     assert not (cell / "volumes/out").exists()
@@ -241,7 +232,7 @@ def test_bad_downsample_input_fails_with_one_line_and_writes_nothing(cell, probl
 
 def test_output_must_be_apart_from_the_input(cell, capsys):
     for out in ("volumes/raw", "volumes/raw/s1", "volumes"):
-        result = refused_in_process(capsys, "downsample", cell / "volumes/raw", cell / out)
+        result = run_cli_in_process(capsys, "downsample", cell / "volumes/raw", cell / out)
         one_line_error(result, "must be a dataset apart from")
     assert listed_levels(DatasetPath(cell, "volumes/raw")) == 1 and read(cell / "volumes/raw").shape == (19, 71, 90)
 

@@ -19,7 +19,7 @@ from incasem_like.labels import (
     organelle_config_dir,
 )
 from tests import conftest
-from tests.conftest import SHARED_DATA, run_cli
+from tests.conftest import SHARED_DATA, run_cli, run_cli_in_process
 from tests.stages import SlowCleanLabelsStage, SlowDilateLabelsStage, SlowMetricMaskStage, kill_midway
 
 write_dataset = partial(conftest.write_dataset, offset=(0, 50, 100), chunk=16)
@@ -235,7 +235,7 @@ def test_default_context_follows_the_sizes():
         ("clean", "ok", ["--min-hole-voxels", -1], "min_hole_voxels = -1"),
     ],
 )
-def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, operation, setup, extra, message):
+def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, operation, setup, extra, message, capsys):
     volume = (synthetic_labels((16, 16, 16)) > 0).astype(np.float32 if setup == "float32" else np.uint8)
     labels = tmp_path / "cell.zarr/volumes/labels/mito"
     if setup != "missing":
@@ -245,7 +245,9 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, operation, s
         write_dataset(out, np.full((16, 16, 16), 7, np.uint8))
     organelle = [] if setup == "no organelle" or "--organelle" in extra else ["--organelle", "mito"]
 
-    result = run_cli("labels", operation, labels, out, *organelle, "--chunk", 16, "--block", 16, *extra)
+    result = run_cli_in_process(
+        capsys, "labels", operation, labels, out, *organelle, "--chunk", 16, "--block", 16, *extra
+    )
 
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

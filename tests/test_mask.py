@@ -18,7 +18,7 @@ from incasem_like.mask import (
     span_limit,
 )
 from tests import conftest
-from tests.conftest import SHARED_DATA, run_cli
+from tests.conftest import SHARED_DATA, run_cli, run_cli_in_process
 from tests.stages import SlowMaskStage, kill_midway
 
 #: small-volume parameters: the method's radii, size thresholds and span limit scaled down to the test volume
@@ -160,7 +160,7 @@ def test_roi_equals_the_crop_of_the_whole_result(tmp_path):
         ("ok", ["--gray", 2, 300], "is uint8 (at most 255)"),
     ],
 )
-def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, setup, extra, message):
+def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, setup, extra, message, capsys):
     volume = synthetic_raw()[:16, :16, :16]
     raw = tmp_path / "cell.zarr/volumes/raw"
     if setup != "missing":
@@ -169,7 +169,7 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, setup, extra
     if setup == "existing":
         write_dataset(out, np.ones((16, 16, 16), np.uint8))
 
-    result = run_cli("mask", raw, out, "--chunk", 16, "--block", 16, "--max-span", 4, *extra)
+    result = run_cli_in_process(capsys, "mask", raw, out, "--chunk", 16, "--block", 16, "--max-span", 4, *extra)
 
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -13,7 +13,7 @@ from incasem_like.inference import normalize
 from incasem_like.model import NetworkConfig, UNet3D
 from incasem_like.predict import PredictStage
 from incasem_like.training.checkpoints import save_checkpoint
-from tests.conftest import read_dataset, run_cli, write_dataset
+from tests.conftest import read_dataset, run_cli, run_cli_in_process, write_dataset
 from tests.predict_stages import SlowPredictStage
 from tests.stages import kill_midway
 from tests.training_data import sample_stack
@@ -192,7 +192,7 @@ def _foreign_architecture(checkpoint: Path, tmp_path: Path) -> Path:
         ("cuda without a GPU", "torch sees no CUDA GPU"),
     ],
 )
-def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, checkpoint, raw, case, message):
+def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, checkpoint, raw, case, message, capsys):
     if torch.cuda.is_available() and case == "cuda without a GPU":
         pytest.skip("this machine has a GPU")
     out = tmp_path / "cell.zarr/volumes/predictions/run/mito"
@@ -222,7 +222,7 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, checkpoint, 
     command = ["predict", "--checkpoint", args["checkpoint"], "--raw", args["raw"], "--out", out, "--quiet"]
     command += ["--device", "cuda"] if case == "cuda without a GPU" else ["--device", "cpu", "--step", STEP]
 
-    result = run_cli(*command, "--chunk", 8, *args["extra"])
+    result = run_cli_in_process(capsys, *command, "--chunk", 8, *args["extra"])
 
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -19,7 +19,7 @@ from incasem_like.training.checkpoints import (
 )
 from incasem_like.training.config import Optimizer, load_config
 from incasem_like.training.train import train
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_cli_in_process
 from tests.training_data import TINY_NETWORK, sample_cell, write_config
 
 
@@ -201,7 +201,7 @@ def test_finetune_refuses_a_checkpoint_of_another_architecture(tmp_path, cell):
         ),
     ],
 )
-def test_bad_configs_fail_with_one_line(tmp_path, cell, change, message):
+def test_bad_configs_fail_with_one_line(tmp_path, cell, change, message, capsys):
     from incasem_like.datasets import DatasetPath, create_dataset, update_dataset_meta
 
     coarse = DatasetPath.parse(tmp_path / "cell.zarr/volumes/coarse")
@@ -211,7 +211,7 @@ def test_bad_configs_fail_with_one_line(tmp_path, cell, change, message):
     content = yaml.safe_load(path.read_text())
     change(content)
     path.write_text(yaml.safe_dump(content))
-    result = run_cli("train", path, "--quiet", cwd=tmp_path)
+    result = run_cli_in_process(capsys, "train", path, "--quiet", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines

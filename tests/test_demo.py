@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from incasem_like.datasets import open_dataset
 from tests.conftest import run_cli
 
@@ -9,6 +11,7 @@ from tests.conftest import run_cli
 F1_FLOOR = 0.80
 
 
+@pytest.mark.slow  # ~1 minute end to end: with the real-data tests (CI runs both)
 def test_demo_predicts_and_scores_the_sample_then_resumes(tmp_path):
     result = run_cli("demo", "--out", tmp_path, "--no-view", "--quiet", timeout=900)
 

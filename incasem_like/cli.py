@@ -31,6 +31,7 @@ COMMANDS = (
     "objects",
     "mesh",
     "view",
+    "run",
 )
 
 EPILOG = """\
@@ -38,6 +39,7 @@ examples:
   incasem-like demo
   incasem-like convert slices/ cell_6.zarr/volumes/raw --voxel-size 5 5 5 --workers 8
   incasem-like convert labels/ cell_6.zarr/volumes/labels/mito --voxel-size 5 5 5 --labels
+  incasem-like run pipelines/predict_cell.yaml --set tiffs=slices/ --set container=cell_6.zarr
 
 datasets are addressed as CONTAINER.zarr/DATASET (e.g. cell_6.zarr/volumes/raw); world units are nm, z y x.
 """

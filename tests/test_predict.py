@@ -181,6 +181,8 @@ def _foreign_architecture(checkpoint: Path, tmp_path: Path) -> Path:
     "case, message",
     [
         ("no checkpoint", "no such checkpoint file"),
+        ("no such bundled model", "no bundled model for 'golgi' (bundled: mito)"),
+        ("folder that is no run", "a folder without summary.json"),
         ("not a checkpoint", "not a readable checkpoint"),
         ("foreign architecture", "do not fit the network it describes"),
         ("no raw", "no such dataset"),
@@ -199,6 +201,10 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, checkpoint, 
     args = {"checkpoint": checkpoint, "raw": raw, "extra": []}
     if case == "no checkpoint":
         args["checkpoint"] = tmp_path / "missing.pt"
+    elif case == "no such bundled model":
+        args["checkpoint"] = "bundled:golgi"
+    elif case == "folder that is no run":
+        args["checkpoint"] = tmp_path
     elif case == "not a checkpoint":
         args["checkpoint"] = tmp_path / "notes.pt"
         args["checkpoint"].write_text("not a checkpoint")

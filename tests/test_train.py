@@ -1,5 +1,6 @@
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from incasem_like.training.checkpoints import (
     export_weights,
     load_checkpoint,
     model_from_checkpoint,
+    resolve_checkpoint,
     save_checkpoint,
 )
 from incasem_like.training.config import Optimizer, load_config
@@ -256,3 +258,23 @@ def test_bundled_mito_model_loads():
     assert state["provenance"]["validation_f1"] > 0.75 and state["threshold"] == 0.75
     with pytest.raises(UserError, match="no bundled model for 'golgi'"):
         bundled_model("golgi")
+
+
+def test_checkpoints_are_files_run_folders_or_bundled_models(tmp_path):
+    assert resolve_checkpoint("bundled:mito") == bundled_model("mito")
+    assert resolve_checkpoint("some/file.pt") == Path("some/file.pt")
+    with pytest.raises(UserError, match="no bundled model for 'er'"):
+        resolve_checkpoint("bundled:er")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for iteration in (2, 4):
+        (run / "checkpoints" / f"iteration_{iteration:08d}.pt").touch()
+    with pytest.raises(UserError, match="a folder without summary.json"):
+        resolve_checkpoint(run)
+    # the best by validation F1, found in the folder wherever the run was started from
+    (run / "summary.json").write_text(
+        json.dumps({"best": {"checkpoint": "elsewhere/checkpoints/iteration_00000002.pt"}})
+    )
+    assert resolve_checkpoint(run) == run / "checkpoints/iteration_00000002.pt"
+    (run / "summary.json").write_text(json.dumps({"best": None}))  # no validation: the last
+    assert resolve_checkpoint(run) == run / "checkpoints/iteration_00000004.pt"

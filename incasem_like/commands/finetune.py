@@ -22,13 +22,18 @@ def register(subparsers) -> None:
             """\
             examples:
               incasem-like finetune my_cell.yaml --from runs/mito/checkpoints/iteration_00040000.pt
-              incasem-like finetune my_cell.yaml --from mito.pt --iterations 5000 --with-optimizer"""
+              incasem-like finetune my_cell.yaml --from mito.pt --iterations 5000 --with-optimizer
+              incasem-like finetune configs/training/finetune_cell_mito.yaml --from bundled:mito"""
         ),
         formatter_class=formatter,
     )
     add_training_options(parser)
     parser.add_argument(
-        "--from", dest="checkpoint", required=True, metavar="CHECKPOINT", help="checkpoint to start from"
+        "--from",
+        dest="checkpoint",
+        required=True,
+        metavar="CHECKPOINT",
+        help="checkpoint to start from: a file, a finished run's folder (its best checkpoint) or bundled:mito",
     )
     parser.add_argument(
         "--with-optimizer", action="store_true", help="also continue the checkpoint's Adam state (default: fresh)"
@@ -37,9 +42,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from incasem_like.training.checkpoints import resolve_checkpoint
     from incasem_like.training.train import finetune
 
-    summary = finetune(load(args), args.checkpoint, args.with_optimizer, args.overwrite, not args.quiet)
+    checkpoint = str(resolve_checkpoint(args.checkpoint))
+    summary = finetune(load(args), checkpoint, args.with_optimizer, args.overwrite, not args.quiet)
     report(summary)
     result = summary["finetune"]
     print(f"validation F1 before {result['f1_before']:.3f}, after {result['f1_after']:.3f}")

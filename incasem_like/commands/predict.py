@@ -24,14 +24,22 @@ def register(subparsers) -> None:
             examples:
               incasem-like predict --checkpoint runs/mito/checkpoints/iteration_00100000.pt \\
                   --raw cell_6.zarr/volumes/raw_clahe --out cell_6.zarr/volumes/predictions/run1/mito
-              incasem-like predict --checkpoint mito.pt --raw cell.zarr/volumes/raw_clahe \\
+              incasem-like predict --checkpoint bundled:mito --raw cell.zarr/volumes/raw_clahe \\
                   --out cell.zarr/volumes/predictions/cpu/mito --device cpu --workers 2 --roi 0 0 0 64 256 256
+              incasem-like predict --checkpoint runs/finetune_cell_mito --raw cell.zarr/volumes/raw_clahe \\
+                  --out cell.zarr/volumes/predictions/finetuned/mito
               incasem-like threshold cell.zarr/volumes/predictions/run1/mito/probabilities \\
                   cell.zarr/volumes/predictions/run1/mito/segmentation_0.7 --threshold 0.7"""
         ),
         formatter_class=formatter,
     )
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint written by train/finetune")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="CKPT",
+        help="checkpoint written by train/finetune, a finished run's folder (its best checkpoint by validation F1) "
+        "or bundled:mito (the model shipped with the package)",
+    )
     parser.add_argument("--raw", required=True, metavar="RAW", help="raw dataset, e.g. cell.zarr/volumes/raw_clahe")
     parser.add_argument(
         "--out",
@@ -74,13 +82,15 @@ def run(args: argparse.Namespace) -> None:
 
     from incasem_like.commands import run_and_report
     from incasem_like.predict import PredictStage, default_precision, recommended_threshold, select_device
+    from incasem_like.training.checkpoints import resolve_checkpoint
 
     device = select_device(args.device)
+    checkpoint = str(resolve_checkpoint(args.checkpoint))
     stage = PredictStage(
-        checkpoint=args.checkpoint,
+        checkpoint=checkpoint,
         raw=args.raw,
         output=args.out,
-        threshold=recommended_threshold(args.checkpoint) if args.threshold is None else args.threshold,
+        threshold=recommended_threshold(checkpoint) if args.threshold is None else args.threshold,
         block=args.block,
         chunk=args.chunk,
         step=args.step,
@@ -92,4 +102,7 @@ def run(args: argparse.Namespace) -> None:
     if args.workers is None:  # one worker per visible GPU, else one using all cores
         args.workers = torch.cuda.device_count() if device == "cuda" else 1
     run_and_report(stage, args)
-    print(f"  segmentation: {stage.output_paths()[1]}")
+    print(
+        f"  segmentation: {stage.output_paths()[1]}"
+        + (f"; checkpoint: {checkpoint}" if checkpoint != args.checkpoint else "")
+    )

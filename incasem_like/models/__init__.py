@@ -7,6 +7,8 @@ from incasem_like.errors import UserError
 
 #: organelle -> file of its bundled model
 BUNDLED = {"mito": "mito_lucchi_cpu.pt"}
+#: `--checkpoint bundled:mito` names the bundled model of an organelle
+BUNDLED_PREFIX = "bundled:"
 
 
 def bundled_model(organelle: str) -> Path:
@@ -16,3 +18,10 @@ def bundled_model(organelle: str) -> Path:
             f"no bundled model for '{organelle}' (bundled: {', '.join(BUNDLED)}); train one with incasem-like train"
         )
     return Path(str(files("incasem_like") / "models" / BUNDLED[organelle]))
+
+
+def checkpoint_location(spec: str) -> Path:
+    """`bundled:NAME` -> the bundled model's file; anything else is a path (a checkpoint file or a run folder)."""
+    if spec.startswith(BUNDLED_PREFIX):
+        return bundled_model(spec.removeprefix(BUNDLED_PREFIX))
+    return Path(spec)

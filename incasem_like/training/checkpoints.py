@@ -1,6 +1,7 @@
 """Atomic training checkpoints: model + optimizer + iteration + the network and voxel size they belong to."""
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ from pydantic import ValidationError
 
 from incasem_like.errors import UserError
 from incasem_like.model import NetworkConfig, UNet3D
+from incasem_like.models import checkpoint_location
 
 FORMAT = "incasem-like checkpoint 1"
 ARCHITECTURE_KEYS = ("feature_maps", "feature_map_factor", "downsamplings")
@@ -94,6 +96,26 @@ def checkpoints(run_dir: Path) -> dict[int, Path]:
         if match:
             found[int(match.group(1))] = path
     return dict(sorted(found.items()))
+
+
+def resolve_checkpoint(spec: str | Path) -> Path:
+    """The checkpoint file `spec` names: `bundled:NAME` (a model shipped with the package), the folder of a finished
+    train/finetune run (its best checkpoint by validation F1, else its last) or a checkpoint file."""
+    path = checkpoint_location(str(spec))
+    if not path.is_dir():
+        return path
+    if not (path / "summary.json").is_file():
+        raise UserError(
+            f"{path}: a folder without summary.json, so no finished training run; give a checkpoint file or the "
+            "folder of a finished run"
+        )
+    best = json.loads((path / "summary.json").read_text()).get("best")
+    if best:  # named inside the run folder, wherever the run was started from
+        return path / "checkpoints" / Path(best["checkpoint"]).name
+    found = checkpoints(path)
+    if not found:
+        raise UserError(f"{path}: the run saved no checkpoint; train it further or give a checkpoint file")
+    return list(found.values())[-1]
 
 
 def load_checkpoint(path: str | Path, network: NetworkConfig | None = None) -> dict:

@@ -126,7 +126,7 @@ def test_predict_cell_runs_skips_what_is_complete_and_reruns_only_what_is_missin
     reader.start()
     try:
         printed = []
-        while (line := lines.get(timeout=60)) != "serving until Ctrl-C":
+        while (line := lines.get(timeout=300)) != "serving until Ctrl-C":
             printed.append(line)
         assert summary("\n".join(printed))["predict_mito"][0] == "skipped"  # the table came first
         report = dict(line.partition(": ")[::2] for line in printed)
@@ -135,7 +135,7 @@ def test_predict_cell_runs_skips_what_is_complete_and_reruns_only_what_is_missin
         status, metadata = fetch(f"{data_url}/volumes/predictions/run1/mito/segmentation/zarr.json")
         assert status == 200 and json.loads(metadata)["attributes"]["incasem_like"]["complete"]
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 0
+        assert process.wait(timeout=120) == 0
     finally:
         if process.poll() is None:
             process.kill()

@@ -97,13 +97,17 @@ class SlowBlocks:
         return slow
 
 
+class SlowBoxSumStage(SlowBlocks, BoxSumStage):
+    pass
+
+
 class SlowConvertStage(SlowBlocks, ConvertStage):
     pass
 
 
-def kill_midway(stage: BlockwiseStage, done_blocks: int = 2, seconds_per_block: float = 1.0) -> None:
-    """Run `stage` (a SlowBlocks stage) with one worker in a separate process group and SIGKILL the whole group
-    once `done_blocks` blocks are recorded as done (asserting that the run had not finished by then)."""
+def start_in_own_session(stage: BlockwiseStage, seconds_per_block: float = 1.0) -> subprocess.Popen:
+    """Run `stage` (a SlowBlocks stage) with one worker in a separate process (and session, so its workers can be
+    found and killed with it)."""
     cls = type(stage)
     program = (
         "import importlib\n"
@@ -111,15 +115,25 @@ def kill_midway(stage: BlockwiseStage, done_blocks: int = 2, seconds_per_block: 
         f"stage_class = getattr(importlib.import_module({cls.__module__!r}), {cls.__qualname__!r})\n"
         f"run_stage(stage_class.model_validate_json({stage.model_dump_json()!r}), workers=1, progress=False)\n"
     )
-    done = stage.output_paths()[0].group_path / RUN_DIR / "tracking" / "done"
     env = {**os.environ, "INCASEM_TEST_BLOCK_SLEEP": str(seconds_per_block)}
-    job = subprocess.Popen([sys.executable, "-c", program], cwd=REPO, env=env, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-c", program], cwd=REPO, env=env, start_new_session=True)
+
+
+def wait_for_done_blocks(stage: BlockwiseStage, job: subprocess.Popen, done_blocks: int) -> None:
+    """Wait until `done_blocks` blocks of `stage` are recorded as done, asserting that its run is still going."""
+    done = stage.output_paths()[0].group_path / RUN_DIR / "tracking" / "done"
+    deadline = time.monotonic() + 120
+    while not (done.exists() and int(np.count_nonzero(zarr.open_array(done, mode="r")[:])) >= done_blocks):
+        assert job.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.05)
+
+
+def kill_midway(stage: BlockwiseStage, done_blocks: int = 2, seconds_per_block: float = 1.0) -> None:
+    """Run `stage` (a SlowBlocks stage) and SIGKILL its whole process group once `done_blocks` blocks are done."""
+    job = start_in_own_session(stage, seconds_per_block)
     try:
-        deadline = time.monotonic() + 120
-        while not (done.exists() and int(np.count_nonzero(zarr.open_array(done, mode="r")[:])) >= done_blocks):
-            assert job.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "the run made no progress"
-            time.sleep(0.05)
+        wait_for_done_blocks(stage, job, done_blocks)
     finally:
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()

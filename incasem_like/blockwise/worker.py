@@ -2,7 +2,8 @@
 
 Rebuilds the stage from the run's spec file, prepares it once, then processes blocks from the daisy
 scheduler (address in `DAISY_CONTEXT`) until none are left. A block that raises is reported to the scheduler
-as failed (it retries it, possibly elsewhere) and the worker goes on with the next one.
+as failed (it retries it, possibly elsewhere) and the worker goes on with the next one; a worker whose scheduler
+is gone exits instead of asking again forever.
 """
 
 import importlib
@@ -32,13 +33,18 @@ def run_worker(spec_path: Path) -> None:
     process_block = load_stage(spec).block_processor()
     client = Client()
     while True:
+        processing = False
         try:
             with client.acquire_block() as block:
                 if block is None:
                     return
+                processing = True
                 process_block(block)
-        except Exception as error:  # already reported to the scheduler by acquire_block
-            logger.warning("block failed: %r", error)
+        except Exception as error:
+            if not processing:  # the scheduler is gone (its run ended or was killed): no block will come
+                logger.error("lost the scheduler (%r); exiting", error)
+                sys.exit(1)
+            logger.warning("block failed: %r", error)  # already reported to the scheduler by acquire_block
 
 
 if __name__ == "__main__":

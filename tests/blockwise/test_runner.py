@@ -1,14 +1,17 @@
 import json
 import os
+import signal
+import time
 
 import numpy as np
+import psutil
 import pytest
 from scipy.ndimage import correlate
 
 from incasem_like.blockwise.runner import RUN_DIR, run_stage
 from incasem_like.datasets import DatasetPath, create_dataset, dataset_meta, open_dataset, update_dataset_meta
 from incasem_like.errors import BlockwiseRunFailed, UserError
-from tests.stages import BoxSumStage
+from tests.stages import BoxSumStage, SlowBoxSumStage, start_in_own_session, wait_for_done_blocks
 
 
 @pytest.fixture
@@ -110,3 +113,31 @@ def test_bad_worker_count_is_refused(source, tmp_path):
     path, _ = source
     with pytest.raises(UserError, match="--workers 0"):
         run_stage(BoxSumStage(input=str(path), output=str(tmp_path / "c.zarr/s")), workers=0)
+
+
+def test_workers_exit_when_their_scheduler_is_killed(source, tmp_path):
+    """A run's main process (the scheduler) killed alone, as by a scheduler node failure: its workers do not stay
+    behind asking for blocks forever."""
+    path, _ = source
+    stage = SlowBoxSumStage(input=str(path), output=str(tmp_path / "cell.zarr/volumes/sum"))
+    job = start_in_own_session(stage, seconds_per_block=0.5)
+    try:
+        wait_for_done_blocks(stage, job, 1)
+        job.kill()
+        job.wait()
+        deadline = time.monotonic() + 120
+        while left := [p for p in psutil.process_iter() if _session(p) == job.pid]:
+            assert time.monotonic() < deadline, [p.cmdline() for p in left]
+            time.sleep(0.2)
+    finally:
+        try:
+            os.killpg(job.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _session(process: psutil.Process) -> int | None:
+    try:
+        return os.getsid(process.pid)
+    except (ProcessLookupError, PermissionError):
+        return None

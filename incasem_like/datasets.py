@@ -48,6 +48,8 @@ FULL_RESOLUTION = "s0"
 OME_VERSION = "0.5"
 META_KEY = "incasem_like"
 DEFAULT_CHUNK = 128
+#: a dataset's run folder: the blockwise progress, logs and the lock of the run writing it
+RUN_DIR = ".incasem_run"
 
 
 #: zstd level 1 with byte shuffle: ~850 MB/s per core on FIB-SEM uint8 at the best ratio we measured (1.17);
@@ -82,7 +84,11 @@ class DatasetPath:
         return self.group_path / FULL_RESOLUTION
 
     def exists(self) -> bool:
-        return self.group_path.exists()
+        """Whether anything is at the dataset's path; a bare run folder (which a run's lock creates before the
+        dataset) does not count."""
+        if not self.group_path.is_dir():
+            return self.group_path.exists()
+        return any(entry.name != RUN_DIR for entry in self.group_path.iterdir())
 
     def __str__(self) -> str:
         return str(self.group_path)

@@ -342,7 +342,7 @@ def open_level(path: DatasetPath, level: int, mode: str = "r") -> Volume:
     array_path = path.group_path / f"s{level}"
     if not array_path.exists():
         raise UserError(f"{path}: has no pyramid level s{level}; run incasem-like pyramid {path} --levels {level}")
-    return Volume(zarr.open_array(array_path, mode=mode), base.voxel_size * 2**level, base.offset)
+    return Volume(zarr.open_array(array_path, mode=mode), base.voxel_size * 2**level, base.offset, f"{path}/s{level}")
 
 
 class PyramidLevelStage(_DownsampleBlocks):

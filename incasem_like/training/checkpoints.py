@@ -48,9 +48,19 @@ def save_checkpoint(
 
 
 def _save_atomically(state: dict, path: Path) -> None:
+    """Write a temporary file, flush it to disk, then rename it into place (and flush the folder's entry): a crash
+    or kill at any moment leaves the previous file or the complete new one, never a partial one, under `path`."""
     temporary = path.with_suffix(path.suffix + ".partial")
-    torch.save(state, temporary)
+    with open(temporary, "wb") as file:
+        torch.save(state, file)
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(temporary, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def export_weights(checkpoint: str | Path, out: str | Path, provenance: dict, threshold: float | None = None) -> Path:

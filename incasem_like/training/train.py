@@ -4,6 +4,7 @@ atomic checkpoints, validation F1 on held-out ROIs, TensorBoard scalars, zarr sn
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,8 +106,10 @@ def validate(model: UNet3D, cells: list[ValidationCell], device: torch.device, t
 
 
 def write_snapshot(run_dir: Path, iteration: int, batch: dict, logits: np.ndarray, voxel_size) -> None:
-    """Input, labels, weights and prediction of one batch as zarr datasets, placed where they were sampled."""
+    """Input, labels, weights and prediction of one batch as zarr datasets, placed where they were sampled. A
+    snapshot of the same iteration is replaced: a run killed after it, before the next checkpoint, redoes it."""
     container = run_dir / "snapshots.zarr"
+    shutil.rmtree(container / f"iteration_{iteration:08d}", ignore_errors=True)
     arrays = {
         "raw": (batch["raw"], batch["raw_offset"]),
         "labels": (batch["labels"], batch["labels_offset"]),

@@ -39,12 +39,17 @@ class TiffStack:
         """List the slices (natural sort of the file names: slice_2 before slice_10) without reading them."""
         source = Path(source)
         if source.is_dir():
-            files = natsorted(
-                (p for p in source.iterdir() if p.suffix.lower() in TIFF_SUFFIXES and p.is_file()),
-                key=lambda p: p.name,
-            )
+            visible = [p for p in source.iterdir() if p.is_file() and not p.name.startswith(".")]
+            files = natsorted((p for p in visible if p.suffix.lower() in TIFF_SUFFIXES), key=lambda p: p.name)
             if not files:
                 raise UserError(f"{source}: no .tif/.tiff files in this directory; point SRC at the slice folder")
+            others = sorted(p.name for p in visible if p.suffix.lower() not in TIFF_SUFFIXES)
+            if others:
+                raise UserError(
+                    f"{source / others[0]}: not a TIFF slice, among the slices"
+                    f"{f' (and {len(others) - 1} more such files)' if len(others) > 1 else ''}; "
+                    "move it out of the folder, so no slice is missing or left over unnoticed"
+                )
             return cls(source, files)
         if source.is_file():
             if source.suffix.lower() not in TIFF_SUFFIXES:
@@ -120,9 +125,11 @@ class TiffStack:
 
 
 def _checked_pages(path: Path):
-    """The pages of one TIFF file, refusing unreadable or truncated files."""
+    """The pages of one TIFF file, refusing unreadable, truncated or empty files."""
     try:
         with tifffile.TiffFile(path) as tif:
+            if not tif.pages:
+                raise UserError(f"{path}: not a readable TIFF (it holds no image); re-export or remove it")
             size = os.path.getsize(path)
             for page in tif.pages:
                 ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
@@ -173,6 +180,13 @@ class ConvertStage(BlockwiseStage):
         if chunk < 1:
             raise ValueError(f"--chunk {chunk} must be at least 1 voxel")
         return chunk
+
+    @field_validator("voxel_size")
+    @classmethod
+    def _positive_voxel_size(cls, voxel_size: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(voxel_size) < 1:
+            raise ValueError("every edge must be at least 1 nm")
+        return voxel_size
 
     def output_paths(self) -> list[DatasetPath]:
         return [DatasetPath.parse(self.output)]

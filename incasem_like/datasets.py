@@ -48,6 +48,10 @@ FULL_RESOLUTION = "s0"
 OME_VERSION = "0.5"
 META_KEY = "incasem_like"
 DEFAULT_CHUNK = 128
+#: a dataset's run folder: the blockwise progress, logs and the lock of the run writing it
+RUN_DIR = ".incasem_run"
+#: what reading a chunk raises when its bytes are damaged (codec errors) or cannot be read
+UNREADABLE_CHUNK_ERRORS = (RuntimeError, ValueError, OSError)
 
 
 #: zstd level 1 with byte shuffle: ~850 MB/s per core on FIB-SEM uint8 at the best ratio we measured (1.17);
@@ -82,7 +86,11 @@ class DatasetPath:
         return self.group_path / FULL_RESOLUTION
 
     def exists(self) -> bool:
-        return self.group_path.exists()
+        """Whether anything is at the dataset's path; a bare run folder (which a run's lock creates before the
+        dataset) does not count."""
+        if not self.group_path.is_dir():
+            return self.group_path.exists()
+        return any(entry.name != RUN_DIR for entry in self.group_path.iterdir())
 
     def __str__(self) -> str:
         return str(self.group_path)
@@ -188,6 +196,8 @@ class Volume:
     data: zarr.Array
     voxel_size: Coordinate
     offset: Coordinate
+    #: the dataset's name in messages
+    name: str = ""
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -213,7 +223,19 @@ class Volume:
         return tuple(slice(b, e) for b, e in zip(begin, end))
 
     def __getitem__(self, roi: Roi) -> np.ndarray:
-        return self.data[self._slices(roi)]
+        return self.read(self._slices(roi))
+
+    def read(self, selection: tuple[slice, ...]) -> np.ndarray:
+        """`data[selection]` (voxel indices); a chunk that cannot be decoded or read is a `UserError` naming the
+        dataset and the voxels."""
+        try:
+            return self.data[selection]
+        except UNREADABLE_CHUNK_ERRORS as error:
+            voxels = ", ".join(f"{s.start}:{s.stop}" for s in selection)
+            raise UserError(
+                f"{self.name or self.data.store_path}: cannot read voxels [{voxels}] ({type(error).__name__}: "
+                f"{error}); the stored data are damaged: restore them or rerun the command that wrote them"
+            ) from None
 
     def __setitem__(self, roi: Roi, value: np.ndarray | int) -> None:
         self.data[self._slices(roi)] = value
@@ -244,7 +266,7 @@ def open_dataset(path: DatasetPath | str, mode: str = "r", require_complete: boo
     voxel_size, offset = _ome_scale_and_translation(path, group.attrs.asdict())
     if require_complete and not is_complete(path):
         raise UserError(f"{path} is incomplete (its writing run did not finish); rerun the command that writes it")
-    return Volume(zarr.open_array(path.array_path, mode=mode), voxel_size, offset)
+    return Volume(zarr.open_array(path.array_path, mode=mode), voxel_size, offset, str(path))
 
 
 def _ome_scale_and_translation(path: DatasetPath, attrs: dict) -> tuple[Coordinate, Coordinate]:
@@ -259,6 +281,8 @@ def _ome_scale_and_translation(path: DatasetPath, attrs: dict) -> tuple[Coordina
             f"{path}: no OME-Zarr multiscales metadata for {FULL_RESOLUTION} ({error!r}); "
             "write datasets with incasem-like convert or another OME-Zarr 0.5 writer"
         ) from None
+    if len(scale) != 3 or any(not isinstance(v, int | float) or v <= 0 for v in scale):
+        raise UserError(f"{path}: voxel size {scale} in its OME-Zarr metadata must be 3 positive numbers (nm)")
     units = [axis.get("unit") for axis in multiscale.get("axes", [])]
     if units and any(unit != UNIT for unit in units):
         raise UserError(f"{path}: axis units {units} are not all '{UNIT}'; this tool works in nm")

@@ -34,7 +34,7 @@ from daisy import Block
 from pydantic import field_validator
 
 from incasem_like.blockwise.launchers import Launcher
-from incasem_like.blockwise.runner import fingerprint, run_stage
+from incasem_like.blockwise.runner import fingerprint, refuse_if_running, run_stage
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
 from incasem_like.datasets import (
     DEFAULT_CHUNK,
@@ -342,7 +342,7 @@ def open_level(path: DatasetPath, level: int, mode: str = "r") -> Volume:
     array_path = path.group_path / f"s{level}"
     if not array_path.exists():
         raise UserError(f"{path}: has no pyramid level s{level}; run incasem-like pyramid {path} --levels {level}")
-    return Volume(zarr.open_array(array_path, mode=mode), base.voxel_size * 2**level, base.offset)
+    return Volume(zarr.open_array(array_path, mode=mode), base.voxel_size * 2**level, base.offset, f"{path}/s{level}")
 
 
 class PyramidLevelStage(_DownsampleBlocks):
@@ -436,6 +436,8 @@ def build_pyramid(
     """Write levels s1..s{levels} of `path` (those not already complete, or all with `overwrite`) and list each in
     the multiscales metadata once complete. Returns the levels it wrote (empty if there was nothing to do)."""
     stages = plan_pyramid(path, levels, kind, block, chunk)
+    for stage in stages:
+        refuse_if_running(stage.output_paths()[0], str(path))
     if overwrite:
         set_levels(path, 1)  # first unlist: from here on the old levels no longer look complete
         for level in level_arrays(path):

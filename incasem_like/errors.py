@@ -1,6 +1,9 @@
 """Errors that reach the user as one line and a non-zero exit code."""
 
-from pydantic import ValidationError
+import difflib
+import typing
+
+from pydantic import BaseModel, ValidationError
 
 
 class UserError(Exception):
@@ -11,10 +14,51 @@ class BlockwiseRunFailed(Exception):
     """Some blocks still failed after their retries; the output is left marked incomplete (exit code 1)."""
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """One line for a pydantic validation error: the offending key, its value and what is wrong."""
-    first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "config"
+def describe_validation_error(error: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """One line for a pydantic validation error: the offending key, its value and what is wrong; an unknown key of
+    `model` (the validated class) gets the closest known keys as suggestions."""
+    first = main_problem(error)
+    key = location(first["loc"])
+    others = error.error_count() - 1
+    more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
+    if first["type"] == "extra_forbidden":
+        known = _keys_at(model, first["loc"]) if model else []
+        close = difflib.get_close_matches(str(first["loc"][-1]), known, n=2)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        listing = f" (the keys here: {', '.join(known)})" if known and not close else ""
+        return f"{key or 'config'}: unknown key{hint}{listing}{more}"
     message = first["msg"].removeprefix("Value error, ")
-    more = f" (and {error.error_count() - 1} more problems)" if error.error_count() > 1 else ""
-    return f"{key} = {first.get('input')!r}: {message}{more}"
+    return f"{key or 'config'} = {first.get('input')!r}: {message}{more}"
+
+
+def main_problem(error: ValidationError) -> dict:
+    """The error to report: an unknown key first (a typo also makes the intended key look missing)."""
+    problems = error.errors()
+    return next((problem for problem in problems if problem["type"] == "extra_forbidden"), problems[0])
+
+
+def location(loc: tuple) -> str:
+    """`training[0].labels` for the location ("training", 0, "labels")."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+def _keys_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the (nested) model that holds the key at `loc`."""
+    for part in loc[:-1]:
+        if isinstance(part, int):  # a list index
+            continue
+        field = model.model_fields.get(part)
+        model = _model_in(field.annotation) if field else None
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The pydantic model in a field's annotation (`X`, `X | None`, `list[X]`), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in typing.get_args(annotation):
+        if found := _model_in(argument):
+            return found
+    return None

@@ -271,7 +271,12 @@ def check_json_output(path: Path, overwrite: bool) -> None:
 
 def write_json(path: Path, result: dict) -> None:
     """Write `result` to `path` atomically (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial_path = path.with_name(f".{path.name}.incomplete")
-    partial_path.write_text(json.dumps(result, indent=2) + "\n")
-    partial_path.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial_path.write_text(json.dumps(result, indent=2) + "\n")
+        partial_path.replace(path)
+    except OSError as error:
+        raise UserError(
+            f"--json {path}: cannot write it ({error.strerror or error}: {error.filename}); choose a writable place"
+        ) from None

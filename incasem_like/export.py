@@ -85,7 +85,7 @@ def _max_value(volume: Volume, threads: int) -> int:
     """The dataset's largest value, read in slabs one chunk deep."""
     depth = volume.chunk_shape[0]
     with ThreadPoolExecutor(threads) as pool:
-        return max(pool.map(lambda z: int(volume.data[z : z + depth].max()), range(0, volume.shape[0], depth)))
+        return max(pool.map(lambda z: int(volume.read((slice(z, z + depth),)).max()), range(0, volume.shape[0], depth)))
 
 
 def original_frame(path: DatasetPath, volume: Volume) -> Roi:
@@ -152,18 +152,29 @@ def check_output_dir(out_dir: Path, overwrite: bool) -> None:
 
 
 def export(plan: ExportPlan, out_dir: Path, threads: int = 2, progress: bool = False) -> dict:
-    """Write the plan's slices into `out_dir` (replacing a folder that `check_output_dir` accepted)."""
+    """Write the plan's slices into `out_dir` (replacing a folder that `check_output_dir` accepted). A slice that
+    cannot be read or written is a `UserError`; `out_dir` is then left as it was."""
     start = time.perf_counter()
     partial_dir = out_dir.with_name(f".{out_dir.name}.incomplete")
-    if partial_dir.exists():  # left by an interrupted export
-        shutil.rmtree(partial_dir)
-    partial_dir.mkdir(parents=True)
     names = slice_names(plan.frame_shape[0])
     pieces = plan.z_pieces()
-    with ThreadPoolExecutor(threads) as pool:
-        written = pool.map(partial(_write_slices, plan, partial_dir, names), pieces)
-        for _ in tqdm(written, total=len(pieces), unit="slab", disable=not progress, leave=False):
-            pass
+    try:
+        if partial_dir.exists():  # left by an interrupted export
+            shutil.rmtree(partial_dir)
+        partial_dir.mkdir(parents=True)
+        with ThreadPoolExecutor(threads) as pool:
+            written = pool.map(partial(_write_slices, plan, partial_dir, names), pieces)
+            for _ in tqdm(written, total=len(pieces), unit="slab", disable=not progress, leave=False):
+                pass
+    except OSError as error:
+        shutil.rmtree(partial_dir, ignore_errors=True)
+        raise UserError(
+            f"{out_dir}: cannot write the slices ({error.strerror or error}: {error.filename}); "
+            "choose a writable location with enough space"
+        ) from None
+    except UserError:  # damaged data
+        shutil.rmtree(partial_dir, ignore_errors=True)
+        raise
     if out_dir.exists():
         replaced = out_dir.with_name(f".{out_dir.name}.replaced")
         shutil.rmtree(replaced, ignore_errors=True)
@@ -180,7 +191,7 @@ def _write_slices(plan: ExportPlan, folder: Path, names: list[str], piece: tuple
     volume = plan.volume
     (z0, y0, x0), (depth, height, width) = plan.placement, volume.shape
     begin, end = max(piece[0], z0), min(piece[1], z0 + depth)
-    slab = volume.data[begin - z0 : end - z0] if begin < end else None
+    slab = volume.read((slice(begin - z0, end - z0),)) if begin < end else None
     for z in range(*piece):
         plane = np.zeros(tuple(plan.frame_shape[1:]), volume.dtype)
         if slab is not None and begin <= z < end:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, Validat
 
 from incasem_like.blockwise.volume_stage import VolumeStage
 from incasem_like.config_files import read_yaml_mapping
-from incasem_like.errors import UserError, describe_validation_error
+from incasem_like.errors import UserError, describe_validation_error, location, main_problem
 from incasem_like.mask import DEFAULT_MAX_SPAN, blockwise_context, clean_components, dilate, erode
 
 #: integer label dtypes the label stages read (floats are probabilities, not labels)
@@ -107,12 +107,12 @@ def load_organelle(name: str, config_dir: Path | None = None) -> OrganelleConfig
 
 def _describe(error: ValidationError) -> str:
     """One line for a config's validation error: the key and what is wrong with it."""
-    first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"])
+    first = main_problem(error)
+    key = location(first["loc"])
     more = f" (and {error.error_count() - 1} more problems)" if error.error_count() > 1 else ""
     if first["type"] == "missing":
         return f"{key} is missing{more}"
-    return describe_validation_error(error)
+    return describe_validation_error(error, OrganelleConfig)
 
 
 # --- pure per-array operations: integer labels in, uint8 0/1 out -----------------------------------------------

@@ -41,7 +41,7 @@ from daisy import Block
 from pydantic import NonNegativeInt, PositiveInt
 
 from incasem_like.blockwise.launchers import Launcher
-from incasem_like.blockwise.runner import fingerprint, run_stage
+from incasem_like.blockwise.runner import fingerprint, refuse_if_running, run_stage
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
 from incasem_like.datasets import META_KEY, DatasetPath, dataset_meta, update_dataset_meta
 from incasem_like.errors import UserError
@@ -139,7 +139,7 @@ class MeshStage(BlockwiseStage):
     def create_outputs(self, layout: BlockLayout) -> None:
         for name in self.formats:
             (self.folder / name).mkdir(parents=True, exist_ok=True)
-        zarr.open_group(self.run_group().group_path, mode="w").attrs[META_KEY] = {"complete": False, "kind": "meshes"}
+        zarr.open_group(self.run_group().group_path, mode="a").attrs[META_KEY] = {"complete": False, "kind": "meshes"}
         (self.run_group().group_path / "blocks").mkdir()
 
     def block_processor(self) -> Callable[[Block], None]:
@@ -191,6 +191,7 @@ def check_output_folder(stage: MeshStage, overwrite: bool) -> None:
     folder = stage.folder
     if not folder.exists():
         return
+    refuse_if_running(stage.run_group(), str(folder))
     if not folder.is_dir():
         raise UserError(f"{folder} exists and is not a folder; choose a folder name for the meshes")
     ours = (folder / RUN_GROUP).is_dir()

@@ -53,7 +53,7 @@ from skimage.measure import marching_cubes
 
 from incasem_like import __version__
 from incasem_like.blockwise.launchers import Launcher
-from incasem_like.blockwise.runner import run_stage
+from incasem_like.blockwise.runner import refuse_if_running, run_stage
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
 from incasem_like.datasets import (
     DEFAULT_CHUNK,
@@ -422,7 +422,7 @@ class ObjectsStep(BlockwiseStage):
         return tuple(int(i) for i in (roi.begin - volume.offset) / volume.voxel_size / self.block)
 
     def create_outputs(self, layout: BlockLayout) -> None:
-        group = zarr.open_group(self.scratch(self.step).group_path, mode="w")
+        group = zarr.open_group(self.scratch(self.step).group_path, mode="a")
         group.attrs[META_KEY] = {"complete": False}
         self.results_dir().mkdir()
 
@@ -564,6 +564,8 @@ def prepare_output(config: ObjectsStep, overwrite: bool) -> str:
         raise UserError(
             f"{config.labels} already exists and was not written by this exact command; pass --overwrite to replace it"
         )
+    for step in STEPS:
+        refuse_if_running(config.scratch(step.step), config.labels)
     segmentation = open_segmentation(config.segmentation)
     labels = DatasetPath.parse(config.labels)
     remove_dataset(labels)

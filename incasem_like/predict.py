@@ -84,8 +84,9 @@ class PredictStage(BlockwiseStage):
     block: int = 256
     chunk: int = DEFAULT_CHUNK
     step: int = 128
-    device: Literal["cpu", "cuda"] = "cpu"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    #: `auto` is decided by each worker where it runs (on a cluster: the job's node, not the submitting machine)
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
     strict: bool = False
 
     @model_validator(mode="before")
@@ -165,7 +166,8 @@ class PredictStage(BlockwiseStage):
             )
 
     def torch_device(self) -> torch.device:
-        if self.device == "cpu":
+        """This worker's device, `auto` decided here (where the worker runs)."""
+        if select_device(self.device) == "cpu":
             return torch.device("cpu")
         worker_id = int(Context.from_env().get("worker_id", 0)) if "DAISY_CONTEXT" in os.environ else 0
         return torch.device("cuda", worker_id % torch.cuda.device_count())  # one worker per visible GPU
@@ -176,7 +178,9 @@ class PredictStage(BlockwiseStage):
         torch.set_num_threads(int(os.environ.get(WORKER_THREADS_ENV, torch.get_num_threads())))
         model, _ = model_from_checkpoint(self.checkpoint)
         device = self.torch_device()
-        bf16 = self.precision == "bf16"
+        precision = default_precision(device.type) if self.precision == "auto" else self.precision
+        bf16 = precision == "bf16"
+        logger.info("predicting on %s in %s", device, precision)
         model = model.to(device)
         if bf16 and device.type == "cuda":
             model = model.to(memory_format=torch.channels_last_3d)

@@ -99,8 +99,16 @@ VALID = (organelle_config_dir() / "mito.yaml").read_text()
         ("bad", "organelle: bad\nclean: [1, 2\n", "bad.yaml: not valid YAML at line 3"),
         ("bad", "- just a list\n", "bad.yaml: expected a mapping of keys"),
         ("bad", VALID.replace("mito", "bad").replace("voxels: 27", "voxels: -1"), "clean.min_object_voxels = -1"),
-        ("bad", VALID.replace("mito", "bad").replace("dilate_voxels", "dilation"), "dilate_voxels is missing (and 1"),
-        ("bad", VALID.replace("metric_mask:", "metric_mask:\n  erosion: 2"), "metric_mask.erosion = 2: Extra"),
+        (
+            "bad",
+            VALID.replace("mito", "bad").replace("dilate_voxels", "dilation"),
+            "dilation: unknown key (the keys here: organelle, clean, dilate_voxels, metric_mask)",
+        ),
+        (
+            "bad",
+            VALID.replace("metric_mask:", "metric_mask:\n  erosion: 2"),
+            "metric_mask.erosion: unknown key; did you mean 'erosion_voxels'?",
+        ),
         ("bad", VALID.replace("dilate_voxels: 1", "dilate_voxels: one"), "dilate_voxels = 'one'"),
         ("bad", VALID, "organelle = 'mito' does not match the file name"),
     ],

@@ -7,6 +7,8 @@ Guarantees every stage inherits from here:
   refuses to touch the existing output unless told to overwrite it;
 - failed blocks are retried; if any still fail the run raises `BlockwiseRunFailed` naming them and the first
   error, and the output stays marked incomplete;
+- one run at a time writes an output: a second one refuses, naming the holder of the run's lock
+  (`<dataset>/.incasem_run/lock`; see `incasem_like.run_lock`);
 - a JSON summary of the run is written beside the progress.
 """
 
@@ -23,10 +25,10 @@ from funlib.geometry import Roi
 from incasem_like import __version__
 from incasem_like.blockwise.launchers import Launcher, LocalLauncher, WorkerSpawner, worker_command
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
-from incasem_like.datasets import DatasetPath, dataset_meta, is_complete, remove_dataset, update_dataset_meta
+from incasem_like.datasets import RUN_DIR, DatasetPath, dataset_meta, is_complete, remove_dataset, update_dataset_meta
 from incasem_like.errors import BlockwiseRunFailed, UserError
+from incasem_like.run_lock import LOCK, RunLock, refuse_if_locked, remove_all_but_lock
 
-RUN_DIR = ".incasem_run"
 #: bump when the meaning of the tracking store or the block layout changes
 RUN_FORMAT = 1
 
@@ -68,7 +70,8 @@ def run_stage(
     outputs = stage.output_paths()
     run_id = fingerprint(stage, layout)
     run_dir = outputs[0].group_path / RUN_DIR
-
+    # checks that write nothing first, so a refused command leaves no trace
+    refuse_if_locked(lock_path(outputs[0]), str(outputs[0]))
     if _is_resumable(outputs, run_dir, run_id, overwrite):
         if all(is_complete(output) for output in outputs):
             summary = json.loads((run_dir / "summary.json").read_text())
@@ -81,7 +84,26 @@ def run_stage(
                 "already_complete": True,
             }
     else:
-        _start_fresh(stage, layout, outputs, run_dir, run_id, overwrite)
+        _refuse_foreign(outputs, overwrite)
+    with RunLock(lock_path(outputs[0]), str(outputs[0])):
+        if not _is_resumable(outputs, run_dir, run_id, overwrite):
+            _start_fresh(stage, layout, outputs, run_dir, run_id, overwrite)
+        return _run(stage, layout, outputs, run_dir, run_id, workers, launcher, max_retries, block_timeout, progress)
+
+
+def lock_path(output: DatasetPath) -> Path:
+    """The lock of the run writing `output` (a stage's first output)."""
+    return output.group_path / RUN_DIR / LOCK
+
+
+def refuse_if_running(output: DatasetPath, subject: str) -> None:
+    """`UserError` if a live run writes `output` (a stage's first output); for commands that remove or replace
+    outputs before their runs start. `subject` names what the user asked to replace."""
+    refuse_if_locked(lock_path(output), subject)
+
+
+def _run(stage, layout, outputs, run_dir, run_id, workers, launcher, max_retries, block_timeout, progress) -> dict:
+    """Process the blocks not yet done on daisy workers, write the summary and mark the outputs complete."""
     spec = {
         "stage": f"{type(stage).__module__}:{type(stage).__qualname__}",
         "config": stage.model_dump(mode="json"),
@@ -135,19 +157,26 @@ def _is_resumable(outputs: list[DatasetPath], run_dir: Path, run_id: str, overwr
     )
 
 
-def _start_fresh(stage, layout, outputs, run_dir, run_id, overwrite) -> None:
-    """Create empty, incomplete outputs stamped with the run's fingerprint; replace existing ones only if told."""
+def _refuse_foreign(outputs: list[DatasetPath], overwrite: bool) -> None:
+    """An existing output that this exact command did not start is replaced only with `overwrite`."""
     existing = [output for output in outputs if output.exists()]
     if existing and not overwrite:
         raise UserError(
             f"{existing[0]} already exists and was not written by this exact command; pass --overwrite to replace it"
         )
-    for output in existing:
+
+
+def _start_fresh(stage, layout, outputs, run_dir, run_id, overwrite) -> None:
+    """Create empty, incomplete outputs stamped with the run's fingerprint; replace existing ones only if told.
+    Whatever is left at the first output's path (an earlier run's progress) goes too, but for this run's lock."""
+    _refuse_foreign(outputs, overwrite)
+    remove_all_but_lock(outputs[0].group_path, lock_path(outputs[0]))
+    for output in outputs[1:]:
         remove_dataset(output)
     stage.create_outputs(layout)
     for output in outputs:
         update_dataset_meta(output, fingerprint=run_id, written_by=f"incasem-like {__version__} {stage.task_name}")
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(exist_ok=True)
 
 
 def _failure_message(summary: dict, outputs: list[DatasetPath], run_dir: Path) -> str:

@@ -97,12 +97,13 @@ def add_block_options(parser: argparse.ArgumentParser, block: int = 256, of: str
     )
 
 
-def run_and_report(stage, args: argparse.Namespace) -> dict:
-    """Run a blockwise stage with the shared options and print what it wrote."""
+def run_and_report(stage, args: argparse.Namespace, launcher=None) -> dict:
+    """Run a blockwise stage with the shared options (`launcher`: the one they describe, if already made) and
+    print what it wrote."""
     from incasem_like.blockwise.runner import run_stage
     from incasem_like.datasets import open_dataset
 
-    launcher = launcher_from_args(args)
+    launcher = launcher or launcher_from_args(args)
     summary = run_stage(
         stage, workers=args.workers, overwrite=args.overwrite, launcher=launcher, progress=not args.quiet
     )

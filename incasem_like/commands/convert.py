@@ -50,7 +50,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from incasem_like.convert import ConvertStage, TiffStack, label_mode_for
+    from incasem_like.errors import UserError
 
+    if min(args.voxel_size) < 1:
+        raise UserError(f"--voxel-size {' '.join(map(str, args.voxel_size))}: every edge must be at least 1 nm")
     stage = ConvertStage(
         source=args.src,
         output=args.out,

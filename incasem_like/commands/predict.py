@@ -80,12 +80,17 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from incasem_like.commands import run_and_report
+    from incasem_like.blockwise.launchers import LocalLauncher
+    from incasem_like.commands import launcher_from_args, run_and_report
     from incasem_like.predict import PredictStage, default_precision, recommended_threshold, select_device
     from incasem_like.training.checkpoints import resolve_checkpoint
 
-    device = select_device(args.device)
     checkpoint = str(resolve_checkpoint(args.checkpoint))
+    launcher = launcher_from_args(args)
+    # cluster jobs decide `auto` on their nodes: this machine's GPUs say nothing about theirs
+    on_this_machine = isinstance(launcher, LocalLauncher)
+    device = select_device(args.device) if on_this_machine else args.device
+    precision = default_precision(device) if on_this_machine and args.precision == "auto" else args.precision
     stage = PredictStage(
         checkpoint=checkpoint,
         raw=args.raw,
@@ -95,13 +100,13 @@ def run(args: argparse.Namespace) -> None:
         chunk=args.chunk,
         step=args.step,
         device=device,
-        precision=default_precision(device) if args.precision == "auto" else args.precision,
+        precision=precision,
         strict=args.strict,
         **roi_arguments(args),
     )
-    if args.workers is None:  # one worker per visible GPU, else one using all cores
-        args.workers = torch.cuda.device_count() if device == "cuda" else 1
-    run_and_report(stage, args)
+    if args.workers is None:  # one worker per visible GPU, else one using all cores (one job on a cluster)
+        args.workers = torch.cuda.device_count() if on_this_machine and device == "cuda" else 1
+    run_and_report(stage, args, launcher)
     print(
         f"  segmentation: {stage.output_paths()[1]}"
         + (f"; checkpoint: {checkpoint}" if checkpoint != args.checkpoint else "")

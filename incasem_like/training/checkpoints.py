@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import pickle
 import re
 from pathlib import Path
 
@@ -47,9 +48,19 @@ def save_checkpoint(
 
 
 def _save_atomically(state: dict, path: Path) -> None:
+    """Write a temporary file, flush it to disk, then rename it into place (and flush the folder's entry): a crash
+    or kill at any moment leaves the previous file or the complete new one, never a partial one, under `path`."""
     temporary = path.with_suffix(path.suffix + ".partial")
-    torch.save(state, temporary)
+    with open(temporary, "wb") as file:
+        torch.save(state, file)
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(temporary, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def export_weights(checkpoint: str | Path, out: str | Path, provenance: dict, threshold: float | None = None) -> Path:
@@ -125,6 +136,17 @@ def load_checkpoint(path: str | Path, network: NetworkConfig | None = None) -> d
         raise UserError(f"{path}: no such checkpoint file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        unsafe = re.search(r"unsupported GLOBAL:? (?:GLOBAL )?([\w.]+)", str(error), re.IGNORECASE)
+        if unsafe:
+            raise UserError(
+                f"{path}: refused: it would load the Python object {unsafe[1]}, and loading objects other than "
+                "tensors and plain values could run code; use a checkpoint written by incasem-like train"
+            ) from None
+        # torch wraps the unpickler's complaint in advice (its second-to-last line is the complaint itself)
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = lines[-2] if len(lines) > 2 else " ".join(lines)
+        raise UserError(f"{path}: not a readable checkpoint (UnpicklingError: {reason})") from None
     except Exception as error:  # torch raises many kinds for foreign or damaged files
         raise UserError(
             f"{path}: not a readable checkpoint ({type(error).__name__}: {error})".splitlines()[0]

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from incasem_like.config_files import read_yaml_mapping
 from incasem_like.datasets import DatasetPath, Volume, open_dataset
-from incasem_like.errors import UserError, describe_validation_error
+from incasem_like.errors import UserError, describe_validation_error, location, main_problem
 from incasem_like.geometry import Coordinate, Roi, roi_from_voxels
 from incasem_like.model import NetworkConfig
 
@@ -147,11 +147,11 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     try:
         return TrainConfig.model_validate({**content, **(overrides or {})})
     except ValidationError as error:
-        first = error.errors()[0]
+        first = main_problem(error)
         if first["type"] == "missing":
-            key = ".".join(str(part) for part in first["loc"])
+            key = location(first["loc"])
             raise UserError(f"{path}: {key} is missing; add it (see configs/training/ for examples)") from None
-        raise UserError(f"{path}: {describe_validation_error(error)}") from None
+        raise UserError(f"{path}: {describe_validation_error(error, TrainConfig)}") from None
 
 
 class CellVolumes:

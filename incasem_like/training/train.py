@@ -14,12 +14,13 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from incasem_like.datasets import DatasetPath, create_dataset, update_dataset_meta
+from incasem_like.datasets import RUN_DIR, DatasetPath, create_dataset, update_dataset_meta
 from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate
 from incasem_like.inference import autocast, normalize, predict_region, probabilities, raw_with_context
 from incasem_like.metrics import scores, threshold_counts, value_histograms
 from incasem_like.model import UNet3D
+from incasem_like.run_lock import LOCK, RunLock, remove_all_but_lock
 from incasem_like.training.checkpoints import checkpoints, load_checkpoint, save_checkpoint
 from incasem_like.training.config import CellVolumes, TrainConfig, open_cells
 from incasem_like.training.loss import balanced_weights, weighted_bce
@@ -105,8 +106,10 @@ def validate(model: UNet3D, cells: list[ValidationCell], device: torch.device, t
 
 
 def write_snapshot(run_dir: Path, iteration: int, batch: dict, logits: np.ndarray, voxel_size) -> None:
-    """Input, labels, weights and prediction of one batch as zarr datasets, placed where they were sampled."""
+    """Input, labels, weights and prediction of one batch as zarr datasets, placed where they were sampled. A
+    snapshot of the same iteration is replaced: a run killed after it, before the next checkpoint, redoes it."""
     container = run_dir / "snapshots.zarr"
+    shutil.rmtree(container / f"iteration_{iteration:08d}", ignore_errors=True)
     arrays = {
         "raw": (batch["raw"], batch["raw_offset"]),
         "labels": (batch["labels"], batch["labels_offset"]),
@@ -144,9 +147,15 @@ class Run:
         self.history: list[dict] = []
 
     # --- starting points ----------------------------------------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        """The lock held while a process trains in the run directory (one at a time)."""
+        return self.dir / RUN_DIR / LOCK
+
     def prepare_directory(self, resume: bool, overwrite: bool) -> int:
-        """Create or reuse the run directory; returns the iteration to continue from."""
-        existing = checkpoints(self.dir) if self.dir.exists() else {}
+        """Reuse or (re)fill the run directory, which holds this run's lock; returns the iteration to continue
+        from."""
+        existing = checkpoints(self.dir)
         if resume:
             if not existing:
                 raise UserError(f"{self.dir}: no checkpoint to resume from; run without --resume to start")
@@ -159,13 +168,12 @@ class Run:
                 [h for h in json.loads(history.read_text()) if h["iteration"] <= iteration] if history.exists() else []
             )
             return iteration
-        if self.dir.exists() and any(self.dir.iterdir()):
+        if any(entry.name != RUN_DIR for entry in self.dir.iterdir()):
             if not overwrite:
                 raise UserError(
                     f"{self.dir} already holds a run; pass --resume to continue it or --overwrite to start afresh"
                 )
-            shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True)
+            remove_all_but_lock(self.dir, self.lock_path)
         (self.dir / "config.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
         return 0
 
@@ -314,10 +322,11 @@ class Run:
 
 def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     run = Run(config)
-    start = run.prepare_directory(resume, overwrite)
-    if start >= config.iterations:
-        raise UserError(f"{run.dir}: already trained to iteration {start}; raise iterations to continue")
-    return run.run(start, progress)
+    with RunLock(run.lock_path, str(run.dir)):
+        start = run.prepare_directory(resume, overwrite)
+        if start >= config.iterations:
+            raise UserError(f"{run.dir}: already trained to iteration {start}; raise iterations to continue")
+        return run.run(start, progress)
 
 
 def finetune(
@@ -328,14 +337,15 @@ def finetune(
         raise UserError("validation: fine-tuning needs held-out ground truth of the new cell; add a validation entry")
     run = Run(config)
     run.load_weights(checkpoint, with_optimizer)
-    run.prepare_directory(resume=False, overwrite=overwrite)
-    summary = run.run(0, progress, {"finetuned_from": str(checkpoint)})
-    before, after = run.history[0], run.history[-1]
-    summary["finetune"] = {
-        "f1_before": before["f1"],
-        "f1_after": after["f1"],
-        "best_iteration": summary["best"]["iteration"] if summary["best"] else None,
-        "best_f1": summary["best"]["f1"] if summary["best"] else None,
-    }
-    _write_json(run.dir / SUMMARY, summary)
+    with RunLock(run.lock_path, str(run.dir)):
+        run.prepare_directory(resume=False, overwrite=overwrite)
+        summary = run.run(0, progress, {"finetuned_from": str(checkpoint)})
+        before, after = run.history[0], run.history[-1]
+        summary["finetune"] = {
+            "f1_before": before["f1"],
+            "f1_after": after["f1"],
+            "best_iteration": summary["best"]["iteration"] if summary["best"] else None,
+            "best_f1": summary["best"]["f1"] if summary["best"] else None,
+        }
+        _write_json(run.dir / SUMMARY, summary)
     return summary

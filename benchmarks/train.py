@@ -43,6 +43,7 @@ def prepare(data: Path, workdir: Path) -> Path:
 
 
 def time_training(config_path: Path, container: Path, workdir: Path, workers: int, args) -> dict:
+    from incasem_like.run_lock import RunLock
     from incasem_like.training.config import load_config
     from incasem_like.training.train import Run
 
@@ -62,13 +63,14 @@ def time_training(config_path: Path, container: Path, workdir: Path, workers: in
         },
     )
     run = Run(config)
-    run.prepare_directory(resume=False, overwrite=True)
-    start = time.perf_counter()
-    run.config = config.model_copy(update={"iterations": args.warmup})
-    run.run(0, progress=False)
-    warm = time.perf_counter()
-    run.config = config
-    summary = run.run(args.warmup, progress=False)
+    with RunLock(run.lock_path, str(run.dir)):  # creates the run directory, as `incasem-like train` does
+        run.prepare_directory(resume=False, overwrite=True)
+        start = time.perf_counter()
+        run.config = config.model_copy(update={"iterations": args.warmup})
+        run.run(0, progress=False)
+        warm = time.perf_counter()
+        run.config = config
+        summary = run.run(args.warmup, progress=False)
     timing = summary["timing"]
     return {
         "data_workers": workers,

@@ -37,7 +37,11 @@ voxels/s, per-voxel times and the ratios:
   skimage CPU / our CPU, for 1 and 2 workers; target >= 0.9x. Our CPU includes process start-up and zarr
   I/O, skimage's only the call, so the comparison is conservative. Also wall-based: our 1-worker end-to-end
   wall vs the skimage call's wall;
-- skimage's per-voxel CPU time at each measured size relative to the smallest (is it size-independent?).
+- skimage's per-voxel CPU time at each measured size relative to the smallest (is it size-independent?);
+- the machine's own two-process scaling, the ceiling for the 2-worker speed-up: one single-threaded call timed
+  alone and as two concurrent copies (2 x alone / two copies), for a plain skimage call (256^3) and for our
+  per-block function `clahe_block` (512^3, one block, no zarr or scheduler). Cores that share cache and memory
+  bandwidth make each copy slower; the speed-up is also reported relative to our function's scaling.
 
 The machine may be shared: before each measurement the script waits for the CPUs to go quiet, and records
 the share of the machine's CPU capacity other processes used meanwhile (`background_cpu_fraction`). A
@@ -56,6 +60,7 @@ import math
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -349,6 +354,71 @@ def benchmark_case(stack: np.ndarray, edge: int, workdir: Path, args) -> dict:
     return case
 
 
+# --- the machine's own two-process scaling ----------------------------------------------------------------------
+#: cube edges of the two calls timed alone and as two concurrent copies (each takes ~6 s alone here)
+CEILING_EDGES = {"skimage": 256, "ours": 512}
+
+
+def ceiling_child(kind: str, npy: Path) -> None:
+    """Child mode: time one single-threaded call over the cube: skimage's, or ours (`clahe_block`, one block)."""
+    volume = np.load(npy)
+    if kind == "skimage":
+        from skimage.exposure import equalize_adapthist
+
+        start = time.perf_counter()
+        equalize_adapthist(volume, kernel_size=KERNEL, clip_limit=CLIP, nbins=BINS)
+    else:
+        from incasem_like.clahe import clahe_block
+
+        start = time.perf_counter()
+        clahe_block(volume, (0, 0, 0), (0, 0, 0), volume.shape, volume.shape, (KERNEL,) * 3, CLIP, BINS)
+    print(json.dumps({"call_wall_seconds": round(time.perf_counter() - start, 3)}))
+
+
+def concurrent_calls(kind: str, npy: Path, copies: int) -> dict:
+    """`copies` ceiling children started together: each one's call wall time, and the background CPU share."""
+    wait_for_quiet()
+    command = [sys.executable, __file__, "--ceiling-child", kind, str(npy)]
+    with Meter() as meter:
+        processes = [
+            subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, **SINGLE_THREAD})
+            for _ in range(copies)
+        ]
+        logs = [process.communicate()[0] for process in processes]
+    if any(process.returncode for process in processes):
+        raise RuntimeError(f"{' '.join(command)} failed:\n{logs}")
+    walls = [json.loads(log.strip().splitlines()[-1])["call_wall_seconds"] for log in logs]
+    return {"call_wall_seconds": walls, "background_cpu_fraction": round(meter.background_cpu_fraction, 3)}
+
+
+def two_process_scaling(stack: np.ndarray, workdir: Path, repeats: int) -> dict:
+    """How much two concurrent single-threaded processes of the same CLAHE work get done relative to one: the
+    ceiling for `--workers 2` on this machine (the cores share cache and memory bandwidth). Measured for a plain
+    skimage call and for our per-block function, alone and as two copies, interleaved, `repeats` times."""
+    result = {}
+    for kind, edge in CEILING_EDGES.items():
+        z, y, x = (mirrored(edge, size) for size in stack.shape)
+        npy = workdir / f"ceiling_{edge}.npy"
+        np.save(npy, stack[z][:, y][:, :, x])
+        alone, together = [], []
+        for _ in range(repeats):
+            alone.append(least_contended(lambda: concurrent_calls(kind, npy, 1), f"{kind} alone"))
+            together.append(least_contended(lambda: concurrent_calls(kind, npy, 2), f"{kind} two copies"))
+        npy.unlink()
+        alone_wall = statistics.median(run["call_wall_seconds"][0] for run in alone)
+        together_wall = statistics.median(max(run["call_wall_seconds"]) for run in together)
+        result[kind] = {
+            "cube_edge": edge,
+            "alone": alone,
+            "two_copies": together,
+            "median_alone_seconds": alone_wall,
+            "median_two_copies_seconds": together_wall,
+            "scaling": round(2 * alone_wall / together_wall, 3),
+        }
+        print(f"[two-process scaling] {kind}: {result[kind]['scaling']}", flush=True)
+    return result
+
+
 # --- summary -----------------------------------------------------------------------------------------------------
 def skimage_scaling(cases: dict) -> dict:
     """skimage's per-voxel CPU time at each measured size, relative to the smallest."""
@@ -389,7 +459,7 @@ def extrapolate_skimage(cases: dict) -> None:
         case["skimage_extrapolated"] = estimate
 
 
-def check_targets(cases: dict) -> dict:
+def check_targets(cases: dict, scaling: dict) -> dict:
     speedup, per_core = {}, {}
     for name, case in cases.items():
         blocks_per_worker = case["blocks"] / max(WORKER_COUNTS)
@@ -397,6 +467,7 @@ def check_targets(cases: dict) -> dict:
         entry = {**value, "blocks": case["blocks"]}
         if blocks_per_worker >= 2:
             entry.update(met_wall=value["wall"] >= SPEEDUP_TARGET, met_summary=value["summary"] >= SPEEDUP_TARGET)
+            entry["wall_relative_to_two_process_scaling_of_ours"] = round(value["wall"] / scaling["ours"]["scaling"], 3)
         else:
             entry["not_applicable"] = "fewer than two blocks per worker: a second worker has (almost) nothing to do"
         speedup[name] = entry
@@ -407,6 +478,7 @@ def check_targets(cases: dict) -> dict:
     return {
         "speedup_2_over_1_workers": {
             "target": SPEEDUP_TARGET,
+            "two_process_scaling_of_this_machine": {kind: entry["scaling"] for kind, entry in scaling.items()},
             **speedup,
             "met_wall": all(e["met_wall"] for e in applicable) if applicable else None,
             "met_summary": all(e["met_summary"] for e in applicable) if applicable else None,
@@ -437,9 +509,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "clahe.json")
     parser.add_argument("--skimage-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--save", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--ceiling-child", nargs=2, metavar=("KIND", "NPY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.skimage_child:
         skimage_child(args.skimage_child, args.save)
+        return
+    if args.ceiling_child:
+        ceiling_child(args.ceiling_child[0], Path(args.ceiling_child[1]))
         return
     sizes = sorted(args.sizes)
 
@@ -450,6 +526,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="incasem_bench_clahe_", dir="/tmp") as workdir:
         for edge in sizes:
             cases[f"{edge}x{edge}x{edge}"] = benchmark_case(stack, edge, Path(workdir), args)
+        scaling = two_process_scaling(stack, Path(workdir), args.repeats)
     extrapolate_skimage(cases)
 
     result = {
@@ -479,7 +556,8 @@ def main() -> None:
         },
         "cases": cases,
         "skimage_per_voxel_scaling": skimage_scaling(cases),
-        "targets": check_targets(cases),
+        "two_process_scaling": scaling,
+        "targets": check_targets(cases, scaling),
     }
     write_result(result, args.out)
 

@@ -255,7 +255,9 @@ def test_exported_float16_weights_predict_like_the_checkpoint(tmp_path):
 def test_bundled_mito_model_loads():
     model, state = model_from_checkpoint(bundled_model("mito"))
     assert state["organelle"] == "mito" and state["voxel_size"] == [5, 5, 5]
-    assert state["provenance"]["validation_f1"] > 0.75 and state["threshold"] == state["provenance"]["threshold"] == 0.8
+    # the CPU target, at the threshold the model records (the one of its validation sweep)
+    assert state["provenance"]["validation_f1"] >= 0.80
+    assert 0 < state["threshold"] < 1 and state["threshold"] == state["provenance"]["threshold"]
     with pytest.raises(UserError, match="no bundled model for 'golgi'"):
         bundled_model("golgi")
 

@@ -65,16 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.run(args)
+        return 0
     except UserError as error:
-        print(f"incasem-like: error: {error}", file=sys.stderr)
-        return 2
+        message, code = f"incasem-like: error: {error}", 2
     except ValidationError as error:
-        print(f"incasem-like: error: {describe_validation_error(error)}", file=sys.stderr)
-        return 2
+        message, code = f"incasem-like: error: {describe_validation_error(error)}", 2
     except BlockwiseRunFailed as error:
-        print(f"incasem-like: failed: {error}", file=sys.stderr)
-        return 1
+        message, code = f"incasem-like: failed: {error}", 1
     except KeyboardInterrupt:
-        print("incasem-like: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    return 0
+        message, code = "incasem-like: interrupted; rerun the same command to resume", 130
+    # a failed zarr read abandons the request's other chunk reads, which asyncio would report one by one at exit
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    print(message, file=sys.stderr)
+    return code

@@ -45,7 +45,9 @@ return {
 DRAWN_PANEL = """
 const viewer = window.viewer;
 if (Math.abs(viewer.navigationState.zoomFactor.value - arguments[0]) > 1e-9 || !viewer.isReady()) return null;
-const panel = document.querySelector('.neuroglancer-rendered-data-panel').getBoundingClientRect();
+const element = document.querySelector('.neuroglancer-rendered-data-panel');
+if (element === null) return null;  // the layout is still being (re)built
+const panel = element.getBoundingClientRect();
 return [panel.left, panel.top, panel.right, panel.bottom].map(v => v * window.devicePixelRatio);
 """
 

@@ -436,6 +436,7 @@ if (!viewer.isReady()) return null;
 const panels = Array.from(document.querySelectorAll('.neuroglancer-rendered-data-panel'))
   .map(panel => panel.getBoundingClientRect())
   .sort((a, b) => a.top - b.top || a.left - b.left);
+if (panels.length === 0) return null;  // the layout is still being (re)built
 const xy = panels[0];
 return {
   layers: managed.map(({name, visible}) => [name, visible]),

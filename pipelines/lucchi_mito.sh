@@ -8,7 +8,7 @@
 # 0-124 and validates on the last 40 (125-164).
 set -euo pipefail
 data=$(realpath "$1"); work=$2; config_arg=${3:-configs/training/lucchi_mito_cpu.yaml}
-config=$(realpath "${3:-$(dirname "$0")/../configs/training/lucchi_mito_cpu.yaml}")
+config=$(realpath "${3:-$(dirname "$0")/../$config_arg}")
 mkdir -p "$work" && cd "$work"
 workers=${WORKERS:-2}
 incasem-like convert "$data/raw" lucchi.zarr/volumes/raw --voxel-size 5 5 5 --workers "$workers" --quiet

@@ -305,6 +305,16 @@ def dataset_meta(path: DatasetPath) -> dict[str, Any]:
     return dict(zarr.open_group(path.group_path, mode="r").attrs.get(META_KEY, {}))
 
 
+#: the CLAHE parameters that change an image (the preprocessing a model's checkpoint records for its input)
+CLAHE_PARAMETERS = ("kernel", "clip_limit", "nbins", "intensity_range")
+
+
+def recorded_preprocessing(path: DatasetPath) -> dict[str, Any]:
+    """The image preprocessing a dataset's provenance records: {"clahe": its parameters}, or {} for raw data."""
+    clahe = dataset_meta(path).get("source", {}).get("clahe")
+    return {"clahe": {key: clahe[key] for key in CLAHE_PARAMETERS if key in clahe}} if clahe else {}
+
+
 def update_dataset_meta(path: DatasetPath, **values: Any) -> None:
     group = zarr.open_group(path.group_path, mode="r+")
     group.attrs[META_KEY] = {**dict(group.attrs.get(META_KEY, {})), **values}

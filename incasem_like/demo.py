@@ -1,7 +1,8 @@
 """The demo: the product on the embedded sample (a crop of the Lucchi FIB-SEM data), offline, on the CPU.
 
-TIFF slices -> OME-Zarr -> CLAHE -> mitochondria prediction with the bundled model -> F1 against the sample's
-labels (in the method's metric mask), every step through the same stages the commands run.
+TIFF slices -> OME-Zarr -> CLAHE -> mitochondria prediction with the bundled model (with the threshold,
+test-time augmentation and clean-up it records) -> F1 and IoU against the sample's labels over every voxel (the
+field's metric) and outside the exclusion zone (ASEM's), every step through the same stages the commands run.
 """
 
 from importlib.resources import files
@@ -15,7 +16,7 @@ from incasem_like.datasets import RAW, RAW_CLAHE, DatasetPath, labels_name, metr
 from incasem_like.evaluate import evaluate, open_inputs
 from incasem_like.labels import MetricMaskStage, load_organelle
 from incasem_like.models import bundled_model
-from incasem_like.predict import PredictStage, recommended_threshold
+from incasem_like.predict import PredictStage, prediction_stages, recommended_settings
 
 SAMPLE = files("incasem_like") / "sample_data" / "lucchi_crop"
 SAMPLE_VOXEL_SIZE = (5, 5, 5)
@@ -57,23 +58,23 @@ def run_demo(
         ),
     )
     probabilities, segmentation = prediction_names(RUN, "mito")
-    threshold = recommended_threshold(str(bundled_model("mito")))
+    recommended = recommended_settings(str(bundled_model("mito")))
     output = str(DatasetPath(container, probabilities).group_path.parent)
-    step(
-        f"predict mitochondria with the bundled model -> {output}",
-        PredictStage(
-            checkpoint=str(bundled_model("mito")),
-            threshold=threshold,
-            raw=str(container / RAW_CLAHE),
-            output=output,
-            device="cpu",
-            block=2 * CHUNK,
-            chunk=CHUNK,
-        ),
+    predict = PredictStage(
+        checkpoint=str(bundled_model("mito")),
+        threshold=recommended["threshold"],
+        tta=recommended["tta"],
+        raw=str(container / RAW_CLAHE),
+        output=output,
+        device="cpu",
+        block=2 * CHUNK,
+        chunk=CHUNK,
     )
-    print("  evaluate against the sample's labels (inside the metric mask)", flush=True)
+    for stage in prediction_stages(predict, recommended["clean_up"]):
+        step(f"{stage.task_name} mitochondria with the bundled model -> {stage.output_paths()[-1]}", stage)
+    print("  evaluate against the sample's labels (every voxel; and outside the exclusion zone)", flush=True)
     scores = {
         name: evaluate(open_inputs(str(container / dataset), str(container / labels_name("mito")), metric_mask))
         for name, dataset in (("segmentation", segmentation), ("probabilities", probabilities))
     }
-    return {"container": container, "threshold": threshold, **scores}
+    return {"container": container, "threshold": recommended["threshold"], "tta": recommended["tta"], **scores}

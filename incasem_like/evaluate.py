@@ -1,5 +1,9 @@
 """Evaluation of a prediction against ground truth: precision, recall, F1, IoU and Dice, streamed blockwise.
 
+Two metrics, each labelled: the field's (every voxel of the evaluated region counts; foreground F1 = Dice) and,
+where a metric mask or cell mask is given, ASEM's (voxels in the metric exclusion zone, mask 0, and outside the
+cell mask do not count).
+
 The evaluated region (the prediction's ROI, or `--roi` inside it) is cut into blocks of whole prediction chunks,
 read by a thread pool (zarr decompression releases the GIL) and reduced to two 256-bin histograms of the
 prediction's uint8 values: over the counted label-background and the counted label-foreground voxels. They are
@@ -25,7 +29,7 @@ from tqdm import tqdm
 from incasem_like.datasets import DatasetPath, Volume, dataset_meta, open_dataset
 from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate, Roi, roi_from_voxels, roi_to_voxels
-from incasem_like.metrics import overlap_scores, threshold_counts, value_histograms
+from incasem_like.metrics import EXCLUSION_ZONE, overlap_scores, threshold_counts, value_histograms
 
 PROBABILITIES = "probabilities"
 DEFAULT_THRESHOLDS = "0.05:0.95:0.05"
@@ -157,21 +161,34 @@ def evaluation_blocks(roi: Roi, prediction: Volume) -> list[Roi]:
     ]
 
 
+METRICS = {
+    "all": "the field's metric: every voxel of the region counts",
+    EXCLUSION_ZONE: "ASEM's metric: voxels in the metric exclusion zone (metric mask 0) or outside the cell mask "
+    "do not count",
+}
+
+
 def count_block(inputs: EvaluationInputs, block: Roi) -> np.ndarray:
-    """`value_histograms` of one block: labels > 0 is the truth, voxels count where every mask is > 0."""
+    """(kinds, 2, 256) `value_histograms` of one block, labels > 0 being the truth: over every voxel, and where a
+    mask is given also over the voxels where every mask is > 0."""
     (_, labels), *masks = inputs.volumes.values()
-    counted = None
-    for _, mask in masks:
-        inside = mask[block] > 0
-        counted = inside if counted is None else np.logical_and(counted, inside, out=counted)
-    return value_histograms(inputs.prediction[block], labels[block] > 0, counted)
+    prediction, truth = inputs.prediction[block], labels[block] > 0
+    histograms = [value_histograms(prediction, truth)]
+    if masks:
+        counted = None
+        for _, mask in masks:
+            inside = mask[block] > 0
+            counted = inside if counted is None else np.logical_and(counted, inside, out=counted)
+        histograms.append(value_histograms(prediction, truth, counted))
+    return np.stack(histograms)
 
 
 def evaluate(
     inputs: EvaluationInputs, thresholds: list[float] | None = None, threads: int = 0, progress: bool = False
 ) -> dict:
     """Scores of the prediction in `inputs.roi`: one row for a segmentation, one per threshold for a probability
-    map (default `DEFAULT_THRESHOLDS`), and the best row by F1 (the lowest threshold among equals)."""
+    map (default `DEFAULT_THRESHOLDS`), and the best row by F1 (the lowest threshold among equals); at the top
+    level over every voxel, and with masks also under EXCLUSION_ZONE over the voxels they count."""
     if thresholds is not None and not inputs.probabilities:
         raise UserError(
             f"--thresholds: {inputs.prediction_path} is a segmentation (recorded kind "
@@ -183,29 +200,28 @@ def evaluate(
         raise UserError(f"--threads {threads}: need at least one thread")
     start = time.perf_counter()
     blocks = evaluation_blocks(inputs.roi, inputs.prediction)
-    histograms = np.zeros((2, 256), np.int64)
+    masked = len(inputs.volumes) > 1
+    histograms = np.zeros((1 + masked, 2, 256), np.int64)
     with ThreadPoolExecutor(threads) as pool:
         counts = pool.map(partial(count_block, inputs), blocks)
         for block_histograms in tqdm(counts, total=len(blocks), unit="block", disable=not progress, leave=False):
             histograms += block_histograms
     seconds = time.perf_counter() - start
 
-    counted = int(histograms.sum())
-    if counted == 0:
+    if masked and histograms[1].sum() == 0:
         raise UserError(
             f"no voxel of the evaluated region ({_describe(inputs.roi, inputs.prediction)}) counts: the metric "
             "mask and cell mask are 0 everywhere in it; check --metric-mask, --mask and --roi"
         )
-    if inputs.probabilities:
-        rows = [_row(t, histograms) for t in (thresholds or parse_thresholds(DEFAULT_THRESHOLDS))]
-    else:
-        values = np.flatnonzero(histograms.sum(axis=0))
+    if not inputs.probabilities:
+        values = np.flatnonzero(histograms[0].sum(axis=0))
         if values.max() > 1:
             raise UserError(
                 f"{inputs.prediction_path}: holds values up to {values.max()}, so it is no 0/1 segmentation; "
                 "pass --probabilities if it is a probability map (0..255 = 0..1)"
             )
-        rows = [_row(None, histograms)]
+    row_thresholds = (thresholds or parse_thresholds(DEFAULT_THRESHOLDS)) if inputs.probabilities else [None]
+    scored = [_scored(kind, counts, row_thresholds) for kind, counts in zip(METRICS, histograms)]
     voxel_size = inputs.prediction.voxel_size
     offset, shape = roi_to_voxels(inputs.roi, voxel_size, inputs.prediction.offset)
     voxels = math.prod(shape)
@@ -221,13 +237,23 @@ def evaluate(
         },
         "voxel_size_nm": list(voxel_size),
         "voxels": voxels,
-        "counted_voxels": counted,
+        **scored[0],
+        **({EXCLUSION_ZONE: scored[1]} if masked else {}),
+        "seconds": round(seconds, 3),
+        "voxels_per_second": round(voxels / seconds) if seconds > 0 else 0,
+    }
+
+
+def _scored(kind: str, histograms: np.ndarray, thresholds: list[float | None]) -> dict:
+    """One metric's rows (one per threshold), best row and the histograms they come from."""
+    rows = [_row(t, histograms) for t in thresholds]
+    return {
+        "metric": METRICS[kind],
+        "counted_voxels": int(histograms.sum()),
         "label_foreground_voxels": int(histograms[1].sum()),
         "results": rows,
         "best": max(rows, key=lambda row: row["f1"]),
         "histograms": {"label_background": histograms[0].tolist(), "label_foreground": histograms[1].tolist()},
-        "seconds": round(seconds, 3),
-        "voxels_per_second": round(voxels / seconds) if seconds > 0 else 0,
     }
 
 
@@ -238,27 +264,32 @@ def _row(threshold: float | None, histograms: np.ndarray) -> dict:
 
 
 def format_report(result: dict) -> str:
-    """What was evaluated, then a table with one row per threshold (the best by F1 marked)."""
-    counted, voxels, foreground = result["counted_voxels"], result["voxels"], result["label_foreground_voxels"]
-    roi = result["roi"]
+    """What was evaluated, then per metric a table with one row per threshold (the best by F1 marked)."""
+    voxels, roi = result["voxels"], result["roi"]
     lines = [
         f"{result['prediction']} ({result['kind']}) vs {result['labels']}",
         f"  region: offset {tuple(roi['offset_voxels'])} shape {tuple(roi['shape_voxels'])} voxels of the prediction,"
-        f" {voxels:,} voxels, {counted:,} counted ({counted / voxels:.1%})",
-        f"  label foreground: {foreground:,} voxels ({foreground / counted:.1%} of counted); "
-        f"{result['seconds']:.1f} s, {result['voxels_per_second'] / 1e6:.0f} M voxels/s",
-        "",
-        f"{'threshold':>9} {'precision':>9} {'recall':>7} {'F1':>7} {'IoU':>7} {'Dice':>7} "
-        f"{'TP':>14} {'FP':>14} {'FN':>14}",
+        f" {voxels:,} voxels; {result['seconds']:.1f} s, {result['voxels_per_second'] / 1e6:.0f} M voxels/s",
     ]
-    for row in result["results"]:
-        threshold = "-" if row["threshold"] is None else f"{row['threshold']:g}"
-        best = "  <- best F1" if row is result["best"] and len(result["results"]) > 1 else ""
-        lines.append(
-            f"{threshold:>9} {row['precision']:>9.4f} {row['recall']:>7.4f} {row['f1']:>7.4f} {row['iou']:>7.4f} "
-            f"{row['dice']:>7.4f} {row['true_positives']:>14,} {row['false_positives']:>14,} "
-            f"{row['false_negatives']:>14,}{best}"
-        )
+    for scored in (result, result.get(EXCLUSION_ZONE)):
+        if scored is None:
+            continue
+        counted, foreground = scored["counted_voxels"], scored["label_foreground_voxels"]
+        lines += [
+            "",
+            f"{scored['metric'][0].upper()}{scored['metric'][1:]}: {counted:,} voxels counted "
+            f"({counted / voxels:.1%}), label foreground {foreground:,} ({foreground / counted:.1%} of counted)",
+            f"{'threshold':>9} {'precision':>9} {'recall':>7} {'F1':>7} {'IoU':>7} {'Dice':>7} "
+            f"{'TP':>14} {'FP':>14} {'FN':>14}",
+        ]
+        for row in scored["results"]:
+            threshold = "-" if row["threshold"] is None else f"{row['threshold']:g}"
+            best = "  <- best F1" if row is scored["best"] and len(scored["results"]) > 1 else ""
+            lines.append(
+                f"{threshold:>9} {row['precision']:>9.4f} {row['recall']:>7.4f} {row['f1']:>7.4f} "
+                f"{row['iou']:>7.4f} {row['dice']:>7.4f} {row['true_positives']:>14,} "
+                f"{row['false_positives']:>14,} {row['false_negatives']:>14,}{best}"
+            )
     return "\n".join(lines)
 
 

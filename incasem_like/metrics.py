@@ -2,6 +2,10 @@
 
 import numpy as np
 
+#: where results keep ASEM's metric beside the field's (voxels in the metric exclusion zone or outside the cell mask
+#: do not count)
+EXCLUSION_ZONE = "exclusion_zone"
+
 
 def scores(counts: dict[str, int]) -> dict[str, float]:
     """precision = TP/(TP+FP), recall = TP/(TP+FN), F1 = 2PR/(P+R); an empty denominator scores 1 when there is

@@ -8,7 +8,13 @@ size, the number of workers, their order or a resume: the outputs are bit-identi
 mirrored, so the whole ROI is predicted, borders included.
 
 Storage. Probabilities as uint8 q = round(255 p), computed on the device; the segmentation is q / 255 > threshold,
-the rule `threshold` applies later.
+the rule `threshold` applies later. With test-time augmentation each pass runs in its mirrored (and transposed)
+variants, whose probabilities are averaged before quantization. With a clean-up (small objects removed, small
+holes filled), the segmentation is written afterwards by the `threshold` stage from the stored probabilities,
+which reads the context the clean-up needs (`prediction_stages`).
+
+Defaults from the model. An exported model records the threshold, test-time augmentation and clean-up it was
+chosen with (`recommended_settings`); `predict` uses them unless told otherwise.
 
 Overlap. Within a block a reader thread loads and normalizes the next z-row of passes while the network runs on
 the current one, and a writer thread compresses and stores finished rows; a block is reported done only after
@@ -26,16 +32,24 @@ from typing import Literal
 import numpy as np
 import torch
 from daisy import Block, Context
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from incasem_like.blockwise.launchers import WORKER_THREADS_ENV
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
 from incasem_like.blockwise.volume_stage import requested_roi
-from incasem_like.datasets import DEFAULT_CHUNK, DatasetPath, Volume, create_dataset, open_dataset
+from incasem_like.datasets import (
+    DEFAULT_CHUNK,
+    DatasetPath,
+    Volume,
+    create_dataset,
+    open_dataset,
+    recorded_preprocessing,
+)
 from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate, Roi
-from incasem_like.inference import normalize, predict_region, raw_with_context
-from incasem_like.threshold import Threshold, segment
+from incasem_like.inference import TtaMode, normalize, predict_region, raw_with_context, tta_variants
+from incasem_like.model import NetworkConfig, Triple, inference_model
+from incasem_like.threshold import CleanUp, Threshold, ThresholdStage, segment
 from incasem_like.training.checkpoints import file_digest, load_checkpoint, model_from_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -59,16 +73,30 @@ def default_precision(device: str) -> str:
     return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def recommended_threshold(checkpoint: str) -> float:
-    """The threshold recorded with an exported model (the best of its validation sweep), else 0.5."""
-    return float(load_checkpoint(checkpoint).get("threshold") or 0.5)
+def recommended_settings(checkpoint: str) -> dict:
+    """What an exported model was chosen with and `predict` uses by default: `threshold` (else 0.5), `tta`
+    (else none) and `clean_up` (else none)."""
+    state = load_checkpoint(checkpoint)
+    return {
+        "threshold": float(state.get("threshold") or 0.5),
+        "tta": state.get("tta") or "none",
+        "clean_up": CleanUp.model_validate(state.get("clean_up") or {}),
+    }
+
+
+def default_step(network: NetworkConfig) -> Triple:
+    """Output voxels per pass along z, y, x: 128 each for a network that pools along z; a network that does not
+    (slice-wise 2D, or 2.5D) runs on 16 slices of 256 x 256, which wastes less of its in-plane context."""
+    return (128, 128, 128) if network.total_factor()[0] > 1 else (16, 256, 256)
 
 
 class PredictStage(BlockwiseStage):
     """Checkpoint + raw dataset -> `<output>/probabilities` (uint8 0..255) and `<output>/segmentation` (uint8 0/1).
 
-    `step` is the edge of each pass's output that is kept (voxels, a multiple of the downsampling factor); the
-    pass input is the smallest valid network input whose output reaches it. `block` is the write block edge.
+    `step` is the part of each pass's output that is kept (voxels per axis, multiples of the downsampling factor;
+    default `default_step`); the pass input is the smallest valid network input whose output reaches it. `block`
+    is the write block edge. `tta` runs each pass in its test-time variants (see `tta_variants`). Without
+    `write_segmentation` only the probabilities are written (`prediction_stages` adds the clean-up).
     """
 
     task_name = "predict"
@@ -83,11 +111,18 @@ class PredictStage(BlockwiseStage):
     threshold: Threshold = 0.5
     block: int = 256
     chunk: int = DEFAULT_CHUNK
-    step: int = 128
+    step: Triple | None = None
+    tta: TtaMode = "none"
+    write_segmentation: bool = True
     #: `auto` is decided by each worker where it runs (on a cluster: the job's node, not the submitting machine)
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
     strict: bool = False
+
+    @field_validator("step", mode="before")
+    @classmethod
+    def _one_edge_for_all_axes(cls, value):
+        return (value,) * 3 if isinstance(value, int) else value
 
     @model_validator(mode="before")
     @classmethod
@@ -97,18 +132,33 @@ class PredictStage(BlockwiseStage):
         return data
 
     def output_paths(self) -> list[DatasetPath]:
-        return [DatasetPath.parse(f"{self.output}/{name}") for name in (PROBABILITIES, SEGMENTATION)]
+        names = (PROBABILITIES, SEGMENTATION) if self.write_segmentation else (PROBABILITIES,)
+        return [DatasetPath.parse(f"{self.output}/{name}") for name in names]
+
+    def steps(self, network: NetworkConfig) -> Coordinate:
+        """Output voxels each pass keeps per axis, checked against the network's downsampling factors."""
+        step = Coordinate(self.step or default_step(network))
+        factors = network.total_factor()
+        if any(s < f or s % f for s, f in zip(step, factors)):
+            raise UserError(
+                f"--step {' '.join(map(str, step))} must be positive multiples of {' '.join(map(str, factors))} "
+                "(the network's downsampling factor along z, y, x)"
+            )
+        return step
 
     def pass_shapes(self, model) -> tuple[tuple[int, int, int], Coordinate, Coordinate]:
         """A pass's input shape, its output shape and the context per side (voxels) for `step`."""
-        factor = 2**model.config.downsamplings
-        if self.step < factor or self.step % factor:
-            raise UserError(
-                f"--step {self.step} must be a positive multiple of {factor} (the network's downsampling factor)"
-            )
-        input_shape = (model.config.input_edge_for(self.step),) * 3
-        output_shape = Coordinate(model.config.output_shape(input_shape))
+        network = model.config
+        step = self.steps(network)
+        input_shape = tuple(network.input_edge_for(s, axis) for axis, s in enumerate(step))
+        output_shape = Coordinate(network.output_shape(input_shape))
         return input_shape, output_shape, (Coordinate(input_shape) - output_shape) / 2
+
+    def variants(self, model, raw: Volume) -> tuple:
+        """The test-time variants of each pass (the x-y transpose where y and x agree in voxel size and edge)."""
+        input_shape, _, _ = self.pass_shapes(model)
+        transposable = raw.voxel_size[1] == raw.voxel_size[2] and input_shape[1] == input_shape[2]
+        return tta_variants(model.config, self.tta, transposable)
 
     def open_raw(self) -> Volume:
         raw = open_dataset(self.raw)
@@ -117,6 +167,22 @@ class PredictStage(BlockwiseStage):
                 f"{self.raw}: dtype {raw.dtype} cannot be predicted (needs uint8 or uint16 raw, as in training)"
             )
         return raw
+
+    def check_preprocessing(self, state: dict) -> None:
+        """The raw data should have had the preprocessing the model's training data had (a warning; --strict
+        refuses)."""
+        expected = state.get("preprocessing")
+        actual = recorded_preprocessing(DatasetPath.parse(self.raw))
+        if expected is None or actual == expected:
+            return
+        message = (
+            f"{self.raw}: {_describe_preprocessing(actual)}, but {self.checkpoint} was trained on "
+            f"{_describe_preprocessing(expected)}"
+        )
+        fix = "run incasem-like clahe with those parameters first" if expected else "predict the raw data instead"
+        if self.strict:
+            raise UserError(f"{message}; {fix} (or drop --strict)")
+        logger.warning("%s; predictions may be poor (%s)", message, fix)
 
     def check_voxel_size(self, raw: Volume, state: dict) -> None:
         trained = state.get("voxel_size")
@@ -137,6 +203,7 @@ class PredictStage(BlockwiseStage):
         _, _, context = self.pass_shapes(model)
         raw = self.open_raw()
         self.check_voxel_size(raw, state)
+        self.check_preprocessing(state)
         if DatasetPath.parse(self.raw) in self.output_paths():
             raise UserError(f"{self.output}: the output must not contain the raw dataset; choose another name")
         return BlockLayout(
@@ -150,6 +217,8 @@ class PredictStage(BlockwiseStage):
     def create_outputs(self, layout: BlockLayout) -> None:
         state = load_checkpoint(self.checkpoint)
         model_info = {key: state.get(key) for key in ("organelle", "iteration", "voxel_size", "network", "provenance")}
+        model, _ = model_from_checkpoint(self.checkpoint)
+        tta = {"mode": self.tta, "variants": len(self.variants(model, self.open_raw()))}
         roi = layout.total_write_roi
         for path, kind in zip(self.output_paths(), ("probabilities", "labels")):
             create_dataset(
@@ -161,7 +230,12 @@ class PredictStage(BlockwiseStage):
                 chunk_shape=(self.chunk,) * 3,
                 attrs={
                     "kind": kind,
-                    "source": {"dataset": self.raw, "predict": self.model_dump(), "model": model_info},
+                    "source": {
+                        "dataset": self.raw,
+                        "predict": self.model_dump(),
+                        "model": model_info,
+                        "test_time_augmentation": tta,
+                    },
                 },
             )
 
@@ -180,18 +254,17 @@ class PredictStage(BlockwiseStage):
         device = self.torch_device()
         precision = default_precision(device.type) if self.precision == "auto" else self.precision
         bf16 = precision == "bf16"
-        logger.info("predicting on %s in %s", device, precision)
-        model = model.to(device)
-        if bf16 and device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last_3d)
-        input_shape, output_shape, context = self.pass_shapes(model)
         raw = self.open_raw()
-        probabilities, segmentation = (
+        variants = self.variants(model, raw)
+        logger.info("predicting on %s in %s, %d test-time variant(s) per pass", device, precision, len(variants))
+        input_shape, output_shape, context = self.pass_shapes(model)
+        model = inference_model(model).to(device).to(memory_format=torch.channels_last_3d)
+        probabilities, *segmentation = (
             open_dataset(path, mode="r+", require_complete=False) for path in self.output_paths()
         )
         grid = PassGrid(
             anchor=probabilities.roi.begin,
-            step=Coordinate((self.step,) * 3) * raw.voxel_size,
+            step=self.steps(model.config) * raw.voxel_size,
             output=output_shape * raw.voxel_size,
         )
         reader, writer = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
@@ -201,7 +274,8 @@ class PredictStage(BlockwiseStage):
 
         def store(roi: Roi, result: np.ndarray) -> None:
             probabilities[roi] = result
-            segmentation[roi] = segment(result, self.threshold)
+            if segmentation:
+                segmentation[0][roi] = segment(result, self.threshold)
 
         def process(block: Block) -> None:
             rows = grid.rows(block.write_roi.intersect(probabilities.roi))
@@ -214,7 +288,7 @@ class PredictStage(BlockwiseStage):
                 if index + 1 < len(rows):
                     pending = reader.submit(read, rows[index + 1][0])
                 computing = time.perf_counter()
-                result = predict_region(model, data, input_shape, device, bf16, quantize=True)
+                result = predict_region(model, data, input_shape, device, bf16, "quantized", variants)
                 inner = (keep - region.offset) / raw.voxel_size
                 writes.append(writer.submit(store, keep, result[inner.to_slices()]))
                 waited["read"] += computing - start
@@ -230,6 +304,31 @@ class PredictStage(BlockwiseStage):
             )
 
         return process
+
+
+def _describe_preprocessing(preprocessing: dict) -> str:
+    if not preprocessing.get("clahe"):
+        return "data without CLAHE"
+    return "CLAHE'd data (" + ", ".join(f"{key} {value}" for key, value in preprocessing["clahe"].items()) + ")"
+
+
+def prediction_stages(stage: PredictStage, clean_up: CleanUp) -> list:
+    """The stages that make `stage`'s outputs: the prediction alone, or with an active `clean_up` the prediction
+    of the probabilities and then the `threshold` stage that writes the cleaned-up segmentation from them."""
+    if not clean_up.active():
+        return [stage]
+    probabilities, segmentation = (f"{stage.output}/{name}" for name in (PROBABILITIES, SEGMENTATION))
+    return [
+        stage.model_copy(update={"write_segmentation": False}),
+        ThresholdStage(
+            input=probabilities,
+            output=segmentation,
+            threshold=stage.threshold,
+            clean_up=clean_up,
+            block=stage.block,
+            chunk=stage.chunk,
+        ),
+    ]
 
 
 class PassGrid:

@@ -156,11 +156,19 @@ def test_segmentation_with_masks_against_numpy(tmp_path, cell):
     assert result.returncode == 0, result.stderr
     saved = json.loads(out.read_text())
     assert saved["kind"] == "segmentation" and len(saved["results"]) == 1
-    assert_row(saved["results"][0], expected_scores(probabilities > 127, truth, counted))
-    assert saved["counted_voxels"] == counted.sum() and saved["voxels"] == truth.size
-    assert saved["label_foreground_voxels"] == (truth & counted).sum()
+    everything = np.ones_like(truth)
+    assert_row(saved["results"][0], expected_scores(probabilities > 127, truth, everything))  # the field's metric
+    assert saved["counted_voxels"] == saved["voxels"] == truth.size
+    asem = saved["exclusion_zone"]
+    assert_row(asem["results"][0], expected_scores(probabilities > 127, truth, counted))  # ASEM's
+    assert asem["counted_voxels"] == counted.sum() and asem["label_foreground_voxels"] == (truth & counted).sum()
+    assert "every voxel" in saved["metric"] and "exclusion zone" in asem["metric"]
     assert 0.5 < saved["best"]["f1"] < 0.99  # a real, imperfect prediction
-    assert f"{saved['best']['f1']:.4f}" in result.stdout and "best F1" not in result.stdout
+    assert saved["best"]["f1"] != asem["best"]["f1"]
+    for scored in (saved, asem):
+        assert f"{scored['best']['f1']:.4f}" in result.stdout
+    assert "best F1" not in result.stdout
+    assert "The field's metric: every voxel" in result.stdout and "ASEM's metric" in result.stdout
 
 
 def test_probability_sweep_with_roi_against_numpy(tmp_path, cell):
@@ -176,14 +184,16 @@ def test_probability_sweep_with_roi_against_numpy(tmp_path, cell):
     saved = json.loads(out.read_text())
     region = (slice(3, 18), slice(7, 137), slice(11, 131))
     assert saved["roi"]["offset_nm"] == [25, 135, 105] and saved["roi"]["shape_voxels"] == [15, 130, 120]
-    assert [row["threshold"] for row in saved["results"]] == [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7]
-    for row in saved["results"]:
+    asem = saved["exclusion_zone"]
+    assert [row["threshold"] for row in asem["results"]] == [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7]
+    for everything, row in zip(saved["results"], asem["results"]):
         predicted = probabilities[region] > row["threshold"] * 255
         assert_row(row, expected_scores(predicted, truth[region], counted[region]))
-    best = max(saved["results"], key=lambda row: row["f1"])
-    assert saved["best"] == best and 0.3 < best["threshold"] < 0.7  # an interior optimum
-    best_line = next(line for line in result.stdout.splitlines() if "<- best F1" in line)
-    assert best_line.split()[0] == f"{best['threshold']:g}"
+        assert_row(everything, expected_scores(predicted, truth[region], np.ones_like(truth[region])))
+    best = max(asem["results"], key=lambda row: row["f1"])
+    assert asem["best"] == best and 0.3 < best["threshold"] < 0.7  # an interior optimum
+    best_lines = [line for line in result.stdout.splitlines() if "<- best F1" in line]
+    assert len(best_lines) == 2 and best_lines[1].split()[0] == f"{best['threshold']:g}"
 
 
 def test_probabilities_flag_and_default_sweep(tmp_path, cell, capsys):
@@ -226,10 +236,10 @@ def test_real_crop_perturbed_labels_against_numpy(tmp_path, capsys):
     )  # fmt: skip
 
     assert result.returncode == 0 and code == 0, result.stderr + err
-    seg = json.loads((tmp_path / "seg").read_text())["results"][0]
+    seg = json.loads((tmp_path / "seg").read_text())["exclusion_zone"]["results"][0]
     assert_row(seg, expected_scores(segmentation, truth, counted))
     assert 0.8 < seg["f1"] < 0.95 and seg["precision"] < seg["recall"]  # dilation: more false positives
-    for row in json.loads((tmp_path / "prob").read_text())["results"]:
+    for row in json.loads((tmp_path / "prob").read_text())["exclusion_zone"]["results"]:
         assert_row(row, expected_scores(probabilities > row["threshold"] * 255, truth, counted))
 
 

@@ -1,5 +1,6 @@
 """`predict` and `threshold`: real daisy workers, real zarr, a tiny real U-Net on crops of the sample data."""
 
+import itertools
 import math
 from pathlib import Path
 
@@ -9,10 +10,11 @@ import torch
 import zarr
 
 from incasem_like.datasets import DatasetPath, dataset_meta, open_dataset, update_dataset_meta
-from incasem_like.inference import normalize
-from incasem_like.model import NetworkConfig, UNet3D
+from incasem_like.inference import normalize, predict_region, tta_variants
+from incasem_like.model import NetworkConfig, UNet3D, inference_model
 from incasem_like.predict import PredictStage
-from incasem_like.training.checkpoints import save_checkpoint
+from incasem_like.threshold import CleanUp, segment
+from incasem_like.training.checkpoints import export_weights, save_checkpoint
 from tests.conftest import read_dataset, run_cli, run_cli_in_process, write_dataset
 from tests.predict_stages import SlowPredictStage
 from tests.stages import kill_midway
@@ -188,7 +190,7 @@ def _foreign_architecture(checkpoint: Path, tmp_path: Path) -> Path:
         ("no raw", "no such dataset"),
         ("float raw", "dtype float32 cannot be predicted"),
         ("roi outside", "lies outside"),
-        ("bad step", "--step 6 must be a positive multiple of 4"),
+        ("bad step", "--step 6 6 6 must be positive multiples of 4 4 4"),
         ("bad threshold", "--threshold 1.5 must be in [0, 1)"),
         ("existing output", "pass --overwrite"),
         ("cuda without a GPU", "torch sees no CUDA GPU"),
@@ -246,3 +248,149 @@ def test_threshold_refuses_what_is_not_a_probability_map(tmp_path, raw):
 
     assert result.returncode == 2 and "holds image, not probabilities" in result.stderr, result.stderr
     assert not (tmp_path / "cell.zarr/volumes/seg").exists()
+
+
+#: every network option at once (the per-option exactness of a pass is in test_model), and a slice-wise 2D network
+OPTION_NETWORKS = {
+    "batch norm, residual, anisotropic, 2.5D": NetworkConfig(
+        feature_maps=3,
+        downsamplings=2,
+        downsample_factors=[(1, 2, 2), (2, 2, 2)],
+        kernel_sizes=[(1, 3, 3), (3, 3, 3), (3, 3, 3)],
+        normalization="batch",
+        residual=True,
+        input_slices=3,
+        input_shape=(32, 52, 52),
+    ),
+    "slice-wise 2D": NetworkConfig(
+        feature_maps=3,
+        downsamplings=2,
+        downsample_factors=[(1, 2, 2), (1, 2, 2)],
+        kernel_sizes=[(1, 3, 3)] * 3,
+        normalization="batch",
+        input_shape=(4, 52, 52),
+    ),
+}
+
+
+def option_checkpoint(directory: Path, network: NetworkConfig) -> Path:
+    """`network` with random weights and batch-norm statistics of a few training passes, saved as train would."""
+    torch.manual_seed(0)
+    model = UNet3D(network)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(2, 1, *network.input_shape))
+    model.eval()
+    edges = [network.input_edge_for(16, axis) for axis in range(3)]
+    tile = normalize(
+        np.pad(sample_stack("raw", (8, 28, 36)), [(0, e - s) for e, s in zip(edges, (8, 28, 36))], "reflect")
+    )
+    with torch.no_grad():
+        model.final.bias -= model(torch.from_numpy(tile)[None, None]).median()
+    return save_checkpoint(directory, model, None, 3, "mito", (5, 5, 5))
+
+
+@pytest.mark.parametrize("name", OPTION_NETWORKS)
+def test_network_options_and_tta_are_bit_identical_across_workers_blocks_and_resume(tmp_path, raw, name):
+    checkpoint = option_checkpoint(tmp_path / "run", OPTION_NETWORKS[name])
+    reference, other = tmp_path / "cell.zarr/volumes/reference", tmp_path / "cell.zarr/volumes/other"
+    resumed, plain = tmp_path / "cell.zarr/volumes/resumed", tmp_path / "cell.zarr/volumes/plain"
+    tta = ("--tta", "mirror+transpose")
+
+    first = predict(checkpoint, raw, reference, "--workers", 1, "--block", 16, *tta)
+    second = predict(checkpoint, raw, other, "--workers", 2, "--block", 8, *tta)
+    stage = PredictStage(
+        checkpoint=str(checkpoint), raw=str(raw), output=str(resumed), step=STEP, block=8, chunk=8, device="cpu",
+        tta="mirror+transpose",
+    )  # fmt: skip
+    kill_midway(SlowPredictStage(**stage.model_dump()), done_blocks=3, seconds_per_block=0.5)
+    third = predict(checkpoint, raw, resumed, "--block", 8, *tta)
+    without = predict(checkpoint, raw, plain, "--block", 16, "--tta", "none")
+
+    for result in (first, second, third, without):
+        assert result.returncode == 0, result.stderr
+    assert "skipped" in third.stdout and " 0 skipped" not in third.stdout  # it did resume
+    for out in (other, resumed):
+        for a, b in zip(outputs(reference), outputs(out)):
+            np.testing.assert_array_equal(a, b)
+    with_tta, without_tta = outputs(reference)[0], outputs(plain)[0]
+    assert 0.05 < outputs(reference)[1].mean() < 0.95 and not np.array_equal(with_tta, without_tta)
+    source = dataset_meta(DatasetPath.parse(f"{reference}/probabilities"))["source"]
+    sees_z = OPTION_NETWORKS[name].sees_axis(0)
+    assert source["test_time_augmentation"] == {"mode": "mirror+transpose", "variants": 16 if sees_z else 8}
+
+
+def test_tta_averages_the_mirrored_and_transposed_predictions():
+    """One pass with test-time augmentation is the mean of the network's probabilities over the mirrored and
+    transposed inputs, each mirrored back."""
+    network = OPTION_NETWORKS["batch norm, residual, anisotropic, 2.5D"]
+    model = inference_model(UNet3D(network))
+    edges = (network.input_edge_for(4, 0), network.input_edge_for(12, 1), network.input_edge_for(12, 2))
+    raw = np.random.default_rng(1).uniform(-1, 1, size=edges).astype(np.float32)
+    variants = tta_variants(network, "mirror+transpose", transposable=True)
+    assert len(variants) == 16 and len(set(variants)) == 16
+    assert len(tta_variants(OPTION_NETWORKS["slice-wise 2D"], "mirror", transposable=True)) == 4  # no z mirror
+    assert len(tta_variants(network, "mirror+transpose", transposable=False)) == 8
+
+    averaged = predict_region(model, raw, edges, torch.device("cpu"), output="probabilities", variants=variants)
+
+    expected = np.zeros_like(averaged)
+    for flips in itertools.chain.from_iterable(itertools.combinations(range(3), n) for n in range(4)):
+        for transpose in (False, True):
+            view = np.flip(raw, flips) if flips else raw
+            view = np.ascontiguousarray(view.swapaxes(1, 2) if transpose else view)
+            logits = predict_region(model, view, view.shape, torch.device("cpu"))
+            logits = logits.swapaxes(1, 2) if transpose else logits
+            expected += 1 / (1 + np.exp(-(np.flip(logits, flips) if flips else logits))) / 16
+    np.testing.assert_allclose(averaged, expected, atol=1e-5)
+
+
+def test_clean_up_equals_the_whole_volume_result_whatever_the_blocks(tmp_path, checkpoint, raw):
+    small, large = tmp_path / "cell.zarr/volumes/small", tmp_path / "cell.zarr/volumes/large"
+    clean = ("--min-object-voxels", 40, "--min-hole-voxels", 40)
+
+    first = predict(checkpoint, raw, small, "--block", 8, *clean)
+    second = predict(checkpoint, raw, large, "--block", 16, "--workers", 2, *clean)
+
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    probabilities, segmentation = outputs(small)
+    cleanup = CleanUp(min_object_voxels=40, min_hole_voxels=40)
+    pad = cleanup.context_voxels()
+    whole = cleanup.apply(np.pad(segment(probabilities, 0.5), pad))[pad:-pad, pad:-pad, pad:-pad]
+    np.testing.assert_array_equal(segmentation, whole)
+    assert not np.array_equal(whole, segment(probabilities, 0.5))  # the clean-up changed something
+    np.testing.assert_array_equal(outputs(large)[1], segmentation)
+    assert "objects < 40 removed, holes < 40 filled" in first.stdout
+    recorded = dataset_meta(DatasetPath.parse(f"{small}/segmentation"))["source"]["threshold"]["clean_up"]
+    assert recorded["min_object_voxels"] == 40 and recorded["min_hole_voxels"] == 40
+
+
+def test_an_exported_model_brings_its_threshold_tta_and_clean_up(tmp_path, checkpoint, raw):
+    exported = export_weights(
+        checkpoint, tmp_path / "model.pt", {"name": "test"}, 0.6, "mirror", {"min_object_voxels": 40}
+    )
+    out = tmp_path / "cell.zarr/volumes/predictions/exported/mito"
+
+    result = predict(exported, raw, out, "--block", 16)
+
+    assert result.returncode == 0, result.stderr
+    assert "threshold 0.6, test-time augmentation mirror, objects < 40 removed" in result.stdout
+    source = dataset_meta(DatasetPath.parse(f"{out}/probabilities"))["source"]
+    assert source["predict"]["tta"] == "mirror" and source["test_time_augmentation"]["variants"] == 8
+
+
+def test_raw_without_the_models_preprocessing_warns_and_strict_refuses(tmp_path, raw):
+    torch.manual_seed(0)
+    clahe = {"kernel": 128, "clip_limit": 0.02, "nbins": 256, "intensity_range": [0, 255]}
+    checkpoint = save_checkpoint(
+        tmp_path / "run", UNet3D(TINY), None, 1, "mito", (5, 5, 5), preprocessing={"clahe": clahe}
+    )
+
+    warned = predict(checkpoint, raw, tmp_path / "cell.zarr/volumes/loose")
+    refused = predict(checkpoint, raw, tmp_path / "cell.zarr/volumes/strict", "--strict")
+
+    assert warned.returncode == 0, warned.stderr
+    assert "data without CLAHE, but" in warned.stderr and "was trained on CLAHE'd data (kernel 128" in warned.stderr
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "run incasem-like clahe with those parameters first" in refused.stderr

@@ -37,12 +37,13 @@ def pattern_cell(tmp_path):
 
 
 def raw_matches_labels(batch, shift=0) -> float:
-    """Share of counted output voxels (inside the data, not padding) where raw (centre-cropped, thresholded
-    half-way) shows the labels' class."""
-    context = [(r - label) // 2 for r, label in zip(batch["raw"].shape, batch["labels"].shape)]
-    crop = tuple(slice(c + shift, c + shift + s) for c, s in zip(context, batch["labels"].shape))
-    agree = (batch["raw"][crop] > (120 / 255) * 2 - 1) == (batch["labels"] > 0)
-    return float(np.mean(agree[batch["weights"] > 0]))
+    """Share of counted output voxels (inside the data, not padding) of the batch's first sample where raw
+    (centre-cropped, thresholded half-way) shows the labels' class."""
+    raw, labels, weights = batch["raw"][0], batch["labels"][0], batch["weights"][0]
+    context = [(r - label) // 2 for r, label in zip(raw.shape, labels.shape)]
+    crop = tuple(slice(c + shift, c + shift + s) for c, s in zip(context, labels.shape))
+    agree = (raw[crop] > (120 / 255) * 2 - 1) == (labels > 0)
+    return float(np.mean(agree[weights > 0]))
 
 
 def test_augmented_raw_and_labels_stay_aligned(pattern_cell):
@@ -53,7 +54,7 @@ def test_augmented_raw_and_labels_stay_aligned(pattern_cell):
     finally:
         source.close()
     for batch in batches:
-        assert batch["raw"].shape == (44, 44, 44) and batch["labels"].shape == (38, 38, 38)
+        assert batch["raw"].shape == (1, 44, 44, 44) and batch["labels"].shape == (1, 38, 38, 38)  # (N, z, y, x)
         assert raw_matches_labels(batch) > 0.97
         assert raw_matches_labels(batch, shift=2) < 0.85  # the check notices a 2-voxel misalignment
     # the augmentation did something: batches differ from plain crops in orientation and deformation
@@ -130,7 +131,7 @@ def test_volume_thinner_than_the_input_trains(tmp_path):
         batch = source.batch(0)
     finally:
         source.close()
-    assert batch["raw"].shape == (28, 28, 28) and batch["labels"].shape == (10, 10, 10)
+    assert batch["raw"].shape == (1, 28, 28, 28) and batch["labels"].shape == (1, 10, 10, 10)
     assert np.isfinite(batch["raw"]).all()
 
 

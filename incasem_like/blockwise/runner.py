@@ -91,6 +91,17 @@ def run_stage(
         return _run(stage, layout, outputs, run_dir, run_id, workers, launcher, max_retries, block_timeout, progress)
 
 
+def check_writable(stage: BlockwiseStage, overwrite: bool = False) -> None:
+    """The checks `run_stage` makes before writing anything (inputs, layout, locks, existing outputs), for a
+    command that runs several stages and must not start the first if a later one would be refused."""
+    layout = stage.layout()
+    layout.check_chunk_aligned()
+    outputs = stage.output_paths()
+    refuse_if_locked(lock_path(outputs[0]), str(outputs[0]))
+    if not _is_resumable(outputs, outputs[0].group_path / RUN_DIR, fingerprint(stage, layout), overwrite):
+        _refuse_foreign(outputs, overwrite)
+
+
 def lock_path(output: DatasetPath) -> Path:
     """The lock of the run writing `output` (a stage's first output)."""
     return output.group_path / RUN_DIR / LOCK

@@ -4,6 +4,7 @@ import argparse
 import textwrap
 
 from incasem_like.commands import add_block_options, add_blockwise_options, add_roi_option, formatter, roi_arguments
+from incasem_like.commands.mask import add_max_span_option
 
 
 def register(subparsers) -> None:
@@ -17,7 +18,12 @@ def register(subparsers) -> None:
             OUT/segmentation (uint8 1 where probability > --threshold) with RAW's voxel size and offset and
             the model's provenance in the attributes. The whole ROI is predicted, borders included (input
             mirrored beyond the data). Outputs are bit-identical whatever --workers, --block, the block order
-            or an interruption: rerun the same command to resume."""
+            or an interruption: rerun the same command to resume.
+
+            --tta averages each pass over its mirrored (and x-y transposed) variants before quantization;
+            --min-object-voxels / --min-hole-voxels clean the segmentation up (written from the stored
+            probabilities by the threshold stage, exactly as on the whole volume). An exported model records
+            the threshold, test-time augmentation and clean-up it was chosen with: they are the defaults."""
         ),
         epilog=textwrap.dedent(
             """\
@@ -28,6 +34,8 @@ def register(subparsers) -> None:
                   --out cell.zarr/volumes/predictions/cpu/mito --device cpu --workers 2 --roi 0 0 0 64 256 256
               incasem-like predict --checkpoint runs/finetune_cell_mito --raw cell.zarr/volumes/raw_clahe \\
                   --out cell.zarr/volumes/predictions/finetuned/mito
+              incasem-like predict --checkpoint bundled:mito --raw cell.zarr/volumes/raw_clahe \\
+                  --out cell.zarr/volumes/predictions/plain/mito --tta none --min-object-voxels 0
               incasem-like threshold cell.zarr/volumes/predictions/run1/mito/probabilities \\
                   cell.zarr/volumes/predictions/run1/mito/segmentation_0.7 --threshold 0.7"""
         ),
@@ -55,6 +63,26 @@ def register(subparsers) -> None:
         help="segmentation: probability > T (default: the threshold recorded with an exported model, else 0.5)",
     )
     parser.add_argument(
+        "--tta",
+        choices=("none", "mirror", "mirror+transpose"),
+        help="test-time augmentation: the mirrors along every axis the network looks along (8 in 3D, 4 for a "
+        "slice-wise network), with mirror+transpose each also with y and x swapped where their voxel sizes agree "
+        "(default: what an exported model records, else none)",
+    )
+    parser.add_argument(
+        "--min-object-voxels",
+        type=int,
+        metavar="N",
+        help="remove segmented objects smaller than N voxels (default: the model's recommendation, else 0: off)",
+    )
+    parser.add_argument(
+        "--min-hole-voxels",
+        type=int,
+        metavar="N",
+        help="then fill holes smaller than N voxels (default: the model's recommendation, else 0: off)",
+    )
+    add_max_span_option(parser)
+    parser.add_argument(
         "--device", choices=("auto", "cuda", "cpu"), default="auto", help="default: cuda if available, else cpu"
     )
     parser.add_argument(
@@ -66,10 +94,11 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--step",
         type=int,
-        default=128,
+        nargs="+",
         metavar="N",
-        help="output edge each network pass provides (a multiple of the network's downsampling factor; the pass "
-        "input is the smallest valid one that reaches it; default 128)",
+        help="output voxels each network pass provides: one edge, or z y x (multiples of the network's "
+        "downsampling factor; the pass input is the smallest valid one that reaches it; default 128, or 16 256 256 "
+        "for a network that does not pool along z)",
     )
     parser.add_argument("--strict", action="store_true", help="refuse raw whose voxel size differs from training's")
     add_block_options(parser, block=256)
@@ -77,12 +106,42 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
+def _prepare_clean_up_output(stages: list, overwrite: bool) -> None:
+    """Nothing is predicted if the clean-up would then refuse its output; with --overwrite, an existing
+    segmentation goes now (it belongs to the probabilities about to be replaced, so must not look complete)."""
+    from incasem_like.blockwise.runner import check_writable, refuse_if_running
+    from incasem_like.datasets import DatasetPath, remove_dataset
+    from incasem_like.errors import UserError
+
+    threshold = stages[1]
+    segmentation = DatasetPath.parse(threshold.output)
+    if not segmentation.exists():
+        return
+    if overwrite:
+        refuse_if_running(segmentation, str(segmentation))
+        remove_dataset(segmentation)
+    elif DatasetPath.parse(threshold.input).exists():
+        check_writable(threshold)  # a resumable clean-up of this command passes
+    else:
+        raise UserError(
+            f"{segmentation} already exists and was not written by this exact command; pass --overwrite to replace it"
+        )
+
+
 def run(args: argparse.Namespace) -> None:
     import torch
 
     from incasem_like.blockwise.launchers import LocalLauncher
     from incasem_like.commands import launcher_from_args, run_and_report
-    from incasem_like.predict import PredictStage, default_precision, recommended_threshold, select_device
+    from incasem_like.errors import UserError
+    from incasem_like.predict import (
+        PredictStage,
+        default_precision,
+        prediction_stages,
+        recommended_settings,
+        select_device,
+    )
+    from incasem_like.threshold import CleanUp
     from incasem_like.training.checkpoints import resolve_checkpoint
 
     checkpoint = str(resolve_checkpoint(args.checkpoint))
@@ -91,14 +150,27 @@ def run(args: argparse.Namespace) -> None:
     on_this_machine = isinstance(launcher, LocalLauncher)
     device = select_device(args.device) if on_this_machine else args.device
     precision = default_precision(device) if on_this_machine and args.precision == "auto" else args.precision
+    if args.step is not None and len(args.step) not in (1, 3):
+        raise UserError(f"--step {' '.join(map(str, args.step))}: give one edge or three (z y x)")
+    recommended = recommended_settings(checkpoint)
+    clean_up = CleanUp(
+        min_object_voxels=recommended["clean_up"].min_object_voxels
+        if args.min_object_voxels is None
+        else args.min_object_voxels,
+        min_hole_voxels=recommended["clean_up"].min_hole_voxels
+        if args.min_hole_voxels is None
+        else args.min_hole_voxels,
+        max_span=args.max_span,
+    )
     stage = PredictStage(
         checkpoint=checkpoint,
         raw=args.raw,
         output=args.out,
-        threshold=recommended_threshold(checkpoint) if args.threshold is None else args.threshold,
+        threshold=recommended["threshold"] if args.threshold is None else args.threshold,
         block=args.block,
         chunk=args.chunk,
-        step=args.step,
+        step=None if args.step is None else tuple(args.step * 3 if len(args.step) == 1 else args.step),
+        tta=recommended["tta"] if args.tta is None else args.tta,
         device=device,
         precision=precision,
         strict=args.strict,
@@ -106,8 +178,19 @@ def run(args: argparse.Namespace) -> None:
     )
     if args.workers is None:  # one worker per visible GPU, else one using all cores (one job on a cluster)
         args.workers = torch.cuda.device_count() if on_this_machine and device == "cuda" else 1
-    run_and_report(stage, args, launcher)
+    stages = prediction_stages(stage, clean_up)
+    if len(stages) > 1:
+        _prepare_clean_up_output(stages, args.overwrite)
+    for part in stages:
+        run_and_report(part, args, launcher)
     print(
-        f"  segmentation: {stage.output_paths()[1]}"
+        f"  segmentation: {args.out.rstrip('/')}/segmentation (threshold {stage.threshold:g}, test-time "
+        f"augmentation {stage.tta}"
+        + (
+            f", objects < {clean_up.min_object_voxels} removed, holes < {clean_up.min_hole_voxels} filled"
+            if clean_up.active()
+            else ""
+        )
+        + ")"
         + (f"; checkpoint: {checkpoint}" if checkpoint != args.checkpoint else "")
     )

@@ -56,7 +56,10 @@ def report(summary: dict) -> None:
         f"{timing['data_wait_fraction']:.0%})"
     )
     if timing["stopped_at_time_limit"]:
-        print("stopped at the time limit (max_minutes); --resume continues towards the configured iterations")
+        print(
+            "stopped at the time limit (max_minutes or time_budget_minutes); --resume continues towards the "
+            "configured iterations"
+        )
     if best:
         print(
             f"best validation F1 {best['f1']:.3f} (threshold {summary['threshold']}) at iteration {best['iteration']}: "

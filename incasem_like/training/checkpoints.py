@@ -15,7 +15,6 @@ from incasem_like.model import NetworkConfig, UNet3D
 from incasem_like.models import checkpoint_location
 
 FORMAT = "incasem-like checkpoint 1"
-ARCHITECTURE_KEYS = ("feature_maps", "feature_map_factor", "downsamplings")
 _NAME = re.compile(r"iteration_(\d+)\.pt$")
 
 
@@ -30,8 +29,11 @@ def save_checkpoint(
     iteration: int,
     organelle: str,
     voxel_size: tuple[int, ...],
+    **extra,
 ) -> Path:
-    """Write iteration's checkpoint (temporary file, then rename: never a half-written checkpoint)."""
+    """Write iteration's checkpoint (temporary file, then rename: never a half-written checkpoint); `extra` keys
+    are stored too (`run_seconds`: the run's training time up to it over all its invocations; `preprocessing`:
+    what the training raw data went through, e.g. CLAHE)."""
     path = checkpoint_path(run_dir, iteration)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
@@ -42,6 +44,7 @@ def save_checkpoint(
         "network": model.config.model_dump(mode="json"),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        **extra,
     }
     _save_atomically(state, path)
     return path
@@ -63,11 +66,21 @@ def _save_atomically(state: dict, path: Path) -> None:
         os.close(folder)
 
 
-def export_weights(checkpoint: str | Path, out: str | Path, provenance: dict, threshold: float | None = None) -> Path:
+def export_weights(
+    checkpoint: str | Path,
+    out: str | Path,
+    provenance: dict,
+    threshold: float | None = None,
+    tta: str | None = None,
+    clean_up: dict | None = None,
+) -> Path:
     """A checkpoint's weights in float16 without optimizer state (a model to ship), with `provenance` attached and
-    the probability threshold `predict` should use by default (e.g. the best of the validation sweep)."""
+    what `predict` should use by default: the probability threshold (e.g. the best of the validation sweep), the
+    test-time augmentation and the clean-up (min_object_voxels, min_hole_voxels) it was chosen with."""
     state = load_checkpoint(checkpoint)
     state["threshold"] = threshold
+    state["tta"] = tta
+    state["clean_up"] = clean_up
     state["model"] = {
         name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in state["model"].items()
     }
@@ -84,12 +97,27 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def model_from_checkpoint(path: str | Path) -> tuple[UNet3D, dict]:
-    """The network a checkpoint describes, with its weights in float32, and the checkpoint's content."""
-    state = load_checkpoint(path)
+def _network_of(path: str | Path, state: dict) -> NetworkConfig:
     try:
-        model = UNet3D(NetworkConfig.model_validate(state["network"]))
-        model.load_state_dict({name: tensor.float() for name, tensor in state["model"].items()})
+        return NetworkConfig.model_validate(state["network"])
+    except (KeyError, TypeError, ValidationError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise UserError(
+            f"{path}: describes no network this version knows ({reason}); use a checkpoint written by incasem-like "
+            "train"
+        ) from None
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[UNet3D, dict]:
+    """The network a checkpoint describes, with its weights in float32 (batch-norm counters as they are), and the
+    checkpoint's content."""
+    state = load_checkpoint(path)
+    network = _network_of(path, state)
+    try:
+        model = UNet3D(network)
+        model.load_state_dict(
+            {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state["model"].items()}
+        )
     except (KeyError, ValidationError, RuntimeError) as error:
         reason = str(error).strip().splitlines()[0]
         raise UserError(
@@ -154,11 +182,12 @@ def load_checkpoint(path: str | Path, network: NetworkConfig | None = None) -> d
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not an incasem-like checkpoint (no '{FORMAT}' marker)")
     if network is not None:
-        theirs = {key: state["network"][key] for key in ARCHITECTURE_KEYS}
-        ours = {key: getattr(network, key) for key in ARCHITECTURE_KEYS}
+        theirs, ours = _network_of(path, state).architecture(), network.architecture()
         if theirs != ours:
+            differing = {key: theirs[key] for key in theirs if theirs[key] != ours.get(key)}
+            asked = {key: ours.get(key) for key in differing}
             raise UserError(
-                f"{path}: trained with network {theirs}, but the config asks for {ours}; "
+                f"{path}: trained with network {differing}, but the config asks for {asked}; "
                 "set the config's network to the checkpoint's architecture"
             )
     return state

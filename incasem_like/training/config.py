@@ -59,10 +59,38 @@ class Sampling(_Section):
 
 
 class Elastic(_Section):
-    control_point_spacing: int = Field(32, ge=1)
-    jitter_sigma: float = Field(2.0, ge=0)
+    """Control points every `control_point_spacing` voxels, jittered by `jitter_sigma` voxels (one value for all
+    axes, or z, y, x: a slice-wise network wants no z jitter, e.g. spacing [1, 32, 32] and jitter [0, 2, 2])."""
+
+    control_point_spacing: int | tuple[int, int, int] = 32
+    jitter_sigma: float | tuple[float, float, float] = 2.0
     subsample: int = Field(4, ge=1)
     rotate_xy: bool = True
+    probability: float = Field(
+        1.0, ge=0, le=1, description="share of samples deformed (the others keep their voxels uninterpolated)"
+    )
+
+    @field_validator("control_point_spacing")
+    @classmethod
+    def _positive_spacing(cls, value):
+        if min(value if isinstance(value, tuple) else (value,)) < 1:
+            raise ValueError("control points must be at least 1 voxel apart")
+        return value
+
+    @field_validator("jitter_sigma")
+    @classmethod
+    def _non_negative_jitter(cls, value):
+        if min(value if isinstance(value, tuple) else (value,)) < 0:
+            raise ValueError("a jitter cannot be negative")
+        return value
+
+    def spacing(self) -> tuple[int, int, int]:
+        value = self.control_point_spacing
+        return value if isinstance(value, tuple) else (value,) * 3
+
+    def jitter(self) -> tuple[float, float, float]:
+        value = self.jitter_sigma
+        return value if isinstance(value, tuple) else (value,) * 3
 
 
 class Intensity(_Section):
@@ -70,10 +98,18 @@ class Intensity(_Section):
     shift: tuple[float, float] = (-0.15, 0.15)
 
 
+class Noise(_Section):
+    """Additive Gaussian noise, its standard deviation drawn per sample from [0, max_sigma] (intensities 0..1)."""
+
+    max_sigma: float = Field(0.08, gt=0, le=1)
+    probability: float = Field(0.5, ge=0, le=1, description="share of samples that get noise")
+
+
 class Augmentation(_Section):
     mirror_transpose: bool = True
     elastic: Elastic | None = Elastic()
     intensity: Intensity | None = Intensity()
+    noise: Noise | None = Field(None, description="Gaussian noise (not in the method; off by default)")
 
 
 class Optimizer(_Section):
@@ -111,7 +147,13 @@ class TrainConfig(_Section):
     validation: list[CellData] = []
     sampling: Sampling = Sampling()
     augmentation: Augmentation = Augmentation()
+    loss: Literal["balanced_bce", "bce_dice"] = Field(
+        "balanced_bce",
+        description="balanced_bce: the method's class-balanced binary cross-entropy; bce_dice: binary cross-entropy "
+        "plus soft Dice, both over the voxels that count",
+    )
     max_class_ratio: float = Field(100.0, ge=1, description="class weights are clipped at 1:max_class_ratio")
+    batch_size: int = Field(1, ge=1, description="samples per iteration, each drawn and augmented on its own")
     optimizer: Optimizer = Optimizer()
     iterations: int = Field(40000, ge=1)
     max_minutes: float | None = Field(
@@ -119,6 +161,20 @@ class TrainConfig(_Section):
         gt=0,
         description="stop earlier, with a last checkpoint and validation, so the run ends within this wall time "
         "(e.g. a cluster job's limit); --resume continues it",
+    )
+    time_budget_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="the run's whole training time over all its invocations (--resume included): it stops, with a "
+        "last checkpoint and validation, once this is spent",
+    )
+    batch_norm_calibration: int = Field(
+        8,
+        ge=0,
+        description="with batch norm: before each checkpoint its statistics are recomputed with the current weights "
+        "over this many batches of the training data without elastic and intensity augmentation (the running "
+        "averages lag behind fast-changing weights and follow the smoothed, augmented images); 0 keeps the running "
+        "averages",
     )
     checkpoint_every: int = Field(1000, ge=1)
     validate_every: int = Field(1000, ge=1)

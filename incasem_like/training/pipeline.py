@@ -3,12 +3,14 @@
 Per training cell: array sources (raw, labels, cell mask, metric mask) cut to the cell's ROI; raw is mirrored
 beyond its data (volumes thinner than the network input train), labels and masks are padded with zeros (weight
 0); a random location; rejection of blocks mostly outside the cell and, with a probability, of blocks with
-little foreground. A random provider picks a cell by its labelled volume. Then mirror + transpose, elastic
-deformation with x-y rotation, mirror + transpose again, intensity scale/shift, scaling to [-1, 1] and the
-class-balanced loss weights.
+little foreground. A random provider picks a cell by its labelled volume. Then mirror + transpose (among the
+axes of equal edge and voxel size: all three for a cubic input, y and x for a slice-wise one), elastic
+deformation with x-y rotation, mirror + transpose again, intensity scale/shift, optional Gaussian noise, scaling
+to [-1, 1] and the loss weights (class-balanced for the method's loss, 0/1 for BCE + Dice).
 
-Batch i is requested with a seed derived from (config seed, i), so the sequence of batches does not depend on
-how many processes prepare them: `--resume` replays exactly, and `data_workers` only changes the speed.
+A batch holds `batch_size` samples, each requested on its own. Sample k of batch i is requested with a seed
+derived from (config seed, i, k), so the sequence of batches does not depend on how many processes prepare them:
+`--resume` replays exactly, and `data_workers` only changes the speed.
 """
 
 import math
@@ -18,12 +20,12 @@ from collections.abc import Iterator
 
 import gunpowder as gp
 import numpy as np
-from funlib.persistence import open_ds
+from funlib.persistence import Array, open_ds
 
 from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate, Roi
 from incasem_like.training.config import CellVolumes, TrainConfig, open_cells
-from incasem_like.training.loss import balanced_weights
+from incasem_like.training.loss import loss_weights
 
 RAW = gp.ArrayKey("RAW")
 LABELS = gp.ArrayKey("LABELS")
@@ -90,11 +92,39 @@ class Reject(gp.Reject):
             attempt = attempt.copy()  # a copy carries the next seed in the request's deterministic sequence
 
 
-class BalanceWeights(gp.BatchFilter):
-    """WEIGHTS: class-balanced loss weights, 0 outside the cell and in the metric exclusion zone."""
+class GaussianNoise(gp.BatchFilter):
+    """RAW (float, 0..1) plus Gaussian noise of a standard deviation drawn from [0, max_sigma], in a share
+    `probability` of the samples; seeded by the request, so batches stay reproducible."""
 
-    def __init__(self, max_class_ratio: float):
-        self.max_class_ratio = max_class_ratio
+    def __init__(self, key: gp.ArrayKey, max_sigma: float, probability: float):
+        self.key, self.max_sigma, self.probability = key, max_sigma, probability
+
+    def setup(self):
+        self.enable_autoskip()
+        self.updates(self.key, self.spec[self.key])
+
+    def prepare(self, request):
+        deps = gp.BatchRequest()
+        deps[self.key] = request[self.key].copy()
+        return deps
+
+    #: mixed into the request's seed: other nodes draw from it too (Reject's draw would decide this one's)
+    SALT = 0x6E6F6973
+
+    def process(self, batch, request):
+        rng = np.random.default_rng([request.random_seed, self.SALT])
+        if rng.random() >= self.probability:
+            return
+        array = batch[self.key]
+        noise = rng.standard_normal(array.data.shape, dtype=np.float32) * rng.uniform(0, self.max_sigma)
+        array.data = array.data + noise
+
+
+class LossWeights(gp.BatchFilter):
+    """WEIGHTS: the loss's per-voxel weights (`loss_weights`), 0 outside the cell and in the metric exclusion zone."""
+
+    def __init__(self, loss: str, max_class_ratio: float):
+        self.loss, self.max_class_ratio = loss, max_class_ratio
 
     def setup(self):
         spec = self.spec[LABELS].copy()
@@ -112,13 +142,22 @@ class BalanceWeights(gp.BatchFilter):
         spec = batch[LABELS].spec.copy()
         spec.dtype = np.float32
         outputs = gp.Batch()
-        outputs[WEIGHTS] = gp.Array(balanced_weights(batch[LABELS].data, counted, self.max_class_ratio), spec)
+        weights = loss_weights(self.loss, batch[LABELS].data, counted, self.max_class_ratio)
+        outputs[WEIGHTS] = gp.Array(weights, spec)
         return outputs
+
+
+#: datasets up to this size are read into memory once per batch-preparing process: a thin (2D) sample then costs
+#: no decompression of whole 3D chunks (one slice of 128^3 chunks decompresses 128 times the voxels it uses)
+IN_MEMORY_BYTES = 2**30
 
 
 def _array_source(key: gp.ArrayKey, cell: CellVolumes, role: str, interpolatable: bool) -> gp.BatchProvider:
     path = cell.cell.path(cell.cell.datasets()[role]).array_path
-    return gp.ArraySource(key, open_ds(str(path)), interpolatable=interpolatable)
+    array = open_ds(str(path))
+    if array.data.nbytes <= IN_MEMORY_BYTES:
+        array = Array(array.to_ndarray(array.roi), array.offset, array.voxel_size, array.axis_names, array.units)
+    return gp.ArraySource(key, array, interpolatable=interpolatable)
 
 
 def cell_pipeline(cell: CellVolumes, config: TrainConfig, output_shape: Coordinate) -> gp.Pipeline:
@@ -155,29 +194,45 @@ def labelled_voxels(cell: CellVolumes) -> int:
     )
 
 
+def transposable_axes(config: TrainConfig, voxel_size: Coordinate) -> list[int]:
+    """The axes that may be swapped with each other: those sharing the input edge, output edge and voxel size of
+    y (x always does, in the shapes this project trains), or none if y and x differ."""
+    shapes = list(zip(config.network.input_shape, config.network.output_shape(), voxel_size))
+    if shapes[1] != shapes[2]:
+        return []
+    return [axis for axis in range(3) if shapes[axis] == shapes[1]]
+
+
 def training_pipeline(config: TrainConfig, cells: list[CellVolumes], probabilities: list[float]) -> gp.Pipeline:
     """The whole graph, ending in RAW (in [-1, 1]), LABELS (0/1) and WEIGHTS."""
     output_shape = Coordinate(config.network.output_shape())
     pipeline = tuple(cell_pipeline(cell, config, output_shape) for cell in cells)
     pipeline += gp.RandomProvider(probabilities=probabilities)
     augmentation = config.augmentation
+    mirror_transpose = gp.SimpleAugment(transpose_only=transposable_axes(config, cells[0].voxel_size))
     if augmentation.mirror_transpose:
-        pipeline += gp.SimpleAugment()
+        pipeline += mirror_transpose
     if augmentation.elastic:
         elastic = augmentation.elastic
+        # without z jitter the deformation is the same in every z section: a 2D one is that, at a third of the cost
+        dims = 2 if elastic.jitter()[0] == 0 else 3
         pipeline += gp.ElasticAugment(
-            control_point_spacing=(elastic.control_point_spacing,) * 3,
-            jitter_sigma=(elastic.jitter_sigma,) * 3,
+            control_point_spacing=elastic.spacing()[-dims:],
+            jitter_sigma=elastic.jitter()[-dims:],
             rotation_interval=(0, math.pi / 2) if elastic.rotate_xy else (0, 0),
             subsample=elastic.subsample,
+            spatial_dims=dims,
+            p=elastic.probability,
         )
     if augmentation.mirror_transpose:
-        pipeline += gp.SimpleAugment()
+        pipeline += gp.SimpleAugment(transpose_only=mirror_transpose.transpose_only)
     if augmentation.intensity:
         scale, shift = augmentation.intensity.scale, augmentation.intensity.shift
         pipeline += gp.IntensityAugment(RAW, scale[0], scale[1], shift[0], shift[1])
+    if augmentation.noise:
+        pipeline += GaussianNoise(RAW, augmentation.noise.max_sigma, augmentation.noise.probability)
     pipeline += gp.IntensityScaleShift(RAW, 2, -1)
-    pipeline += BalanceWeights(config.max_class_ratio)
+    pipeline += LossWeights(config.loss, config.max_class_ratio)
     return pipeline
 
 
@@ -189,9 +244,25 @@ def batch_request(config: TrainConfig, voxel_size: Coordinate, seed: int) -> gp.
     return request
 
 
-def batch_seed(config_seed: int, iteration: int) -> int:
-    """The seed of batch `iteration`: independent of which process prepares it."""
-    return int(np.random.SeedSequence([config_seed, iteration]).generate_state(1)[0])
+def batch_seed(config_seed: int, iteration: int, sample: int = 0, stream: int = 0) -> int:
+    """The seed of sample `sample` of batch `iteration` of `stream` (0: training, 1: batch-norm calibration),
+    independent of which process prepares it (sample 0 of training keeps the seed a batch of one has always had)."""
+    entropy = [config_seed, iteration] + ([sample] if sample or stream else []) + ([stream] if stream else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+#: the stream of batch-norm calibration batches
+CALIBRATION = 1
+
+
+def calibration_config(config: TrainConfig) -> TrainConfig:
+    """`config` without elastic, intensity and noise augmentation and without rejecting blocks for little foreground:
+    its batches are the training data as prediction sees it (the interpolation of elastic deformation and
+    rotation smooths the images, and the rejection favours foreground, both of which shift the statistics batch
+    norm would otherwise learn)."""
+    augmentation = config.augmentation.model_copy(update={"elastic": None, "intensity": None, "noise": None})
+    sampling = config.sampling.model_copy(update={"reject_probability": 0.0})
+    return config.model_copy(update={"augmentation": augmentation, "sampling": sampling, "data_workers": 0})
 
 
 def check_trainable(config: TrainConfig, cells: list[CellVolumes]) -> None:
@@ -220,16 +291,22 @@ class BatchSource:
         self._build = gp.build(self.pipeline)
         self._build.__enter__()
 
-    def batch(self, iteration: int) -> dict[str, np.ndarray]:
-        request = batch_request(self.config, self.voxel_size, batch_seed(self.config.seed, iteration))
-        batch = self.pipeline.request_batch(request)
+    def batch(self, iteration: int, stream: int = 0) -> dict[str, np.ndarray]:
+        """Batch `iteration` of `stream`: raw, labels and weights stacked over its samples (N, z, y, x), and where
+        its first sample was taken (for the snapshot)."""
+        samples = [
+            self.pipeline.request_batch(
+                batch_request(self.config, self.voxel_size, batch_seed(self.config.seed, iteration, sample, stream))
+            )
+            for sample in range(self.config.batch_size)
+        ]
         return {
             "iteration": iteration,
-            "raw": batch[RAW].data.astype(np.float32, copy=False),
-            "labels": batch[LABELS].data,
-            "weights": batch[WEIGHTS].data,
-            "raw_offset": tuple(batch[RAW].spec.roi.offset),
-            "labels_offset": tuple(batch[LABELS].spec.roi.offset),
+            "raw": np.stack([s[RAW].data.astype(np.float32, copy=False) for s in samples]),
+            "labels": np.stack([s[LABELS].data for s in samples]),
+            "weights": np.stack([s[WEIGHTS].data for s in samples]),
+            "raw_offset": tuple(samples[0][RAW].spec.roi.offset),
+            "labels_offset": tuple(samples[0][LABELS].spec.roi.offset),
         }
 
     def close(self) -> None:

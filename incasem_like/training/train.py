@@ -1,5 +1,11 @@
-"""The training loop of `train` and `finetune`: batches from the gunpowder graph, Adam, class-balanced BCE,
-atomic checkpoints, validation F1 on held-out ROIs, TensorBoard scalars, zarr snapshots and a JSON summary."""
+"""The training loop of `train` and `finetune`: batches from the gunpowder graph, Adam, the configured loss,
+atomic checkpoints, validation on held-out ROIs, TensorBoard scalars, zarr snapshots and a JSON summary.
+
+Validation reports the field's metric (every voxel of the ROI counts: foreground F1 = Dice, IoU, precision,
+recall) and ASEM's (voxels in the metric exclusion zone and outside the cell mask do not count), each at the
+configured threshold and at the best threshold of a sweep. Checkpoints and thresholds are chosen by the field's
+metric on these ROIs, so a figure reported for them is optimistic: report on data no choice has seen.
+"""
 
 import json
 import math
@@ -14,17 +20,24 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from incasem_like.datasets import RUN_DIR, DatasetPath, create_dataset, update_dataset_meta
+from incasem_like.datasets import RUN_DIR, DatasetPath, create_dataset, recorded_preprocessing, update_dataset_meta
 from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate
 from incasem_like.inference import autocast, normalize, predict_region, probabilities, raw_with_context
-from incasem_like.metrics import scores, threshold_counts, value_histograms
-from incasem_like.model import UNet3D
+from incasem_like.metrics import EXCLUSION_ZONE, overlap_scores, threshold_counts, value_histograms
+from incasem_like.model import UNet3D, inference_model
 from incasem_like.run_lock import LOCK, RunLock, remove_all_but_lock
 from incasem_like.training.checkpoints import checkpoints, load_checkpoint, save_checkpoint
 from incasem_like.training.config import CellVolumes, TrainConfig, open_cells
-from incasem_like.training.loss import balanced_weights, weighted_bce
-from incasem_like.training.pipeline import batch_stream, cell_probabilities, check_trainable
+from incasem_like.training.loss import loss_weights, training_loss
+from incasem_like.training.pipeline import (
+    CALIBRATION,
+    BatchSource,
+    batch_stream,
+    calibration_config,
+    cell_probabilities,
+    check_trainable,
+)
 
 SUMMARY = "summary.json"
 HISTORY = "history.json"
@@ -52,7 +65,8 @@ def uses_bf16(device: torch.device) -> bool:
 
 @dataclass
 class ValidationCell:
-    """A validation ROI held in memory: raw with context (uint), labels and the voxels that count."""
+    """A validation ROI held in memory: raw with context (uint), labels and the voxels that count for ASEM's metric
+    (inside the cell mask, outside the exclusion zone; for the field's metric every voxel counts)."""
 
     key: str
     raw: np.ndarray
@@ -72,35 +86,53 @@ class ValidationCell:
 #: thresholds of the validation sweep (the best one is reported beside the F1 at the configured threshold)
 SWEEP = tuple(round(0.05 * step, 2) for step in range(1, 20))
 SWEPT = ("best_threshold", "best_threshold_f1")
+#: the keys of a validation's scores, the field's metric at the top level and ASEM's under EXCLUSION_ZONE
+SCORES = ("precision", "recall", "f1", "iou", *SWEPT)
 
 
-def validate(model: UNet3D, cells: list[ValidationCell], device: torch.device, threshold: float, input_shape) -> dict:
-    """Loss and precision/recall/F1 at `threshold` over all validation ROIs (and per ROI), and the sweep's best
-    threshold with its F1; passes of `input_shape`. Probabilities are quantized and thresholded as `predict`
-    stores and thresholds them (uint8 q, foreground q > 255 t)."""
-    per_cell, losses, weights_total = {}, 0.0, 0
-    histograms = np.zeros((2, 256), np.int64)
-    for cell in cells:
-        logits = predict_region(model, normalize(cell.raw), input_shape, device, uses_bf16(device))
-        weights = balanced_weights(cell.labels, cell.counted)
-        loss = float(weighted_bce(torch.from_numpy(logits), torch.from_numpy(cell.labels), torch.from_numpy(weights)))
-        quantized = np.round(probabilities(logits) * 255).astype(np.uint8)
-        cell_histograms = value_histograms(quantized, cell.labels, cell.counted)
-        histograms += cell_histograms
-        counts = threshold_counts(cell_histograms, threshold)
-        per_cell[cell.key] = {"loss": loss, **counts, **scores(counts)}
-        counted = int(cell.counted.sum())
-        losses += loss * counted
-        weights_total += counted
-    total = threshold_counts(histograms, threshold)
-    swept = {t: scores(threshold_counts(histograms, t))["f1"] for t in SWEEP}
+def metric_summary(histograms: np.ndarray, threshold: float) -> dict:
+    """Counts and precision/recall/F1/IoU at `threshold`, and the sweep's best threshold with its F1."""
+    counts = threshold_counts(histograms, threshold)
+    swept = {t: overlap_scores(threshold_counts(histograms, t))["f1"] for t in SWEEP}
     best = max(SWEEP, key=lambda t: (swept[t], -t))
+    scores = {key: value for key, value in overlap_scores(counts).items() if key != "dice"}  # Dice = F1
+    return {**counts, **scores, "best_threshold": best, "best_threshold_f1": swept[best]}
+
+
+def validate(
+    model: UNet3D, cells: list[ValidationCell], device: torch.device, config: TrainConfig, input_shape
+) -> dict:
+    """The configured loss, and the field's and ASEM's scores at the configured threshold and swept
+    (`metric_summary`) over all validation ROIs (and per ROI); passes of `input_shape` through the model as
+    `predict` runs it (batch norm folded). Probabilities are quantized and thresholded as `predict` stores and
+    thresholds them (uint8 q, foreground q > 255 t)."""
+    threshold, loss = config.threshold, config.loss
+    per_cell, losses, weights_total = {}, 0.0, 0
+    histograms = {"all": np.zeros((2, 256), np.int64), EXCLUSION_ZONE: np.zeros((2, 256), np.int64)}
+    network = inference_model(model)
+    for cell in cells:
+        logits = predict_region(network, normalize(cell.raw), input_shape, device, uses_bf16(device))
+        weights = loss_weights(loss, cell.labels, cell.counted, config.max_class_ratio)
+        value = float(training_loss(loss, *(torch.from_numpy(a)[None, None] for a in (logits, cell.labels, weights))))
+        quantized = np.round(probabilities(logits) * 255).astype(np.uint8)
+        cell_histograms = {
+            "all": value_histograms(quantized, cell.labels),
+            EXCLUSION_ZONE: value_histograms(quantized, cell.labels, cell.counted),
+        }
+        for kind, counts in cell_histograms.items():
+            histograms[kind] += counts
+        per_cell[cell.key] = {
+            "loss": value,
+            **metric_summary(cell_histograms["all"], threshold),
+            EXCLUSION_ZONE: metric_summary(cell_histograms[EXCLUSION_ZONE], threshold),
+        }
+        counted = int(cell.counted.sum())
+        losses += value * counted
+        weights_total += counted
     return {
         "loss": losses / max(weights_total, 1),
-        **total,
-        **scores(total),
-        "best_threshold": best,
-        "best_threshold_f1": swept[best],
+        **metric_summary(histograms["all"], threshold),
+        EXCLUSION_ZONE: metric_summary(histograms[EXCLUSION_ZONE], threshold),
         "cells": per_cell,
     }
 
@@ -110,11 +142,11 @@ def write_snapshot(run_dir: Path, iteration: int, batch: dict, logits: np.ndarra
     snapshot of the same iteration is replaced: a run killed after it, before the next checkpoint, redoes it."""
     container = run_dir / "snapshots.zarr"
     shutil.rmtree(container / f"iteration_{iteration:08d}", ignore_errors=True)
-    arrays = {
-        "raw": (batch["raw"], batch["raw_offset"]),
-        "labels": (batch["labels"], batch["labels_offset"]),
-        "weights": (batch["weights"], batch["labels_offset"]),
-        "prediction": (probabilities(logits), batch["labels_offset"]),
+    arrays = {  # the batch's first sample
+        "raw": (batch["raw"][0], batch["raw_offset"]),
+        "labels": (batch["labels"][0], batch["labels_offset"]),
+        "weights": (batch["weights"][0], batch["labels_offset"]),
+        "prediction": (probabilities(logits[0]), batch["labels_offset"]),
     }
     for name, (data, offset) in arrays.items():
         path = DatasetPath(container, f"iteration_{iteration:08d}/{name}")
@@ -145,6 +177,10 @@ class Run:
             self.model.parameters(), lr=config.optimizer.learning_rate, weight_decay=config.optimizer.weight_decay
         )
         self.history: list[dict] = []
+        #: training seconds of the run's earlier invocations (resumed from a checkpoint that records them)
+        self.previous_seconds = 0.0
+        #: batches for recomputing batch-norm statistics before a checkpoint (made when first needed)
+        self.calibration_source: BatchSource | None = None
 
     # --- starting points ----------------------------------------------------------------------------------------
     @property
@@ -163,6 +199,13 @@ class Run:
             state = load_checkpoint(path, self.config.network)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            self.previous_seconds = float(state.get("run_seconds", 0.0))
+            budget = self.config.time_budget_minutes
+            if budget and self.previous_seconds >= budget * 60:
+                raise UserError(
+                    f"{self.dir}: the run has spent its time budget ({self.previous_seconds / 60:.1f} of "
+                    f"time_budget_minutes {budget:g}); raise time_budget_minutes to continue it"
+                )
             history = self.dir / HISTORY
             self.history = (
                 [h for h in json.loads(history.read_text()) if h["iteration"] <= iteration] if history.exists() else []
@@ -192,6 +235,8 @@ class Run:
 
         started = time.perf_counter()
         deadline = started + config.max_minutes * 60 if config.max_minutes else math.inf
+        if config.time_budget_minutes:
+            deadline = min(deadline, started + config.time_budget_minutes * 60 - self.previous_seconds)
         writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start + 1 if start else None)
         validation_seconds = 0.0  # the last validation's duration: the time a final one needs
         if self.validation and start == 0:
@@ -219,8 +264,16 @@ class Run:
             last = iteration == config.iterations or time.perf_counter() + step_seconds + validation_seconds > deadline
             validate_now = bool(self.validation) and (iteration % config.validate_every == 0 or last)
             if validate_now or last or iteration % config.checkpoint_every == 0:  # every validated state is saved
+                self.calibrate_batch_norm(iteration)
                 save_checkpoint(
-                    self.dir, self.model, self.optimizer, iteration, config.organelle, self.training[0].voxel_size
+                    self.dir,
+                    self.model,
+                    self.optimizer,
+                    iteration,
+                    config.organelle,
+                    self.training[0].voxel_size,
+                    run_seconds=round(self.previous_seconds + time.perf_counter() - started, 1),
+                    preprocessing=recorded_preprocessing(self.training[0].cell.path(self.training[0].cell.raw)),
                 )
             if validate_now:
                 validation_seconds = self.record_validation(iteration, writer)
@@ -228,6 +281,9 @@ class Run:
                 break
             waited = time.perf_counter()
         stream.close()
+        if self.calibration_source is not None:
+            self.calibration_source.close()
+            self.calibration_source = None
         bar.close()
         writer.close()
         timing = {
@@ -236,6 +292,7 @@ class Run:
             "data_wait_seconds": round(data_seconds, 3),
             "compute_seconds": round(compute_seconds, 3),
             "wall_seconds": round(time.perf_counter() - started, 1),  # validation and checkpoints included
+            "run_seconds": round(self.previous_seconds + time.perf_counter() - started, 1),  # all invocations
         }
         return self.write_summary(timing, extra_summary or {})
 
@@ -244,23 +301,48 @@ class Run:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         raw, labels, weights = (
-            torch.from_numpy(np.ascontiguousarray(batch[k]))[None, None] for k in ("raw", "labels", "weights")
+            torch.from_numpy(np.ascontiguousarray(batch[k]))[:, None] for k in ("raw", "labels", "weights")
         )
         raw = raw.to(self.device, memory_format=torch.channels_last_3d) if self.bf16 else raw.to(self.device)
         with autocast(self.device, self.bf16):
             logits = self.model(raw)
-        loss = weighted_bce(logits, labels.to(self.device), weights.to(self.device))
+        loss = training_loss(self.config.loss, logits, labels.to(self.device), weights.to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return float(loss.detach()), logits.detach().float().cpu().numpy()[0, 0]
+        return float(loss.detach()), logits.detach().float().cpu().numpy()[:, 0]
+
+    def calibrate_batch_norm(self, iteration: int) -> None:
+        """Batch-norm statistics of the current weights over `batch_norm_calibration` batches of unaugmented
+        training data (seeded by the iteration, so a resumed run recomputes them alike): the statistics of the
+        images prediction sees, for the weights being saved. Training itself uses each batch's own statistics,
+        so only later running averages start from these."""
+        norms = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not norms or not self.config.batch_norm_calibration:
+            return
+        if self.calibration_source is None:
+            self.calibration_source = BatchSource(calibration_config(self.config))
+        momenta = [norm.momentum for norm in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over the calibration batches
+        self.model.train()
+        with torch.no_grad(), autocast(self.device, self.bf16):
+            for index in range(self.config.batch_norm_calibration):
+                raw = self.calibration_source.batch(iteration * self.config.batch_norm_calibration + index, CALIBRATION)
+                tensor = torch.from_numpy(raw["raw"])[:, None].to(self.device)
+                self.model(tensor.contiguous(memory_format=torch.channels_last_3d) if self.bf16 else tensor)
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
 
     def record_validation(self, iteration: int, writer) -> float:
         """Validate, log and record the result; returns the seconds it took."""
         started = time.perf_counter()
-        result = validate(self.model, self.validation, self.device, self.config.threshold, self.validation_input_shape)
-        for name in ("loss", "f1", "precision", "recall", "best_threshold", "best_threshold_f1"):
+        result = validate(self.model, self.validation, self.device, self.config, self.validation_input_shape)
+        writer.add_scalar("validation/loss", result["loss"], iteration)
+        for name in SCORES:
             writer.add_scalar(f"validation/{name}", result[name], iteration)
+            writer.add_scalar(f"validation_exclusion_zone/{name}", result[EXCLUSION_ZONE][name], iteration)
         writer.flush()
         self.history = [h for h in self.history if h["iteration"] != iteration] + [{"iteration": iteration, **result}]
         _write_json(self.dir / HISTORY, self.history)
@@ -286,13 +368,21 @@ class Run:
             "iterations": max(saved, default=0),
             "checkpoints": {str(i): str(p) for i, p in saved.items()},
             "threshold": self.config.threshold,
+            "metrics": "top level: every voxel of the validation ROIs counts (the field's metric); exclusion_zone: "
+            "voxels in the metric exclusion zone or outside the cell mask do not count (ASEM's); checkpoints and "
+            "thresholds are chosen on these ROIs by the field's metric",
             "validation": [
-                {key: h.get(key) for key in ("iteration", "loss", "precision", "recall", "f1", *SWEPT)}
+                {
+                    **{key: h.get(key) for key in ("iteration", "loss", *SCORES)},
+                    EXCLUSION_ZONE: {key: h.get(EXCLUSION_ZONE, {}).get(key) for key in SCORES},
+                }
                 for h in self.history
             ],
             "best": {
                 "iteration": best["iteration"],
                 "f1": best["f1"],
+                "iou": best.get("iou"),
+                "exclusion_zone_f1": best.get(EXCLUSION_ZONE, {}).get("f1"),
                 "checkpoint": str(saved[best["iteration"]]),
             }
             if best

@@ -2,14 +2,14 @@
 keep bf16 on a device only if it flips < 0.1% of the binary output voxels).
 
 The Lucchi++ volume (`--data`, raw/ and mito/ slices) is converted and CLAHE-equalized with the real commands; the
-bundled model predicts the held-out validation slices (125-164, the ones it never trained on) in float32 and in
-bf16, with the passes `incasem-like predict` uses. bf16 is run two ways:
+bundled model predicts slices 125-164 (the ones it never trained on) in float32 and in bf16, with the passes
+`incasem-like predict` uses (batch norm folded, no test-time augmentation). bf16 is run two ways:
 - `emulated` (any device): float32 arithmetic with every convolution's input, weights, bias and output rounded to
   bfloat16, which is what CUDA autocast feeds cuDNN and gets back (products accumulate in float32 there too);
   this machine's CPU has no native bf16, where autocast is >20x slower than float32;
 - `native` (CUDA only): `torch.autocast(dtype=torch.bfloat16)` + channels_last_3d, as `predict` runs on GPUs.
 Reported: segmentation voxels that differ from float32 at the model's threshold and at 0.5, the largest
-probability difference, and F1 against the labels for each.
+probability difference, and F1 against the labels for each (every voxel counts: the field's metric).
 
     python benchmarks/bf16.py [--data ../shared/data/lucchi_pp_train] [--out benchmarks/results/bf16_cpu.json]
 """
@@ -33,13 +33,13 @@ from incasem_like.datasets import open_dataset  # noqa: E402
 from incasem_like.geometry import Coordinate, roi_from_voxels  # noqa: E402
 from incasem_like.inference import normalize, predict_region, raw_with_context  # noqa: E402
 from incasem_like.metrics import scores  # noqa: E402
+from incasem_like.model import inference_model  # noqa: E402
 from incasem_like.models import bundled_model  # noqa: E402
-from incasem_like.predict import recommended_threshold  # noqa: E402
+from incasem_like.predict import default_step, recommended_settings  # noqa: E402
 from incasem_like.threshold import segment  # noqa: E402
 from incasem_like.training.checkpoints import model_from_checkpoint  # noqa: E402
 
-HELD_OUT = ((125, 0, 0), (40, 768, 1024))  # the validation slices of configs/training/lucchi_mito_cpu.yaml
-STEP = 128  # `incasem-like predict`'s default pass step
+HELD_OUT = ((125, 0, 0), (40, 768, 1024))  # the slices the bundled model never trained on
 
 
 def to_bf16(tensor: torch.Tensor) -> torch.Tensor:
@@ -81,10 +81,10 @@ def main() -> None:
     digest = source_digest()
     checkpoint = bundled_model("mito")
     model, state = model_from_checkpoint(checkpoint)
-    model = model.float()
-    threshold = recommended_threshold(checkpoint)
-    edge = model.config.input_edge_for(STEP)
-    context = Coordinate((edge - model.config.output_shape((edge,) * 3)[0]) // 2 for _ in range(3))
+    model = inference_model(model)
+    threshold = recommended_settings(checkpoint)["threshold"]
+    input_shape = tuple(model.config.input_edge_for(s, axis) for axis, s in enumerate(default_step(model.config)))
+    context = (Coordinate(input_shape) - Coordinate(model.config.output_shape(input_shape))) / 2
     with tempfile.TemporaryDirectory(prefix="incasem_bench_bf16_", dir="/tmp") as workdir:
         raw_path, labels_path = prepare(args.data, Path(workdir))
         raw = open_dataset(raw_path)
@@ -99,7 +99,7 @@ def main() -> None:
     results = {}
     for name, (network, bf16) in variants.items():
         start = time.perf_counter()
-        results[name] = predict_region(network.to(device), region, (edge,) * 3, device, bf16, quantize=True)
+        results[name] = predict_region(network.to(device), region, input_shape, device, bf16, "quantized")
         seconds = time.perf_counter() - start
         print(f"{name}: {seconds:.1f} s", flush=True)
         results[name + "_seconds"] = round(seconds, 2)
@@ -135,7 +135,7 @@ def main() -> None:
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "model": state.get("provenance", {}).get("name", "bundled mito"),
             "region_voxels": {"offset": list(HELD_OUT[0]), "shape": list(HELD_OUT[1])},
-            "pass_input_edge": edge,
+            "pass_input_shape": list(input_shape),
             "model_threshold": threshold,
             "fp32_seconds": results["fp32_seconds"],
         },

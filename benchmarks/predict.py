@@ -1,17 +1,20 @@
 """Benchmark prediction end to end: output voxels/s of `incasem-like predict` vs a plain PyTorch sliding window.
 
-For each network (`small`: the bundled CPU mito model; `asem`: the method's 204^3 -> 110^3 network with random
-weights, whose speed does not depend on them) on a volume of real EM texture (the embedded Lucchi sample,
-mirrored to `--shape`), it times:
+For each network (`bundled`: the bundled mito model; `asem`: the method's 204^3 -> 110^3 network with random
+weights, whose speed does not depend on them; NAME=PATH: any checkpoint, e.g. an earlier bundled model taken from
+git history) on a volume of real EM texture (the embedded Lucchi sample, mirrored to `--shape`), it times:
 - ours: the real command line (`incasem-like predict`, daisy workers, zarr in -> probabilities and segmentation
-  zarr out), with 1 and 2 workers, wall time from command start to exit;
+  zarr out), with 1 and 2 workers, wall time from command start to exit; with `--tta` also with test-time
+  augmentation (2 workers), whose cost is quoted as the ratio to the same run without;
 - plain: the same network in one process over the whole volume in memory: read the zarr, mirror-pad, one pass
   of the training input shape every largest multiple of the downsampling factor within its output, sigmoid, write
   both zarr datasets with zarr's defaults.
 Medians of `--repeats` runs; the ratio ours/plain is quoted from the same run. (bf16's effect on the
 segmentation: benchmarks/bf16.py.)
 
-    python benchmarks/predict.py [--shape 128 384 384] [--networks small asem] [--repeats 3]
+    python benchmarks/predict.py [--shape 128 384 384] [--networks bundled asem] [--tta] [--repeats 3]
+    git show 9337fcb:incasem_like/models/mito_lucchi_cpu.pt > /tmp/previous.pt
+    python benchmarks/predict.py --networks bundled previous=/tmp/previous.pt --tta
 """
 
 import argparse
@@ -31,10 +34,16 @@ import zarr
 sys.path.insert(0, str(Path(__file__).parent))
 from convert import Meter, machine, source_digest, wait_for_quiet, write_result  # noqa: E402  (shared helpers)
 
-from incasem_like.datasets import DatasetPath, create_dataset, open_dataset, update_dataset_meta  # noqa: E402
+from incasem_like.datasets import (  # noqa: E402
+    DatasetPath,
+    create_dataset,
+    dataset_meta,
+    open_dataset,
+    update_dataset_meta,
+)
 from incasem_like.demo import SAMPLE  # noqa: E402
 from incasem_like.inference import normalize, predict_region  # noqa: E402
-from incasem_like.model import NetworkConfig, UNet3D  # noqa: E402
+from incasem_like.model import NetworkConfig, UNet3D, inference_model  # noqa: E402
 from incasem_like.models import bundled_model  # noqa: E402
 from incasem_like.training.checkpoints import model_from_checkpoint, save_checkpoint  # noqa: E402
 
@@ -56,17 +65,28 @@ def write_raw(volume: np.ndarray, container: Path) -> str:
     return str(path)
 
 
-def checkpoints(workdir: Path) -> dict[str, Path]:
-    torch.manual_seed(0)
-    asem = save_checkpoint(workdir / "asem", UNet3D(NetworkConfig()), None, 0, "mito", (5, 5, 5))
-    return {"small": bundled_model("mito"), "asem": asem}
+def checkpoints(workdir: Path, names: list[str]) -> dict[str, Path]:
+    """NAME -> checkpoint: `bundled`, `asem` (random weights) or NAME=PATH."""
+    found = {}
+    for name in names:
+        if "=" in name:
+            name, path = name.split("=", 1)
+            found[name] = Path(path)
+        elif name == "bundled":
+            found[name] = bundled_model("mito")
+        else:
+            torch.manual_seed(0)
+            found[name] = save_checkpoint(workdir / "asem", UNet3D(NetworkConfig()), None, 0, "mito", (5, 5, 5))
+    return found
 
 
-def time_ours(checkpoint: Path, raw: str, out: Path, workers: int, block: int) -> dict:
+def time_ours(checkpoint: Path, raw: str, out: Path, workers: int, block: int, tta: str = "none") -> dict:
+    """The command with the model's own defaults but for TTA and clean-up (timed separately or not at all)."""
     shutil.rmtree(out, ignore_errors=True)
     command = [
         sys.executable, "-m", "incasem_like", "predict", "--checkpoint", str(checkpoint), "--raw", raw,
-        "--out", str(out), "--device", "cpu", "--workers", str(workers), "--block", str(block), "--quiet",
+        "--out", str(out), "--device", "cpu", "--workers", str(workers), "--block", str(block), "--tta", tta,
+        "--min-object-voxels", "0", "--min-hole-voxels", "0", "--quiet",
     ]  # fmt: skip
     wait_for_quiet()
     with Meter() as meter:
@@ -76,11 +96,13 @@ def time_ours(checkpoint: Path, raw: str, out: Path, workers: int, block: int) -
 
 def time_plain(checkpoint: Path, raw: str, out: Path) -> dict:
     """The plain sliding window over the volume in memory, zarr in and out: one thread of work, passes of the
-    training input one after the other (`predict_region` is exactly that loop: no threads, no zarr)."""
+    training input one after the other (`predict_region` is exactly that loop: no threads, no zarr), batch norm
+    folded into the convolutions as predict does."""
     shutil.rmtree(out, ignore_errors=True)
     wait_for_quiet()
     with Meter() as meter:
         model, _ = model_from_checkpoint(checkpoint)
+        model = inference_model(model)
         volume = open_dataset(raw)
         data = volume[volume.roi]
         input_shape = model.config.input_shape
@@ -108,9 +130,10 @@ def median_case(runs: list[dict], voxels: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", type=int, nargs=3, default=[128, 384, 384])
-    parser.add_argument("--networks", nargs="+", default=["small", "asem"], choices=["small", "asem"])
+    parser.add_argument("--networks", nargs="+", default=["bundled", "asem"], help="bundled, asem or NAME=PATH")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--block", type=int, default=128, help="write block edge of ours (default 128)")
+    parser.add_argument("--block", type=int, default=256, help="write block edge of ours (default 256, predict's)")
+    parser.add_argument("--tta", action="store_true", help="also time test-time augmentation (2 workers)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "predict_cpu.json")
     args = parser.parse_args()
@@ -122,8 +145,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="incasem_bench_predict_", dir="/tmp") as workdir:
         workdir = Path(workdir)
         raw = write_raw(sample_volume(shape), workdir / "cell.zarr")
-        models = checkpoints(workdir)
-        for network in args.networks:
+        models = checkpoints(workdir, args.networks)
+        for network in models:
             case = {}
             for workers in args.workers:
                 runs = [
@@ -136,6 +159,18 @@ def main() -> None:
             for workers in args.workers:
                 ours = case[f"ours_{workers}_workers"]["seconds_median"]
                 case[f"speedup_{workers}_workers_vs_plain"] = round(case["plain_pytorch"]["seconds_median"] / ours, 3)
+            if args.tta:
+                tta = "mirror+transpose"
+                runs = [
+                    time_ours(models[network], raw, workdir / "cell.zarr/volumes/pred", 2, args.block, tta)
+                    for _ in range(args.repeats)
+                ]
+                case["ours_2_workers_tta"] = median_case(runs, voxels)
+                variants = dataset_meta(DatasetPath(workdir / "cell.zarr", "volumes/pred/probabilities"))["source"]
+                case["tta_variants"] = variants["test_time_augmentation"]["variants"]
+                case["tta_cost_2_workers"] = round(
+                    case["ours_2_workers_tta"]["seconds_median"] / case["ours_2_workers"]["seconds_median"], 2
+                )
             network_config, _ = model_from_checkpoint(models[network])
             case["network"] = network_config.config.model_dump(mode="json")
             cases[network] = case

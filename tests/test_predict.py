@@ -18,6 +18,7 @@ from incasem_like.training.checkpoints import export_weights, save_checkpoint
 from tests.conftest import read_dataset, run_cli, run_cli_in_process, write_dataset
 from tests.predict_stages import SlowPredictStage
 from tests.stages import kill_midway
+from tests.test_model import OPTION_NETWORKS as ONE_OPTION_NETWORKS
 from tests.training_data import sample_stack
 
 STEP = 8  # output voxels each pass keeps (the tiny network's factor is 4)
@@ -262,14 +263,7 @@ OPTION_NETWORKS = {
         input_slices=3,
         input_shape=(32, 52, 52),
     ),
-    "slice-wise 2D": NetworkConfig(
-        feature_maps=3,
-        downsamplings=2,
-        downsample_factors=[(1, 2, 2), (1, 2, 2)],
-        kernel_sizes=[(1, 3, 3)] * 3,
-        normalization="batch",
-        input_shape=(4, 52, 52),
-    ),
+    "slice-wise 2D": NetworkConfig(**ONE_OPTION_NETWORKS["slice-wise 2D"]),
 }
 
 

@@ -100,19 +100,26 @@ def _scalar_tags(logdir) -> list[str]:
     return accumulator.Tags()["scalars"]
 
 
-def test_resume_continues_exactly(tmp_path, cell):
-    augmentation = {"mirror_transpose": True, "elastic": {}, "intensity": {}}
-    whole = write_config(tmp_path / "a.yaml", tmp_path / "a", [training_of(cell)], augmentation=augmentation)
+def assert_resumed_run_equals_the_whole(tmp_path, cell, **options) -> Path:
+    """Train 4 iterations in one go (run a) and 2 then `--resume` to 4 (run b): the weights are equal. The config
+    of run b."""
+    whole = write_config(tmp_path / "a.yaml", tmp_path / "a", [training_of(cell)], **options)
+    half = write_config(tmp_path / "b.yaml", tmp_path / "b", [training_of(cell)], iterations=2, **options)
     assert run_cli("train", whole, "--quiet", cwd=tmp_path).returncode == 0
-    half = write_config(
-        tmp_path / "b.yaml", tmp_path / "b", [training_of(cell)], augmentation=augmentation, iterations=2
-    )
     assert run_cli("train", half, "--quiet", cwd=tmp_path).returncode == 0
+
     result = run_cli("train", half, "--resume", "--iterations", 4, "--quiet", cwd=tmp_path)
+
     assert result.returncode == 0, result.stderr
     a, b = (load_checkpoint(checkpoints(tmp_path / run)[4]) for run in ("a", "b"))
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+    return half
+
+
+def test_resume_continues_exactly(tmp_path, cell):
+    augmentation = {"mirror_transpose": True, "elastic": {}, "intensity": {}}
+    half = assert_resumed_run_equals_the_whole(tmp_path, cell, augmentation=augmentation)
     again = run_cli("train", half, "--quiet", cwd=tmp_path)
     assert again.returncode == 2 and "--resume" in again.stderr and "--overwrite" in again.stderr
 
@@ -341,17 +348,7 @@ def test_slice_wise_network_trains_on_batches_with_bce_dice_and_calibrated_batch
 
 def test_batch_norm_calibration_and_batches_resume_exactly(tmp_path, cell):
     options = dict(network=TINY_2D, augmentation=AUGMENT_2D, loss="bce_dice", batch_size=2)
-    whole = write_config(tmp_path / "a.yaml", tmp_path / "a", [training_of(cell)], **options)
-    half = write_config(tmp_path / "b.yaml", tmp_path / "b", [training_of(cell)], iterations=2, **options)
-    assert run_cli("train", whole, "--quiet", cwd=tmp_path).returncode == 0
-    assert run_cli("train", half, "--quiet", cwd=tmp_path).returncode == 0
-
-    result = run_cli("train", half, "--resume", "--iterations", 4, "--quiet", cwd=tmp_path)
-
-    assert result.returncode == 0, result.stderr
-    a, b = (load_checkpoint(checkpoints(tmp_path / run)[4]) for run in ("a", "b"))
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
+    assert_resumed_run_equals_the_whole(tmp_path, cell, **options)
 
 
 def test_time_budget_counts_every_invocation(tmp_path, cell):

@@ -6,7 +6,7 @@ import torch
 
 from incasem_like.errors import UserError
 from incasem_like.inference import predict_region
-from incasem_like.model import NetworkConfig, UNet3D, inference_model
+from incasem_like.model import NetworkConfig, PlaneConv, UNet3D, inference_model
 
 
 def test_asem_network_sizes_and_parameter_count():
@@ -115,13 +115,27 @@ def test_each_network_option_predicts_tiles_equal_to_one_pass(option):
     np.testing.assert_allclose(tiled, whole, atol=1e-3 * spread)
 
 
-def test_folded_batch_norm_equals_the_model_in_eval_mode():
+@pytest.mark.parametrize("option", ["batch norm", "slice-wise 2D", "anisotropic"])
+def test_inference_model_equals_the_model_in_eval_mode(option):
+    """Batch norm folded into the convolutions, (1, k, k) convolutions run as 2D ones over the slices, on
+    contiguous and channels-last input."""
     torch.manual_seed(0)
-    model = trained_statistics(UNet3D(NetworkConfig(**OPTION_NETWORKS["batch norm"])))
-    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in inference_model(model).modules())
-    x = torch.randn(1, 1, 52, 60, 68)
+    network = NetworkConfig(**OPTION_NETWORKS[option])
+    model = trained_statistics(UNet3D(network))
+    fused = inference_model(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fused.modules())
+    kernels = network.kernels()
+    depths = [network.first_kernel()[0], kernels[0][0], *(k[0] for k in kernels[1:] for _ in "ab")]  # down
+    depths += [*(k[0] for k in kernels[:-1] for _ in "ab"), network.final_kernel()[0]]  # up, final
+    assert sum(isinstance(m, PlaneConv) for m in fused.modules()) == depths.count(1)
+    x = torch.randn(1, 1, *network.input_shape)
     with torch.no_grad():
-        np.testing.assert_allclose(inference_model(model)(x).numpy(), model(x).numpy(), atol=1e-4)
+        expected = model(x).numpy()
+        np.testing.assert_allclose(fused(x).numpy(), expected, atol=1e-4)
+        channels_last = fused.to(memory_format=torch.channels_last_3d)(
+            x.contiguous(memory_format=torch.channels_last_3d)
+        )
+        np.testing.assert_allclose(channels_last.numpy(), expected, atol=1e-4)
 
 
 def test_option_shapes_and_parameters():

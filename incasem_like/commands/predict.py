@@ -4,7 +4,7 @@ import argparse
 import textwrap
 
 from incasem_like.commands import add_block_options, add_blockwise_options, add_roi_option, formatter, roi_arguments
-from incasem_like.commands.mask import add_max_span_option
+from incasem_like.commands.threshold import add_clean_up_options, clean_up_arguments
 
 
 def register(subparsers) -> None:
@@ -69,19 +69,7 @@ def register(subparsers) -> None:
         "slice-wise network), with mirror+transpose each also with y and x swapped where their voxel sizes agree "
         "(default: what an exported model records, else none)",
     )
-    parser.add_argument(
-        "--min-object-voxels",
-        type=int,
-        metavar="N",
-        help="remove segmented objects smaller than N voxels (default: the model's recommendation, else 0: off)",
-    )
-    parser.add_argument(
-        "--min-hole-voxels",
-        type=int,
-        metavar="N",
-        help="then fill holes smaller than N voxels (default: the model's recommendation, else 0: off)",
-    )
-    add_max_span_option(parser)
+    add_clean_up_options(parser, from_model=True)
     parser.add_argument(
         "--device", choices=("auto", "cuda", "cpu"), default="auto", help="default: cuda if available, else cpu"
     )
@@ -141,7 +129,6 @@ def run(args: argparse.Namespace) -> None:
         recommended_settings,
         select_device,
     )
-    from incasem_like.threshold import CleanUp
     from incasem_like.training.checkpoints import resolve_checkpoint
 
     checkpoint = str(resolve_checkpoint(args.checkpoint))
@@ -153,15 +140,7 @@ def run(args: argparse.Namespace) -> None:
     if args.step is not None and len(args.step) not in (1, 3):
         raise UserError(f"--step {' '.join(map(str, args.step))}: give one edge or three (z y x)")
     recommended = recommended_settings(checkpoint)
-    clean_up = CleanUp(
-        min_object_voxels=recommended["clean_up"].min_object_voxels
-        if args.min_object_voxels is None
-        else args.min_object_voxels,
-        min_hole_voxels=recommended["clean_up"].min_hole_voxels
-        if args.min_hole_voxels is None
-        else args.min_hole_voxels,
-        max_span=args.max_span,
-    )
+    clean_up = clean_up_arguments(args, recommended["clean_up"])
     stage = PredictStage(
         checkpoint=checkpoint,
         raw=args.raw,

@@ -14,6 +14,29 @@ from incasem_like.commands import (
 from incasem_like.commands.mask import add_max_span_option
 
 
+def add_clean_up_options(parser: argparse.ArgumentParser, from_model: bool = False) -> None:
+    """--min-object-voxels, --min-hole-voxels and --max-span of a segmentation's clean-up; `from_model`: their
+    default is the model's recommendation (see `clean_up_arguments`)."""
+    default, note = (None, "the model's recommendation, else 0 = off") if from_model else (0, "0 = off")
+    for option, what in (("--min-object-voxels", "remove objects"), ("--min-hole-voxels", "then fill holes")):
+        parser.add_argument(
+            option, type=int, default=default, metavar="N", help=f"{what} smaller than N voxels (default: {note})"
+        )
+    add_max_span_option(parser)
+
+
+def clean_up_arguments(args: argparse.Namespace, recommended=None):
+    """The `CleanUp` the options of `add_clean_up_options` ask for; an option left out takes `recommended`'s."""
+    from incasem_like.threshold import CleanUp
+
+    recommended = recommended or CleanUp()
+    return CleanUp(
+        min_object_voxels=recommended.min_object_voxels if args.min_object_voxels is None else args.min_object_voxels,
+        min_hole_voxels=recommended.min_hole_voxels if args.min_hole_voxels is None else args.min_hole_voxels,
+        max_span=args.max_span,
+    )
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "threshold",
@@ -41,13 +64,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--threshold", type=float, default=0.5, metavar="T", help="foreground: probability > T (default 0.5)"
     )
-    parser.add_argument(
-        "--min-object-voxels", type=int, default=0, metavar="N", help="remove objects smaller than N voxels (0: off)"
-    )
-    parser.add_argument(
-        "--min-hole-voxels", type=int, default=0, metavar="N", help="then fill holes smaller than N voxels (0: off)"
-    )
-    add_max_span_option(parser)
+    add_clean_up_options(parser)
     add_block_options(parser, block=256)
     add_roi_option(parser, "only this region of PROB")
     add_blockwise_options(parser)
@@ -55,15 +72,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from incasem_like.threshold import CleanUp, ThresholdStage
+    from incasem_like.threshold import ThresholdStage
 
     stage = ThresholdStage(
         input=args.input,
         output=args.output,
         threshold=args.threshold,
-        clean_up=CleanUp(
-            min_object_voxels=args.min_object_voxels, min_hole_voxels=args.min_hole_voxels, max_span=args.max_span
-        ),
+        clean_up=clean_up_arguments(args),
         block=args.block,
         chunk=args.chunk,
         **roi_arguments(args),

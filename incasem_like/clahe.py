@@ -29,7 +29,6 @@ import numpy as np
 from daisy import Block
 from pydantic import field_validator
 from skimage.exposure import rescale_intensity
-from skimage.exposure._adapthist import NR_OF_GRAY, clip_histogram, map_histogram
 from skimage.util import img_as_ubyte, img_as_uint
 
 from incasem_like.blockwise.volume_stage import VolumeStage
@@ -38,6 +37,8 @@ from incasem_like.geometry import Coordinate, Roi
 
 #: z slices interpolated at a time within one cell (temporaries of SLAB x cell y x cell x float64 stay in cache)
 SLAB = 16
+#: gray levels of skimage's CLAHE (its `NR_OF_GRAY`): images are rescaled to 0..2^14-1 before binning
+NR_OF_GRAY = 2**14
 
 
 @cache
@@ -57,6 +58,52 @@ def to_uint8() -> np.ndarray:
     return img_as_ubyte(rescale_intensity(levels, in_range=(0, NR_OF_GRAY - 1), out_range=(0.0, 1.0)))
 
 
+def clip_histogram(histogram: np.ndarray, limit: int) -> np.ndarray:
+    """int64 bin counts clipped at `limit`, the clipped counts handed back out over the bins below it: evenly,
+    then one at a time at strides across the bins (skimage's redistribution, count for count). Modifies and
+    returns `histogram`.
+
+    >>> clip_histogram(np.array([10, 0, 0, 2]), 4).tolist()
+    [4, 2, 2, 4]
+    """
+    clipped = histogram > limit
+    excess = int(histogram[clipped].sum()) - int(clipped.sum()) * limit
+    histogram[clipped] = limit
+    each = excess // histogram.size
+    low = histogram < limit - each
+    excess -= int(low.sum()) * each
+    histogram[low] += each
+    topped = (histogram >= limit - each) & (histogram < limit)
+    excess += int(histogram[topped].sum()) - int(topped.sum()) * limit
+    histogram[topped] = limit
+    while excess > 0:
+        before = excess
+        for start in range(histogram.size):
+            stride = max(1, int(np.count_nonzero(histogram < limit)) // excess)
+            under = histogram[start::stride] < limit
+            histogram[start::stride][under] += 1
+            excess -= int(np.count_nonzero(under))
+            if excess <= 0:
+                break
+        if excess == before:
+            break
+    return histogram
+
+
+def map_histogram(histogram: np.ndarray, low: int, high: int, elements: int) -> np.ndarray:
+    """Bin counts of `elements` values -> the equalizing lookup table (int64, low..high): the cumulative counts
+    scaled to the range, as skimage truncates them.
+
+    >>> map_histogram(np.array([1, 1, 2]), 0, 100, 4).tolist()
+    [25, 50, 100]
+    """
+    table = np.cumsum(histogram, axis=-1).astype(np.float64)
+    table *= (high - low) / elements
+    table += low
+    np.clip(table, None, high, out=table)
+    return table.astype(np.int64)
+
+
 def tile_mapping(tile_values: np.ndarray, value_bins: np.ndarray, clip_limit: float, nbins: int) -> np.ndarray:
     """skimage's clipped, equalizing gray-level mapping of one contextual region of uint8 values (one per bin).
 
@@ -66,7 +113,7 @@ def tile_mapping(tile_values: np.ndarray, value_bins: np.ndarray, clip_limit: fl
     elements = tile_values.size
     limit = int(np.clip(clip_limit * elements, 1, None)) if clip_limit > 0 else elements
     histogram = np.bincount(value_bins, weights=np.bincount(tile_values.ravel(), minlength=256), minlength=nbins)
-    histogram = clip_histogram(histogram.astype(np.int64), clip_limit=limit)
+    histogram = clip_histogram(histogram.astype(np.int64), limit)
     return map_histogram(histogram, 0, NR_OF_GRAY - 1, elements)
 
 

@@ -34,7 +34,6 @@ import torch
 from daisy import Block, Context
 from pydantic import field_validator, model_validator
 
-from incasem_like.blockwise.launchers import WORKER_THREADS_ENV
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
 from incasem_like.blockwise.volume_stage import requested_roi
 from incasem_like.datasets import (
@@ -249,7 +248,6 @@ class PredictStage(BlockwiseStage):
     def block_processor(self) -> Callable[[Block], None]:
         if file_digest(self.checkpoint) != self.checkpoint_sha256:
             raise UserError(f"{self.checkpoint} changed since this prediction started; rerun with --overwrite")
-        torch.set_num_threads(int(os.environ.get(WORKER_THREADS_ENV, torch.get_num_threads())))
         model, _ = model_from_checkpoint(self.checkpoint)
         device = self.torch_device()
         precision = default_precision(device.type) if self.precision == "auto" else self.precision

@@ -244,6 +244,9 @@ def write_state(state: dict, path: Path) -> None:
 
 
 # --- server ------------------------------------------------------------------------------------------------------
+ZARR_V2_METADATA = (".zarray", ".zattrs", ".zgroup", ".zmetadata")
+
+
 class Refused(Exception):
     """A request for something the container server does not serve: an HTTP status and a short reason."""
 
@@ -257,7 +260,9 @@ def container_file(root: Path, target: str) -> Path:
 
     The path (without query) is percent-decoded once, then any `.`/`..`/empty segment, backslash or NUL is
     refused, so encoded traversal and absolute paths (`/%2Fetc/passwd`) never reach the file system; what the
-    path resolves to (following symbolic links) must lie inside the container.
+    path resolves to (following symbolic links) must lie inside the container. Hidden files and folders (a run's
+    `.incasem_run/`: its spec, logs and lock with host, pid and command line) are not served: data and metadata
+    only (zarr v2's `.zarray`, `.zattrs`, `.zgroup` count as metadata).
     """
     if not target.startswith("/"):
         raise Refused(HTTPStatus.BAD_REQUEST, "request target must be a path")
@@ -268,6 +273,8 @@ def container_file(root: Path, target: str) -> Path:
     segments = path[1:].split("/")
     if any(segment in ("", ".", "..") or "\\" in segment or "\0" in segment for segment in segments):
         raise Refused(HTTPStatus.BAD_REQUEST, "path must name a file inside the container")
+    if any(segment.startswith(".") and segment not in ZARR_V2_METADATA for segment in segments):
+        raise Refused(HTTPStatus.FORBIDDEN, "hidden files and folders (run state) are not served")
     resolved = root.joinpath(*segments).resolve()
     if not resolved.is_relative_to(root):
         raise Refused(HTTPStatus.FORBIDDEN, "path leads outside the container")

@@ -1,5 +1,6 @@
 """Stages used only by the tests (importable by worker processes as `tests.stages`)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -165,3 +166,21 @@ class SlowDilateLabelsStage(SlowBlocks, DilateLabelsStage):
 
 class SlowMetricMaskStage(SlowBlocks, MetricMaskStage):
     pass
+
+
+class ThreadReportStage(BoxSumStage):
+    """`BoxSumStage` whose workers also write the sizes of their thread pools to `report_dir/PID.json`."""
+
+    report_dir: str
+
+    def block_processor(self) -> Callable[[Block], None]:
+        import torch  # imported late on purpose: its pool must still be limited
+
+        pools = {
+            "omp": os.environ.get("OMP_NUM_THREADS"),
+            "blas": os.environ.get("OPENBLAS_NUM_THREADS"),
+            "zarr": zarr.config.get("threading.max_workers"),
+            "torch": torch.get_num_threads(),
+        }
+        (Path(self.report_dir) / f"{os.getpid()}.json").write_text(json.dumps(pools))
+        return super().block_processor()

@@ -1,13 +1,15 @@
+import doctest
 from functools import partial
 
 import numpy as np
 import pytest
 import tifffile
-from skimage.exposure import equalize_adapthist, rescale_intensity
+from skimage.exposure import _adapthist, equalize_adapthist, rescale_intensity
 from skimage.exposure._adapthist import NR_OF_GRAY, _clahe
 from skimage.util import img_as_ubyte, img_as_uint
 
-from incasem_like.clahe import clahe_block, needed_range, to_uint8
+from incasem_like import clahe
+from incasem_like.clahe import clahe_block, clip_histogram, map_histogram, needed_range, to_uint8
 from incasem_like.datasets import DatasetPath, open_dataset
 from incasem_like.demo import SAMPLE
 from tests import conftest
@@ -43,6 +45,25 @@ def blockwise(volume: np.ndarray, block, kernel: int) -> np.ndarray:
         inner = tuple(slice(b, e) for b, e in zip(begin, end))
         result[inner] = clahe_block(data, lo, begin, end, volume.shape, (kernel,) * 3, 0.02, 256)
     return result
+
+
+def test_own_histogram_clipping_and_mapping_equal_skimages():
+    """The two functions taken over from skimage's private module give its results count for count."""
+    rng = np.random.default_rng(0)
+    assert clahe.NR_OF_GRAY == NR_OF_GRAY
+    for _ in range(200):
+        bins = int(rng.choice([4, 17, 256]))
+        histogram = rng.geometric(rng.uniform(0.001, 0.5), size=bins).astype(np.int64) - 1
+        histogram[rng.integers(bins)] += int(rng.integers(0, 5000))  # a peak to clip
+        limit = int(rng.integers(1, max(2, histogram.max())))
+        clipped = clip_histogram(histogram.copy(), limit)
+        np.testing.assert_array_equal(clipped, _adapthist.clip_histogram(histogram.copy(), limit))
+        elements = int(histogram.sum()) or 1
+        np.testing.assert_array_equal(
+            map_histogram(clipped, 0, NR_OF_GRAY - 1, elements),
+            _adapthist.map_histogram(clipped, 0, NR_OF_GRAY - 1, elements),
+        )
+    assert doctest.testmod(clahe).failed == 0
 
 
 def test_equals_skimage_arithmetic_exactly_and_does_not_depend_on_blocks():

@@ -96,6 +96,22 @@ def test_blocks_mostly_outside_the_cell_mask_are_rejected(tmp_path, pattern_cell
     assert min(inside[1.0]) < 0.75
 
 
+def test_a_cell_without_an_acceptable_location_warns_then_fails_naming_the_fix(tmp_path, pattern_cell, caplog):
+    mask = np.zeros((60, 100, 100), dtype=np.uint8)
+    mask[:, :, :10] = 1  # no 38^3 block is 75% inside
+    write_dataset(tmp_path / "c.zarr/volumes/mask", mask)
+    sampling = {"max_outside_mask": 0.25, "min_foreground": 0.0, "max_attempts": 150}
+    source = BatchSource(config([{**pattern_cell, "mask": "volumes/mask"}], sampling=sampling))
+    try:
+        with pytest.raises(UserError) as refused:
+            source.batch(0)
+    finally:
+        source.close()
+    assert str(refused.value).startswith("training[0]: share of a sample inside the cell mask: no acceptable sample")
+    assert "in 150 random locations" in str(refused.value) and "raise sampling.max_outside_mask" in str(refused.value)
+    assert "100 samples rejected in a row" in caplog.text
+
+
 def test_class_weights_balance_and_clip():
     labels = np.zeros(1000, dtype=np.uint8)
     labels[:100] = 1

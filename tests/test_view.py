@@ -186,6 +186,9 @@ def served(tmp_path, rng):
     (container / "volumes" / "leak.txt").symlink_to(tmp_path / "secret.txt")
     (container / "outside").symlink_to(tmp_path / "elsewhere")
     (container / "raw_alias").symlink_to(container / RAW)
+    (container / RAW / ".incasem_run").mkdir(exist_ok=True)
+    for name in ("spec.json", "lock"):
+        (container / RAW / ".incasem_run" / name).write_text("SECRET run state\n")
     server = ContainerServer(container)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -256,6 +259,8 @@ def test_server_serves_the_container_read_only_with_cors(served):
         ("/volumes/leak.txt", 403),  # a link to the secret
         ("/outside/secret.txt", 403),  # a linked folder outside
         ("/%ff", 400),
+        ("/volumes/raw/.incasem_run/spec.json", 403),  # run state: host, pid and command line
+        ("/volumes/raw/%2eincasem_run/lock", 403),
     ],
 )
 def test_server_never_serves_anything_outside_the_container(served, tmp_path, target, status):

@@ -27,6 +27,8 @@ from typing import Protocol
 
 #: environment variable telling a worker how many threads its compute may use
 WORKER_THREADS_ENV = "INCASEM_LIKE_WORKER_THREADS"
+#: the thread pools of the numeric libraries (OpenMP, BLAS), sized when they load: set before the worker starts
+NUMERIC_THREADS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 #: daisy's default number of replacement workers a run may start after its first `workers`
 DEFAULT_MAX_RESTARTS = 10
 #: how often a waiting submission checks that the scheduler still listens
@@ -242,6 +244,7 @@ class WorkerSpawner:
     threads: int
 
     def __call__(self, *, context) -> None:
-        env = {"DAISY_CONTEXT": context.to_env(), WORKER_THREADS_ENV: str(self.threads)}
+        threads = {name: str(self.threads) for name in (WORKER_THREADS_ENV, *NUMERIC_THREADS_ENV)}
+        env = {"DAISY_CONTEXT": context.to_env(), **threads}
         scheduler = (context["hostname"], int(context["port"]))
         self.launcher.run_worker(WorkerJob(self.name, self.command, env, self.log_dir, scheduler))

@@ -7,8 +7,8 @@ Guarantees every stage inherits from here:
   refuses to touch the existing output unless told to overwrite it;
 - failed blocks are retried; if any still fail the run raises `BlockwiseRunFailed` naming them and the first
   error, and the output stays marked incomplete;
-- one run at a time writes an output: a second one refuses, naming the holder of the run's lock
-  (`<dataset>/.incasem_run/lock`; see `incasem_like.run_lock`);
+- one run at a time writes an output: a run locks every output it writes (`<dataset>/.incasem_run/lock`; see
+  `incasem_like.run_lock`), and a second run on any of them refuses, naming the holder;
 - a JSON summary of the run is written beside the progress.
 """
 
@@ -16,6 +16,7 @@ import hashlib
 import json
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import daisy.logging
@@ -25,7 +26,7 @@ from funlib.geometry import Roi
 from incasem_like import __version__
 from incasem_like.blockwise.launchers import Launcher, LocalLauncher, WorkerSpawner, worker_command
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
-from incasem_like.datasets import RUN_DIR, DatasetPath, dataset_meta, is_complete, remove_dataset, update_dataset_meta
+from incasem_like.datasets import RUN_DIR, DatasetPath, dataset_meta, is_complete, update_dataset_meta
 from incasem_like.errors import BlockwiseRunFailed, UserError
 from incasem_like.run_lock import LOCK, RunLock, refuse_if_locked, remove_all_but_lock
 
@@ -71,7 +72,8 @@ def run_stage(
     run_id = fingerprint(stage, layout)
     run_dir = outputs[0].group_path / RUN_DIR
     # checks that write nothing first, so a refused command leaves no trace
-    refuse_if_locked(lock_path(outputs[0]), str(outputs[0]))
+    for output in outputs:
+        refuse_if_locked(lock_path(output), str(output))
     if _is_resumable(outputs, run_dir, run_id, overwrite):
         if all(is_complete(output) for output in outputs):
             summary = json.loads((run_dir / "summary.json").read_text())
@@ -85,7 +87,9 @@ def run_stage(
             }
     else:
         _refuse_foreign(outputs, overwrite)
-    with RunLock(lock_path(outputs[0]), str(outputs[0])):
+    with ExitStack() as locks:
+        for output in outputs:
+            locks.enter_context(RunLock(lock_path(output), str(output)))
         if not _is_resumable(outputs, run_dir, run_id, overwrite):
             _start_fresh(stage, layout, outputs, run_dir, run_id, overwrite)
         return _run(stage, layout, outputs, run_dir, run_id, workers, launcher, max_retries, block_timeout, progress)
@@ -97,18 +101,19 @@ def check_writable(stage: BlockwiseStage, overwrite: bool = False) -> None:
     layout = stage.layout()
     layout.check_chunk_aligned()
     outputs = stage.output_paths()
-    refuse_if_locked(lock_path(outputs[0]), str(outputs[0]))
+    for output in outputs:
+        refuse_if_locked(lock_path(output), str(output))
     if not _is_resumable(outputs, outputs[0].group_path / RUN_DIR, fingerprint(stage, layout), overwrite):
         _refuse_foreign(outputs, overwrite)
 
 
 def lock_path(output: DatasetPath) -> Path:
-    """The lock of the run writing `output` (a stage's first output)."""
+    """The lock of the run writing `output`."""
     return output.group_path / RUN_DIR / LOCK
 
 
 def refuse_if_running(output: DatasetPath, subject: str) -> None:
-    """`UserError` if a live run writes `output` (a stage's first output); for commands that remove or replace
+    """`UserError` if a live run writes `output`; for commands that remove or replace
     outputs before their runs start. `subject` names what the user asked to replace."""
     refuse_if_locked(lock_path(output), subject)
 
@@ -179,11 +184,10 @@ def _refuse_foreign(outputs: list[DatasetPath], overwrite: bool) -> None:
 
 def _start_fresh(stage, layout, outputs, run_dir, run_id, overwrite) -> None:
     """Create empty, incomplete outputs stamped with the run's fingerprint; replace existing ones only if told.
-    Whatever is left at the first output's path (an earlier run's progress) goes too, but for this run's lock."""
+    Whatever is left at the outputs' paths (an earlier run's progress) goes too, but for this run's locks."""
     _refuse_foreign(outputs, overwrite)
-    remove_all_but_lock(outputs[0].group_path, lock_path(outputs[0]))
-    for output in outputs[1:]:
-        remove_dataset(output)
+    for output in outputs:
+        remove_all_but_lock(output.group_path, lock_path(output))
     stage.create_outputs(layout)
     for output in outputs:
         update_dataset_meta(output, fingerprint=run_id, written_by=f"incasem-like {__version__} {stage.task_name}")

@@ -56,6 +56,7 @@ class Sampling(_Section):
     max_outside_mask: float = Field(0.25, ge=0, le=1, description="reject blocks with more outside the cell mask")
     min_foreground: float = Field(0.05, ge=0, le=1, description="blocks with less foreground are rejected ...")
     reject_probability: float = Field(0.9, ge=0, le=1, description="... with this probability")
+    max_attempts: int = Field(10000, ge=1, description="rejected locations in a row after which training stops")
 
 
 class Elastic(_Section):

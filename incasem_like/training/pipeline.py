@@ -13,6 +13,7 @@ derived from (config seed, i, k), so the sequence of batches does not depend on 
 `--resume` replays exactly, and `data_workers` only changes the speed.
 """
 
+import logging
 import math
 import multiprocessing
 from collections import deque
@@ -26,6 +27,8 @@ from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate, Roi
 from incasem_like.training.config import CellVolumes, TrainConfig, open_cells
 from incasem_like.training.loss import loss_weights
+
+logger = logging.getLogger(__name__)
 
 RAW = gp.ArrayKey("RAW")
 LABELS = gp.ArrayKey("LABELS")
@@ -76,20 +79,38 @@ class Binarize(gp.BatchFilter):
 
 
 class Reject(gp.Reject):
-    """gunpowder's Reject (on a mask's mean), but every retry asks with the request's next seed.
+    """gunpowder's Reject (on a mask's mean), but every retry asks with the request's next seed, and it does not
+    wait silently: it warns after 100 and 1000 rejections in a row and gives up after `max_attempts`
+    (`sampling.max_attempts`), keeping the reason in `gave_up` (a `UserError` naming `what` was asked and
+    `fix`), which `BatchSource` raises.
 
     With seeded requests the original retries with the same seed, gets the same block back and waits forever.
     """
 
+    def __init__(self, mask, min_masked: float, what: str, fix: str, reject_probability=1.0, max_attempts=10000):
+        super().__init__(mask=mask, min_masked=min_masked, reject_probability=reject_probability)
+        self.what, self.fix, self.max_attempts = what, fix, max_attempts
+        self.gave_up: UserError | None = None
+
     def provide(self, request):
-        attempt = request
-        while True:
+        attempt, best = request, 0.0
+        for attempts in range(1, self.max_attempts + 1):
             batch = self.upstream_provider.request_batch(attempt)
-            if batch[self.mask].data.mean() > self.min_masked:
+            share = float(batch[self.mask].data.mean())
+            if share > self.min_masked:
                 return batch
             if np.random.default_rng(attempt.random_seed).random() >= self.reject_probability:
                 return batch
+            best = max(best, share)
+            if attempts in (100, 1000):
+                logger.warning("%s: %d samples rejected in a row (best %.3f, needs > %g)", self.what, attempts, best,
+                               self.min_masked)  # fmt: skip
             attempt = attempt.copy()  # a copy carries the next seed in the request's deterministic sequence
+        self.gave_up = UserError(
+            f"{self.what}: no acceptable sample in {self.max_attempts} random locations (at most {best:.3f} of a "
+            f"sample, needs more than {self.min_masked:g}); {self.fix}"
+        )
+        raise self.gave_up
 
 
 class GaussianNoise(gp.BatchFilter):
@@ -174,10 +195,21 @@ def cell_pipeline(cell: CellVolumes, config: TrainConfig, output_shape: Coordina
     sampling = config.sampling
     pipeline = tuple(sources) + gp.MergeProvider() + gp.RandomLocation()
     if sampling.max_outside_mask < 1:
-        pipeline += Reject(mask=MASK, min_masked=1 - sampling.max_outside_mask)
+        pipeline += Reject(
+            MASK,
+            1 - sampling.max_outside_mask,
+            f"{cell.key}: share of a sample inside the cell mask",
+            f"raise sampling.max_outside_mask or check {cell.key}'s mask and roi",
+            max_attempts=sampling.max_attempts,
+        )
     if sampling.min_foreground > 0 and sampling.reject_probability > 0:
         pipeline += Reject(
-            mask=LABELS, min_masked=sampling.min_foreground, reject_probability=sampling.reject_probability
+            LABELS,
+            sampling.min_foreground,
+            f"{cell.key}: foreground share of a sample",
+            f"lower sampling.min_foreground or sampling.reject_probability, or check {cell.key}'s labels",
+            reject_probability=sampling.reject_probability,
+            max_attempts=sampling.max_attempts,
         )
     return pipeline
 
@@ -295,7 +327,7 @@ class BatchSource:
         """Batch `iteration` of `stream`: raw, labels and weights stacked over its samples (N, z, y, x), and where
         its first sample was taken (for the snapshot)."""
         samples = [
-            self.pipeline.request_batch(
+            self._sample(
                 batch_request(self.config, self.voxel_size, batch_seed(self.config.seed, iteration, sample, stream))
             )
             for sample in range(self.config.batch_size)
@@ -309,8 +341,23 @@ class BatchSource:
             "labels_offset": tuple(samples[0][LABELS].spec.roi.offset),
         }
 
+    def _sample(self, request: gp.BatchRequest) -> gp.Batch:
+        try:
+            return self.pipeline.request_batch(request)
+        except gp.PipelineRequestError:
+            gave_up = [node.gave_up for node in _nodes(self.pipeline) if getattr(node, "gave_up", None)]
+            if gave_up:
+                raise gave_up[0] from None
+            raise
+
     def close(self) -> None:
         self._build.__exit__(None, None, None)
+
+
+def _nodes(pipeline: gp.Pipeline) -> list[gp.BatchProvider]:
+    nodes = []
+    pipeline.traverse(lambda part: nodes.append(part.output))
+    return nodes
 
 
 def cell_probabilities(cells: list[CellVolumes]) -> list[float]:

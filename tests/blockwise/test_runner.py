@@ -8,10 +8,17 @@ import psutil
 import pytest
 from scipy.ndimage import correlate
 
+from incasem_like.blockwise.launchers import LocalLauncher
 from incasem_like.blockwise.runner import RUN_DIR, run_stage
 from incasem_like.datasets import DatasetPath, create_dataset, dataset_meta, open_dataset, update_dataset_meta
 from incasem_like.errors import BlockwiseRunFailed, UserError
-from tests.stages import BoxSumStage, SlowBoxSumStage, start_in_own_session, wait_for_done_blocks
+from tests.stages import (
+    BoxSumStage,
+    SlowBoxSumStage,
+    ThreadReportStage,
+    start_in_own_session,
+    wait_for_done_blocks,
+)
 
 
 @pytest.fixture
@@ -43,6 +50,40 @@ def test_blocks_read_context_and_run_in_separate_worker_processes(source, tmp_pa
     assert summary["blocks_failed"] == summary["blocks_skipped"] == 0
     assert summary == {**json.loads((stage.output_path().group_path / RUN_DIR / "summary.json").read_text())}
     assert dataset_meta(stage.output_path())["complete"] is True
+
+
+def test_workers_share_the_cores_in_every_thread_pool(source, tmp_path):
+    """OpenMP, BLAS, torch and zarr's codec pool each get the worker's share of the cores, in any stage."""
+    path, _ = source
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    stage = ThreadReportStage(input=str(path), output=str(tmp_path / "c.zarr/sum"), report_dir=str(reports))
+
+    run_stage(stage, workers=2, progress=False)
+
+    share = LocalLauncher().worker_threads(2)
+    pools = [json.loads(report.read_text()) for report in reports.iterdir()]
+    assert len(pools) == 2
+    assert all(pool == {"omp": str(share), "blas": str(share), "zarr": share, "torch": share} for pool in pools)
+
+
+def test_a_run_locks_every_output_it_writes(source, tmp_path):
+    """A second run (even with overwrite) into any output of a running stage refuses and deletes nothing."""
+    path, data = source
+    first = SlowBoxSumStage(input=str(path), output=str(tmp_path / "cell.zarr/volumes/sum"), block=16)
+    job = start_in_own_session(first, seconds_per_block=0.5)
+    try:
+        wait_for_done_blocks(first, job, 1)
+        into_the_second = BoxSumStage(input=str(path), output=str(first.pid_path()))
+        with pytest.raises(UserError, match=f"^{first.pid_path()} is locked by another run"):
+            run_stage(into_the_second, overwrite=True, progress=False)
+        assert job.poll() is None, "the first run ended before the second started"
+    finally:
+        assert job.wait(timeout=120) == 0
+    result = open_dataset(first.output_path()).to_ndarray(open_dataset(path).roi)
+    np.testing.assert_array_equal(result, box_sum_reference(data, 1))
+    assert dataset_meta(first.pid_path())["complete"] is True
+    assert not (first.pid_path().group_path / RUN_DIR).exists()  # the lock went with the run
 
 
 def test_block_writes_are_chunk_aligned_and_disjoint(source, tmp_path):

@@ -35,7 +35,7 @@ from pydantic import field_validator
 
 from incasem_like.blockwise.launchers import Launcher
 from incasem_like.blockwise.runner import fingerprint, refuse_if_running, run_stage
-from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
+from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage, check_block
 from incasem_like.datasets import (
     DEFAULT_CHUNK,
     META_KEY,
@@ -195,11 +195,6 @@ def parse_int(text: str | int, option: str, minimum: int) -> int:
     return value
 
 
-def _check_block(block: int, chunk: int) -> None:
-    if chunk < 1 or block < 1 or block % chunk:
-        raise UserError(f"--block {block} must be a positive multiple of --chunk {chunk} (both in output voxels)")
-
-
 def _check_offset(path, offset: Coordinate, voxel_size: Coordinate, what: str) -> None:
     if offset % voxel_size != Coordinate((0,) * len(offset)):
         raise UserError(
@@ -220,7 +215,7 @@ class _DownsampleBlocks(BlockwiseStage):
         return 2
 
     def _layout(self, source_shape, source_voxel_size: Coordinate, offset: Coordinate) -> BlockLayout:
-        _check_block(self.block, self.chunk)
+        check_block(self.block, self.chunk, " (both in output voxels)")
         voxel_size = source_voxel_size * self.scale_factor
         return BlockLayout(
             total_write_roi=Roi(offset, Coordinate(output_shape(source_shape, self.scale_factor)) * voxel_size),

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from incasem_like.core.files import write_atomically
 from incasem_like.datasets import DatasetPath, Volume, dataset_meta, open_dataset
 from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate, Roi, roi_from_voxels, roi_to_voxels
@@ -301,12 +302,9 @@ def check_json_output(path: Path, overwrite: bool) -> None:
 
 
 def write_json(path: Path, result: dict) -> None:
-    """Write `result` to `path` atomically (a temporary file renamed into place)."""
-    partial_path = path.with_name(f".{path.name}.incomplete")
+    """Write `result` to `path` atomically (`write_atomically`)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial_path.write_text(json.dumps(result, indent=2) + "\n")
-        partial_path.replace(path)
+        write_atomically(path, json.dumps(result, indent=2) + "\n")
     except OSError as error:
         raise UserError(
             f"--json {path}: cannot write it ({error.strerror or error}: {error.filename}); choose a writable place"

@@ -19,11 +19,21 @@ import numpy as np
 import torch
 
 from incasem_like.datasets import Volume
+from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate, Roi
 from incasem_like.model import NetworkConfig, UNet3D
 
 #: input voxels per forward when variants are batched (several variants of a small tile share one forward)
 MAX_BATCH_INPUT_VOXELS = 2**24
+
+
+def select_device(name: str, option: str = "--device") -> str:
+    """`auto` -> `cuda` where torch sees a GPU, else `cpu`; `cuda` without one is a `UserError` naming `option`."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{option} cuda: torch sees no CUDA GPU; use {option} cpu (or auto)")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
 
 
 def raw_with_context(raw: Volume, roi: Roi, context: Coordinate) -> np.ndarray:

@@ -16,6 +16,7 @@ Defaults per organelle come from `configs/organelles/<name>.yaml` (see `organell
 
 import os
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ def config_dir_candidates() -> list[Path]:
     """Where the organelle configs are looked for, in order: $INCASEM_LIKE_CONFIGS/organelles; the repository's
     configs/organelles beside the package (source checkout, editable install); a copy inside the package
     (incasem_like/configs/organelles); the installation's share/incasem-like/configs/organelles."""
-    package = Path(__file__).resolve().parent
+    package = Path(str(files("incasem_like"))).resolve()
     candidates = [
         package.parent / "configs" / "organelles",
         package / "configs" / "organelles",

@@ -43,6 +43,7 @@ from pydantic import NonNegativeInt, PositiveInt
 from incasem_like.blockwise.launchers import Launcher
 from incasem_like.blockwise.runner import fingerprint, refuse_if_running, run_stage
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
+from incasem_like.core.files import write_atomically
 from incasem_like.datasets import META_KEY, DatasetPath, dataset_meta, update_dataset_meta
 from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate, Roi
@@ -52,7 +53,6 @@ from incasem_like.objects import (
     load_object_table,
     object_mesh,
     save_npz,
-    write_atomically,
 )
 
 Format = Literal["neuroglancer", "ply", "obj"]

@@ -36,7 +36,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -54,7 +53,8 @@ from skimage.measure import marching_cubes
 from incasem_like import __version__
 from incasem_like.blockwise.launchers import Launcher
 from incasem_like.blockwise.runner import refuse_if_running, run_stage
-from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
+from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage, check_block
+from incasem_like.core.files import atomic_file, write_atomically
 from incasem_like.datasets import (
     DEFAULT_CHUNK,
     META_KEY,
@@ -220,10 +220,8 @@ def boundary(local: np.ndarray) -> dict[str, np.ndarray]:
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write an .npz atomically: readers see the old file or the complete new one."""
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as file:
+    with atomic_file(path) as file:
         np.savez_compressed(file, **arrays)
-    os.replace(partial, path)
 
 
 # --- the object table --------------------------------------------------------------------------------------------
@@ -402,8 +400,7 @@ class ObjectsStep(BlockwiseStage):
         return self.results_dir(step) / ("b_" + "_".join(map(str, index)) + ".npz")
 
     def layout(self) -> BlockLayout:
-        if self.block < 1 or self.chunk < 1 or self.block % self.chunk:
-            raise UserError(f"--block {self.block} must be a positive multiple of --chunk {self.chunk}")
+        check_block(self.block, self.chunk)
         segmentation = open_segmentation(self.segmentation)
         voxel_size = segmentation.voxel_size
         return BlockLayout(
@@ -633,14 +630,6 @@ def remove_scratch(config: ObjectsStep) -> None:
     for step in STEPS:
         shutil.rmtree(config.scratch(step.step).group_path, ignore_errors=True)
     (config.scratch_root() / MERGE_FILE).unlink(missing_ok=True)
-
-
-def write_atomically(path: Path, data: str | bytes) -> None:
-    """Write a file so that readers see the old file or the complete new one (creating its folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(partial, path)
 
 
 def find_objects(

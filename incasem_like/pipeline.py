@@ -14,15 +14,16 @@ from an earlier stage. Then each stage in order is
 - not requested: a variable its `when_set` lists is unset, or it uses the output of a stage not requested;
 - skipped: its outputs exist and are complete (datasets by their `complete` mark; files and folders, written
   atomically, by existing; training runs and mesh folders by their summary.json);
-- run: otherwise; and also when `--force` names it, when its options changed since the pipeline last ran it, or
-  when a stage that writes one of its inputs runs. Then its existing outputs are replaced (`--overwrite`);
-  incomplete outputs of an unchanged stage are resumed by the command itself.
-Each stage run is recorded (command line, options, outputs) in `.incasem_like/stages/` of the working directory.
+- run: otherwise; and also when `--force` names it, when its options differ from those an output records (or it
+  records none: it was not written by this stage of a pipeline), or when a stage that writes one of its inputs
+  runs. Then its existing outputs are replaced (`--overwrite`); incomplete outputs of an unchanged stage are
+  resumed by the command itself.
+Each stage run is recorded (command line, options) with each of its outputs: in a dataset's metadata, beside a file
+or folder as `.NAME.incasem_stage.json`; so the check holds wherever the pipeline is run from.
 """
 
 import argparse
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -38,13 +39,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from incasem_like.config_files import read_yaml_mapping
-from incasem_like.datasets import DatasetPath, is_complete
+from incasem_like.core.files import write_atomically
+from incasem_like.datasets import DatasetPath, dataset_meta, is_complete, update_dataset_meta
 from incasem_like.errors import BlockwiseRunFailed, UserError, describe_validation_error
 
 NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 BUILTIN = "pipeline_dir"
 REFERENCE = re.compile(r"\$\{([^}]*)\}")
-RECORDS = Path(".incasem_like") / "stages"
+#: the key of a dataset's metadata, and the suffix of the file beside any other output, holding its stage record
+RECORD = "incasem_stage"
 #: options that change how a command runs, not what it writes: a change does not make a stage rerun
 UNCOMPARED = {
     "run",
@@ -536,7 +539,7 @@ def plan(pipeline: Pipeline, force: Sequence[str] = (), quiet: bool = False) -> 
         elif not all(output.complete() for output in outputs):
             reason = "resuming (incomplete)"
         elif changed := _changed(stage):
-            reason, replace = f"running again (options changed: {changed})", True
+            reason, replace = f"running again ({changed})", True
         else:
             steps.append(Step(stage, "skip", "skipped (complete)"))
             written += [Path(output.path).resolve() for output in outputs]
@@ -568,37 +571,52 @@ def _rerun_options(stage: Stage, replace: bool) -> list[str]:
     return ["--overwrite"] if replace else []
 
 
-def _record_path(stage: Stage) -> Path:
-    outputs = sorted(str(Path(output.path).resolve()) for output in stage.io.outputs)
-    return RECORDS / f"{hashlib.sha256(json.dumps(outputs).encode()).hexdigest()[:16]}.json"
+def _record_file(output: Output) -> Path:
+    """Where the stage record of a file or folder output lives: beside it."""
+    path = Path(output.path)
+    return path.with_name(f".{path.name}.{RECORD}.json")
+
+
+def _read_record(output: Output) -> dict | None:
+    """The record of the stage that wrote `output`, kept with it (None if it has none)."""
+    if output.dataset:
+        return dataset_meta(DatasetPath.parse(output.path)).get(RECORD)
+    path = _record_file(output)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _changed(stage: Stage) -> str | None:
-    """The options that differ from the pipeline's last run of this stage (None if unchanged or never run)."""
-    path = _record_path(stage)
-    if not path.is_file():
-        return None
-    before, now = json.loads(path.read_text())["options"], stage.options()
-    differences = [f"{key} {before[key]!r} -> {now[key]!r}" for key in before if key in now and before[key] != now[key]]
-    if not differences:
-        return None
-    return ", ".join(differences[:3]) + (f" and {len(differences) - 3} more" if len(differences) > 3 else "")
+    """Why the stage's complete outputs are stale: options that differ from those an output records, or an output
+    that records none (None if every output was written by these options)."""
+    now = stage.options()
+    for output in stage.io.outputs:
+        record = _read_record(output)
+        if record is None:
+            return f"{output.path} records no pipeline stage that wrote it"
+        before = record["options"]
+        differences = [
+            f"{key} {before[key]!r} -> {now[key]!r}" for key in before if key in now and before[key] != now[key]
+        ]
+        if differences:
+            more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+            return "options changed: " + ", ".join(differences[:3]) + more
+    return None
 
 
 def _write_record(pipeline: Pipeline, stage: Stage, extra: list[str]) -> None:
-    path = _record_path(stage)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Record the stage's run (pipeline, command line, options) with each of its outputs."""
     record = {
         "pipeline": str(pipeline.path),
         "stage": stage.name,
         "command": stage.command_line(extra),
-        "outputs": [output.path for output in stage.io.outputs],
         "options": stage.options(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(record, indent=2) + "\n")
-    partial.replace(path)
+    for output in stage.io.outputs:
+        if output.dataset:
+            update_dataset_meta(DatasetPath.parse(output.path), **{RECORD: record})
+        else:
+            write_atomically(_record_file(output), json.dumps(record, indent=2) + "\n")
 
 
 # --- running -----------------------------------------------------------------------------------------------------

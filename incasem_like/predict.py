@@ -34,7 +34,7 @@ import torch
 from daisy import Block, Context
 from pydantic import field_validator, model_validator
 
-from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
+from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage, check_block
 from incasem_like.blockwise.volume_stage import requested_roi
 from incasem_like.datasets import (
     DEFAULT_CHUNK,
@@ -46,7 +46,7 @@ from incasem_like.datasets import (
 )
 from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate, Roi
-from incasem_like.inference import TtaMode, normalize, predict_region, raw_with_context, tta_variants
+from incasem_like.inference import TtaMode, normalize, predict_region, raw_with_context, select_device, tta_variants
 from incasem_like.model import NetworkConfig, Triple, inference_model
 from incasem_like.threshold import CleanUp, Threshold, ThresholdStage, segment
 from incasem_like.training.checkpoints import file_digest, load_checkpoint, model_from_checkpoint
@@ -56,15 +56,6 @@ logger = logging.getLogger(__name__)
 PROBABILITIES = "probabilities"
 SEGMENTATION = "segmentation"
 RAW_DTYPES = ("uint8", "uint16")
-
-
-def select_device(name: str) -> str:
-    """`auto` -> `cuda` where torch sees a GPU, else `cpu`; `cuda` without one is an error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: torch sees no CUDA GPU; use --device cpu (or auto)")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def default_precision(device: str) -> str:
@@ -196,8 +187,7 @@ class PredictStage(BlockwiseStage):
         logger.warning("%s; predictions may be poor", message)
 
     def layout(self) -> BlockLayout:
-        if self.block < 1 or self.chunk < 1 or self.block % self.chunk:
-            raise UserError(f"--block {self.block} must be a positive multiple of --chunk {self.chunk}")
+        check_block(self.block, self.chunk)
         model, state = model_from_checkpoint(self.checkpoint)
         _, _, context = self.pass_shapes(model)
         raw = self.open_raw()

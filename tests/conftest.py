@@ -12,6 +12,8 @@ from incasem_like.datasets import DatasetPath, create_dataset, open_dataset, upd
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("INCASEM_SHARED_DATA", REPO.parent / "shared" / "data"))
+# worker processes rebuild the test stages (`tests.stages`) from their module names: they import from the repository
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
 @pytest.hookimpl(trylast=True)  # after `-m` has deselected what will not run

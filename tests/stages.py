@@ -30,7 +30,8 @@ class BoxSumStage(BlockwiseStage):
     """Sum of the input over a (2r+1)^3 box (zero outside the data) and the writing worker's pid per voxel.
 
     The sum needs `r` voxels of context on each side, so a wrong read ROI shows up as a seam. Blocks whose
-    write ROI contains `fail_at` (a world coordinate) raise while the file `fail_while` exists.
+    write ROI contains `fail_at` (a world coordinate), or every block with `fail_all`, raise while the file
+    `fail_while` exists.
     """
 
     task_name = "box_sum"
@@ -41,6 +42,7 @@ class BoxSumStage(BlockwiseStage):
     block: int = 8
     chunk: int = 8
     fail_at: tuple[int, int, int] | None = None
+    fail_all: bool = False
     fail_while: str | None = None
 
     def output_path(self) -> DatasetPath:
@@ -69,7 +71,8 @@ class BoxSumStage(BlockwiseStage):
         pids = open_dataset(self.pid_path(), mode="r+", require_complete=False)
 
         def process(block: Block) -> None:
-            if self.fail_at and block.write_roi.contains(Coordinate(self.fail_at)) and Path(self.fail_while).exists():
+            failing = self.fail_all or (self.fail_at and block.write_roi.contains(Coordinate(self.fail_at)))
+            if failing and Path(self.fail_while).exists():
                 raise ValueError(f"injected failure in {block.write_roi}")
             data = source.to_ndarray(block.read_roi, fill_value=0).astype(np.int32)
             summed = correlate(data, np.ones((2 * self.radius + 1,) * 3, dtype=np.int32), mode="constant")

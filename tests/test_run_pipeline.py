@@ -222,6 +222,36 @@ def test_changed_options_rerun_the_stage_and_the_stages_reading_its_output(small
     assert files(Path("c.zarr/volumes/raw")) == raw_files  # a dry run runs nothing
 
 
+def test_outputs_record_their_options_so_any_working_directory_sees_a_change(small, tmp_path, monkeypatch, capsys):
+    anywhere = yaml.safe_dump(SMALL, sort_keys=False).replace("c.zarr", "${pipeline_dir}/c.zarr")
+    small.write_text(anywhere.replace("out_dir: slices", "out_dir: ${pipeline_dir}/slices"))
+    tiffs = f"tiffs={tmp_path / 'tiffs'}"
+    assert run_in_process(capsys, small, "--set", tiffs)[0] == 0
+    first = read_dataset(tmp_path / "c.zarr/volumes/raw_clahe")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # none of the first run's working directory comes along
+    code, out, _ = run_in_process(capsys, small, "--set", tiffs, "--set", "kernel=16")
+    assert code == 0
+    assert "[2/3] clahe: running again (options changed: kernel 8 -> 16)" in out
+    assert [status for status, _ in summary(out).values()] == ["skipped", "ran", "ran"]
+    assert not np.array_equal(read_dataset(tmp_path / "c.zarr/volumes/raw_clahe"), first)
+    assert [
+        status for status, _ in summary(run_in_process(capsys, small, "--set", tiffs, "--set", "kernel=16")[1]).values()
+    ] == ["skipped"] * 3
+
+    update_dataset_meta(DatasetPath.parse(tmp_path / "c.zarr/volumes/raw_clahe"), incasem_stage=None)
+    (tmp_path / ".slices.incasem_stage.json").unlink()
+    code, out, _ = run_in_process(capsys, small, "--set", tiffs, "--set", "kernel=16")
+    assert code == 0
+    assert (
+        f"[2/3] clahe: running again ({tmp_path}/c.zarr/volumes/raw_clahe records no pipeline stage that wrote it)"
+        in out
+    )
+    assert [status for status, _ in summary(out).values()] == ["skipped", "ran", "ran"]
+
+
 def test_stages_not_requested_and_the_stages_using_their_output(small, capsys):
     optional = {**SMALL["stages"][1], "when_set": ["enhance"]}
     content = {**SMALL, "variables": {**SMALL["variables"], "enhance": None}, "stages": [SMALL["stages"][0], optional]}

@@ -33,6 +33,8 @@ NUMERIC_THREADS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREA
 DEFAULT_MAX_RESTARTS = 10
 #: how often a waiting submission checks that the scheduler still listens
 SCHEDULER_CHECK_SECONDS = 5.0
+#: in a run's folder: written by the worker that stopped the run on a repeated error (see `worker.py`)
+STOP_FILE = "stopped.json"
 #: SLURM runs a script, not a program: this one runs its arguments as they are (no shell parses them)
 SLURM_JOB_SCRIPT = '#!/bin/sh\nexec "$@"\n'
 
@@ -232,7 +234,8 @@ def worker_command(spec_path: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class WorkerSpawner:
-    """daisy's worker function: starts one worker through the launcher and waits for it.
+    """daisy's worker function: starts one worker through the launcher and waits for it; once the run stopped
+    (`stop_file` exists) it fails at once instead, so daisy uses up its replacements and gives the run up.
 
     daisy runs it in a process of its own; it lives in this light module so that process starts fast.
     """
@@ -242,8 +245,11 @@ class WorkerSpawner:
     command: tuple[str, ...]
     log_dir: Path
     threads: int
+    stop_file: Path
 
     def __call__(self, *, context) -> None:
+        if self.stop_file.exists():
+            raise RuntimeError(f"the run stopped ({self.stop_file}): no worker started")
         threads = {name: str(self.threads) for name in (WORKER_THREADS_ENV, *NUMERIC_THREADS_ENV)}
         env = {"DAISY_CONTEXT": context.to_env(), **threads}
         scheduler = (context["hostname"], int(context["port"]))

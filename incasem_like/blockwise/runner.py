@@ -14,7 +14,6 @@ Guarantees every stage inherits from here:
 
 import hashlib
 import json
-import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,7 +23,7 @@ import daisy.v2 as daisy_v2
 from funlib.geometry import Roi
 
 from incasem_like import __version__
-from incasem_like.blockwise.launchers import Launcher, LocalLauncher, WorkerSpawner, worker_command
+from incasem_like.blockwise.launchers import STOP_FILE, Launcher, LocalLauncher, WorkerSpawner, worker_command
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
 from incasem_like.datasets import RUN_DIR, DatasetPath, dataset_meta, is_complete, update_dataset_meta
 from incasem_like.errors import BlockwiseRunFailed, UserError
@@ -120,12 +119,10 @@ def refuse_if_running(output: DatasetPath, subject: str) -> None:
 
 def _run(stage, layout, outputs, run_dir, run_id, workers, launcher, max_retries, block_timeout, progress) -> dict:
     """Process the blocks not yet done on daisy workers, write the summary and mark the outputs complete."""
-    spec = {
-        "stage": f"{type(stage).__module__}:{type(stage).__qualname__}",
-        "config": stage.model_dump(mode="json"),
-        "sys_path": [entry for entry in sys.path if entry],
-    }
+    spec = {"stage": f"{type(stage).__module__}:{type(stage).__qualname__}", "config": stage.model_dump(mode="json")}
     (run_dir / "spec.json").write_text(json.dumps(spec, indent=2))
+    stop_file = run_dir / STOP_FILE
+    stop_file.unlink(missing_ok=True)  # an earlier run's: this one tries again
 
     daisy.logging.set_log_basedir(run_dir / "logs")
     task = daisy_v2.Task(
@@ -139,6 +136,7 @@ def _run(stage, layout, outputs, run_dir, run_id, workers, launcher, max_retries
             tuple(worker_command(run_dir / "spec.json")),
             run_dir / "logs" / "jobs",
             launcher.worker_threads(workers),
+            stop_file,
         ),
         read_write_conflict=False,
         fit="shrink",
@@ -154,6 +152,9 @@ def _run(stage, layout, outputs, run_dir, run_id, workers, launcher, max_retries
     seconds = time.perf_counter() - start
 
     summary = _summarize(stage, layout, outputs[0], run_id, workers, seconds, task, states[stage.task_name])
+    if stop_file.exists():
+        stop = json.loads(stop_file.read_text())
+        summary["stopped"] = f"stopped once blocks {stop['blocks']} had failed with the same error: {stop['error']}"
     complete = summary["blocks_failed"] == 0 and summary["stopped"] is None and summary["blocks_pending"] == 0
     summary["complete"] = complete
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

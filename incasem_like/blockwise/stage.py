@@ -19,6 +19,12 @@ from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate, Roi
 
 
+def check_block(block: int, chunk: int, unit: str = "") -> None:
+    """`UserError` unless the --block edge is a positive multiple of the --chunk edge (both in voxels of `unit`)."""
+    if block < 1 or chunk < 1 or block % chunk:
+        raise UserError(f"--block {block} must be a positive multiple of --chunk {chunk}{unit}")
+
+
 @dataclass(frozen=True)
 class BlockLayout:
     """How a stage cuts its output into blocks (all in nm).

@@ -11,7 +11,7 @@ from typing import ClassVar
 import numpy as np
 from daisy import Block
 
-from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
+from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage, check_block
 from incasem_like.datasets import DEFAULT_CHUNK, DatasetPath, Volume, create_dataset, open_dataset
 from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate, Roi, roi_from_voxels
@@ -79,8 +79,7 @@ class VolumeStage(BlockwiseStage):
         return source
 
     def layout(self) -> BlockLayout:
-        if self.block < 1 or self.chunk < 1 or self.block % self.chunk:
-            raise UserError(f"--block {self.block} must be a positive multiple of --chunk {self.chunk}")
+        check_block(self.block, self.chunk)
         source = self.open_input()
         voxel_size = source.voxel_size
         return BlockLayout(

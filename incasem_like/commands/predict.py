@@ -122,12 +122,12 @@ def run(args: argparse.Namespace) -> None:
     from incasem_like.blockwise.launchers import LocalLauncher
     from incasem_like.commands import launcher_from_args, run_and_report
     from incasem_like.errors import UserError
+    from incasem_like.inference import select_device
     from incasem_like.predict import (
         PredictStage,
         default_precision,
         prediction_stages,
         recommended_settings,
-        select_device,
     )
     from incasem_like.training.checkpoints import resolve_checkpoint
 

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 import pickle
 import re
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
+from incasem_like.core.files import atomic_file
 from incasem_like.errors import UserError
 from incasem_like.model import NetworkConfig, UNet3D
 from incasem_like.models import checkpoint_location
@@ -51,19 +51,9 @@ def save_checkpoint(
 
 
 def _save_atomically(state: dict, path: Path) -> None:
-    """Write a temporary file, flush it to disk, then rename it into place (and flush the folder's entry): a crash
-    or kill at any moment leaves the previous file or the complete new one, never a partial one, under `path`."""
-    temporary = path.with_suffix(path.suffix + ".partial")
-    with open(temporary, "wb") as file:
+    """`torch.save` through `atomic_file`: a crash or kill leaves the previous checkpoint or the new one."""
+    with atomic_file(path) as file:
         torch.save(state, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def export_weights(

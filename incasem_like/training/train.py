@@ -9,7 +9,6 @@ metric on these ROIs, so a figure reported for them is optimistic: report on dat
 
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,10 +19,11 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from incasem_like.core.files import write_atomically
 from incasem_like.datasets import RUN_DIR, DatasetPath, create_dataset, recorded_preprocessing, update_dataset_meta
 from incasem_like.errors import UserError
 from incasem_like.geometry import Coordinate
-from incasem_like.inference import autocast, normalize, predict_region, probabilities, raw_with_context
+from incasem_like.inference import autocast, normalize, predict_region, probabilities, raw_with_context, select_device
 from incasem_like.metrics import EXCLUSION_ZONE, overlap_scores, threshold_counts, value_histograms
 from incasem_like.model import UNet3D, inference_model
 from incasem_like.run_lock import LOCK, RunLock, remove_all_but_lock
@@ -45,17 +45,7 @@ HISTORY = "history.json"
 
 def _write_json(path: Path, content) -> None:
     """Replace a JSON file atomically: readers (TensorBoard users, scripts) never see half of it."""
-    temporary = path.with_suffix(".json.partial")
-    temporary.write_text(json.dumps(content, indent=1))
-    os.replace(temporary, path)
-
-
-def select_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device: cuda was asked for, but torch sees no CUDA GPU; use device: auto or cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    write_atomically(path, json.dumps(content, indent=1))
 
 
 def uses_bf16(device: torch.device) -> bool:
@@ -161,7 +151,7 @@ class Run:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.dir = Path(config.run_dir)
-        self.device = select_device(config.device)
+        self.device = torch.device(select_device(config.device, "device:"))
         self.bf16 = uses_bf16(self.device)
         self.training, validation = open_cells(config)
         check_trainable(config, self.training)

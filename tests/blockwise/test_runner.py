@@ -10,6 +10,7 @@ from scipy.ndimage import correlate
 
 from incasem_like.blockwise.launchers import LocalLauncher
 from incasem_like.blockwise.runner import RUN_DIR, run_stage
+from incasem_like.blockwise.worker import SAME_ERROR_BLOCKS
 from incasem_like.datasets import DatasetPath, create_dataset, dataset_meta, open_dataset, update_dataset_meta
 from incasem_like.errors import BlockwiseRunFailed, UserError
 from tests.stages import (
@@ -123,6 +124,30 @@ def test_failed_block_fails_the_run_and_a_rerun_redoes_only_it(source, tmp_path)
     marker.unlink()
     summary = run_stage(stage, workers=2, progress=False)
     assert (summary["blocks_processed"], summary["blocks_skipped"]) == (1, 59)
+    np.testing.assert_array_equal(open_dataset(stage.output_path())[open_dataset(path).roi], box_sum_reference(data, 1))
+
+
+def test_the_same_error_on_several_blocks_stops_the_run_naming_it(source, tmp_path):
+    path, data = source
+    marker = tmp_path / "break"
+    marker.touch()
+    stage = BoxSumStage(
+        input=str(path), output=str(tmp_path / "cell.zarr/volumes/sum"), fail_all=True, fail_while=str(marker)
+    )
+
+    with pytest.raises(BlockwiseRunFailed) as failure:
+        run_stage(stage, workers=2, progress=False)
+
+    message = str(failure.value)
+    assert "had failed with the same error: ValueError: injected failure in" in message, message
+    summary = json.loads((stage.output_path().group_path / RUN_DIR / "summary.json").read_text())
+    # a deterministic bug is not retried on every block: the 60 blocks with 3 tries each would all have failed
+    assert summary["blocks_failed"] <= 2 * SAME_ERROR_BLOCKS and summary["blocks_pending"] >= 50, summary
+    assert dataset_meta(stage.output_path())["complete"] is False
+
+    marker.unlink()  # the bug fixed, the same command runs the blocks again
+    summary = run_stage(stage, workers=2, progress=False)
+    assert summary["blocks_processed"] + summary["blocks_skipped"] == 60
     np.testing.assert_array_equal(open_dataset(stage.output_path())[open_dataset(path).roi], box_sum_reference(data, 1))
 
 

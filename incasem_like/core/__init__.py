@@ -1,0 +1,1 @@
+"""What every layer uses: file writing that survives crashes."""

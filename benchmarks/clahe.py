@@ -108,7 +108,7 @@ def mirrored(length: int, size: int) -> np.ndarray:
 
 def write_volume(stack: np.ndarray, edge: int, path, npy: Path | None) -> dict:
     """Write the mirrored/cropped cube slab by slab as a complete dataset (and optionally as .npy)."""
-    from incasem_like.datasets import create_dataset, update_dataset_meta
+    from incasem_like.store.datasets import create_dataset, update_dataset_meta
 
     z, y, x = (mirrored(edge, size) for size in stack.shape)
     dataset = create_dataset(path, (edge,) * 3, VOXEL_SIZE, (0, 0, 0), np.uint8, (CHUNK,) * 3)
@@ -237,7 +237,7 @@ def time_ours(source, output: Path, block: int, workers: int) -> dict:
 
 def check_correctness(source, output: Path, expected: Path, intensity_range: tuple[int, int]) -> dict:
     """Our output with the volume's own intensity range vs img_as_ubyte of one skimage call."""
-    from incasem_like.datasets import open_dataset
+    from incasem_like.store.datasets import open_dataset
 
     fresh(output)
     command = clahe_command(source, output, CORRECTNESS_BLOCK, 2, intensity_range)
@@ -263,7 +263,7 @@ def per_voxel_ns(seconds: float, voxels: int) -> float:
 
 
 def benchmark_case(stack: np.ndarray, edge: int, workdir: Path, args) -> dict:
-    from incasem_like.datasets import DatasetPath
+    from incasem_like.store.datasets import DatasetPath
 
     name = f"{edge}x{edge}x{edge}"
     voxels = edge**3
@@ -368,7 +368,7 @@ def ceiling_child(kind: str, npy: Path) -> None:
         start = time.perf_counter()
         equalize_adapthist(volume, kernel_size=KERNEL, clip_limit=CLIP, nbins=BINS)
     else:
-        from incasem_like.clahe import clahe_block
+        from incasem_like.stages.clahe import clahe_block
 
         start = time.perf_counter()
         clahe_block(volume, (0, 0, 0), (0, 0, 0), volume.shape, volume.shape, (KERNEL,) * 3, CLIP, BINS)
@@ -433,7 +433,7 @@ def skimage_scaling(cases: dict) -> dict:
 
 def skimage_padded_voxels(shape: list[int]) -> int:
     """Voxels skimage works on: it pads every axis by half a kernel and up to the next whole tile."""
-    from incasem_like.clahe import padded_index
+    from incasem_like.stages.clahe import padded_index
 
     return math.prod(len(padded_index(size, KERNEL)) for size in shape)
 

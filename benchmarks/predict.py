@@ -13,7 +13,7 @@ Medians of `--repeats` runs; the ratio ours/plain is quoted from the same run. (
 segmentation: benchmarks/bf16.py.)
 
     python benchmarks/predict.py [--shape 128 384 384] [--networks bundled asem] [--tta] [--repeats 3]
-    git show 9337fcb:incasem_like/models/mito_lucchi_cpu.pt > /tmp/previous.pt
+    git show 9337fcb:incasem_like/nn/models/mito_lucchi_cpu.pt > /tmp/previous.pt
     python benchmarks/predict.py --networks bundled previous=/tmp/previous.pt --tta
 """
 
@@ -34,18 +34,18 @@ import zarr
 sys.path.insert(0, str(Path(__file__).parent))
 from convert import Meter, machine, source_digest, wait_for_quiet, write_result  # noqa: E402  (shared helpers)
 
-from incasem_like.datasets import (  # noqa: E402
+from incasem_like.nn.checkpoints import model_from_checkpoint, save_checkpoint  # noqa: E402
+from incasem_like.nn.inference import normalize, predict_region  # noqa: E402
+from incasem_like.nn.model import NetworkConfig, UNet3D, inference_model  # noqa: E402
+from incasem_like.nn.models import bundled_model  # noqa: E402
+from incasem_like.store.datasets import (  # noqa: E402
     DatasetPath,
     create_dataset,
     dataset_meta,
     open_dataset,
     update_dataset_meta,
 )
-from incasem_like.demo import SAMPLE  # noqa: E402
-from incasem_like.inference import normalize, predict_region  # noqa: E402
-from incasem_like.model import NetworkConfig, UNet3D, inference_model  # noqa: E402
-from incasem_like.models import bundled_model  # noqa: E402
-from incasem_like.training.checkpoints import model_from_checkpoint, save_checkpoint  # noqa: E402
+from incasem_like.workflow.demo import SAMPLE  # noqa: E402
 
 
 def sample_volume(shape: tuple[int, int, int]) -> np.ndarray:

@@ -34,10 +34,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from convert import machine, source_digest  # noqa: E402  (shared helpers)
 
-from incasem_like.model import NetworkConfig  # noqa: E402
-from incasem_like.models import bundled_model  # noqa: E402
-from incasem_like.predict import default_step  # noqa: E402
-from incasem_like.training.checkpoints import export_weights, load_checkpoint  # noqa: E402
+from incasem_like.nn.checkpoints import export_weights, load_checkpoint  # noqa: E402
+from incasem_like.nn.model import NetworkConfig  # noqa: E402
+from incasem_like.nn.models import bundled_model  # noqa: E402
+from incasem_like.stages.predict import default_step  # noqa: E402
 from incasem_like.training.config import load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

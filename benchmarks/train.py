@@ -31,7 +31,7 @@ LUCCHI = Path(__file__).resolve().parents[2] / "shared" / "data" / "lucchi_pp_tr
 def prepare(data: Path, workdir: Path) -> Path:
     """Raw and mito labels of the Lucchi slices as zarr (raw stands in for CLAHE: the cost is the same)."""
     from incasem_like.blockwise.runner import run_stage
-    from incasem_like.convert import ConvertStage
+    from incasem_like.stages.convert import ConvertStage
 
     container = workdir / "lucchi.zarr"
     for folder, name, mode in (("raw", "volumes/raw", "image"), ("mito", "volumes/labels/mito", "binary_labels")):
@@ -43,7 +43,7 @@ def prepare(data: Path, workdir: Path) -> Path:
 
 
 def time_training(config_path: Path, container: Path, workdir: Path, workers: int, args) -> dict:
-    from incasem_like.run_lock import RunLock
+    from incasem_like.blockwise.lock import RunLock
     from incasem_like.training.config import load_config
     from incasem_like.training.train import Run
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make the bundled mito model the way incasem_like/models/mito_lucchi_cpu.pt was made: prepare the Lucchi++
+# Make the bundled mito model the way incasem_like/nn/models/mito_lucchi_cpu.pt was made: prepare the Lucchi++
 # FIB-SEM volume (raw + mitochondria TIFF slices), train configs/training/lucchi_mito_cpu.yaml within its time
 # budget (rerun the script to resume a run that was stopped: the budget counts every invocation), choose the
 # checkpoint, threshold and clean-up on slices 125-144 (without test-time augmentation: on a CPU it costs 14x the

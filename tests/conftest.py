@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from incasem_like.datasets import DatasetPath, create_dataset, open_dataset, update_dataset_meta
+from incasem_like.store.datasets import DatasetPath, create_dataset, open_dataset, update_dataset_meta
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("INCASEM_SHARED_DATA", REPO.parent / "shared" / "data"))
-# worker processes rebuild the test stages (`tests.stages`) from their module names: they import from the repository
+# worker processes rebuild the test stages (`tests.toy_stages`) from their module names: they import from the repository
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
@@ -47,7 +47,7 @@ def run_cli(*args, cwd: Path | None = None, timeout: float = 300) -> subprocess.
 
 def run_cli_in_process(capsys, *args, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The CLI's `main` in this process, for input it refuses before starting workers (saves a start-up each)."""
-    from incasem_like.cli import main
+    from incasem_like.cli.main import main
 
     capsys.readouterr()
     with contextlib.chdir(cwd or Path.cwd()):

@@ -1,7 +1,7 @@
 """A slow objects step for the resume tests, imported by worker processes."""
 
-from incasem_like.objects import FragmentsStage
-from tests.stages import SlowBlocks
+from incasem_like.stages.objects import FragmentsStage
+from tests.toy_stages import SlowBlocks
 
 
 class SlowFragmentsStage(SlowBlocks, FragmentsStage):

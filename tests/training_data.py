@@ -6,7 +6,7 @@ import numpy as np
 import tifffile
 import yaml
 
-from incasem_like.demo import SAMPLE
+from incasem_like.workflow.demo import SAMPLE
 from tests.conftest import write_dataset
 
 #: a tiny U-Net: one downsampling, 4 feature maps; input 28 -> output 10 (context 9)

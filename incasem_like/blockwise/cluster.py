@@ -24,8 +24,8 @@ from incasem_like.blockwise.launchers import (
     LsfLauncher,
     SlurmLauncher,
 )
-from incasem_like.config_files import read_yaml_mapping
-from incasem_like.errors import UserError
+from incasem_like.core.config_files import read_yaml_mapping
+from incasem_like.core.errors import UserError
 
 SUBMIT_PROGRAMS = {"slurm": "sbatch", "lsf": "bsub"}
 #: settings that only cluster jobs have

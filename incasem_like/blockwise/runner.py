@@ -8,7 +8,7 @@ Guarantees every stage inherits from here:
 - failed blocks are retried; if any still fail the run raises `BlockwiseRunFailed` naming them and the first
   error, and the output stays marked incomplete;
 - one run at a time writes an output: a run locks every output it writes (`<dataset>/.incasem_run/lock`; see
-  `incasem_like.run_lock`), and a second run on any of them refuses, naming the holder;
+  `incasem_like.blockwise.lock`), and a second run on any of them refuses, naming the holder;
 - a JSON summary of the run is written beside the progress.
 """
 
@@ -24,10 +24,10 @@ from funlib.geometry import Roi
 
 from incasem_like import __version__
 from incasem_like.blockwise.launchers import STOP_FILE, Launcher, LocalLauncher, WorkerSpawner, worker_command
+from incasem_like.blockwise.lock import LOCK, RunLock, refuse_if_locked, remove_all_but_lock
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
-from incasem_like.datasets import RUN_DIR, DatasetPath, dataset_meta, is_complete, update_dataset_meta
-from incasem_like.errors import BlockwiseRunFailed, UserError
-from incasem_like.run_lock import LOCK, RunLock, refuse_if_locked, remove_all_but_lock
+from incasem_like.core.errors import BlockwiseRunFailed, UserError
+from incasem_like.store.datasets import RUN_DIR, DatasetPath, dataset_meta, is_complete, update_dataset_meta
 
 #: bump when the meaning of the tracking store or the block layout changes
 RUN_FORMAT = 1

@@ -14,9 +14,9 @@ from typing import ClassVar
 from daisy import Block
 from pydantic import BaseModel, ConfigDict
 
-from incasem_like.datasets import DatasetPath
-from incasem_like.errors import UserError
-from incasem_like.geometry import Coordinate, Roi
+from incasem_like.core.errors import UserError
+from incasem_like.core.geometry import Coordinate, Roi
+from incasem_like.store.datasets import DatasetPath
 
 
 def check_block(block: int, chunk: int, unit: str = "") -> None:

@@ -12,9 +12,9 @@ import numpy as np
 from daisy import Block
 
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage, check_block
-from incasem_like.datasets import DEFAULT_CHUNK, DatasetPath, Volume, create_dataset, open_dataset
-from incasem_like.errors import UserError
-from incasem_like.geometry import Coordinate, Roi, roi_from_voxels
+from incasem_like.core.errors import UserError
+from incasem_like.core.geometry import Coordinate, Roi, roi_from_voxels
+from incasem_like.store.datasets import DEFAULT_CHUNK, DatasetPath, Volume, create_dataset, open_dataset
 
 DEFAULT_BLOCK = 256
 

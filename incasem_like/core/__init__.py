@@ -1,1 +1,1 @@
-"""What every layer uses: file writing that survives crashes."""
+"""What every layer uses: errors with one formatter, geometry, config files, crash-safe file writes."""

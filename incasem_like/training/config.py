@@ -10,11 +10,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from incasem_like.config_files import read_yaml_mapping
-from incasem_like.datasets import DatasetPath, Volume, open_dataset
-from incasem_like.errors import UserError, describe_validation_error, location, main_problem
-from incasem_like.geometry import Coordinate, Roi, roi_from_voxels
-from incasem_like.model import NetworkConfig
+from incasem_like.core.config_files import read_yaml_mapping
+from incasem_like.core.errors import UserError, describe_validation_error, location, main_problem
+from incasem_like.core.geometry import Coordinate, Roi, roi_from_voxels
+from incasem_like.nn.model import NetworkConfig
+from incasem_like.store.datasets import DatasetPath, Volume, open_dataset
 
 
 class _Section(BaseModel):

@@ -23,8 +23,8 @@ import gunpowder as gp
 import numpy as np
 from funlib.persistence import Array, open_ds
 
-from incasem_like.errors import UserError
-from incasem_like.geometry import Coordinate, Roi
+from incasem_like.core.errors import UserError
+from incasem_like.core.geometry import Coordinate, Roi
 from incasem_like.training.config import CellVolumes, TrainConfig, open_cells
 from incasem_like.training.loss import loss_weights
 

@@ -19,15 +19,28 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from incasem_like.blockwise.lock import LOCK, RunLock, remove_all_but_lock
+from incasem_like.core.errors import UserError
 from incasem_like.core.files import write_atomically
-from incasem_like.datasets import RUN_DIR, DatasetPath, create_dataset, recorded_preprocessing, update_dataset_meta
-from incasem_like.errors import UserError
-from incasem_like.geometry import Coordinate
-from incasem_like.inference import autocast, normalize, predict_region, probabilities, raw_with_context, select_device
-from incasem_like.metrics import EXCLUSION_ZONE, overlap_scores, threshold_counts, value_histograms
-from incasem_like.model import UNet3D, inference_model
-from incasem_like.run_lock import LOCK, RunLock, remove_all_but_lock
-from incasem_like.training.checkpoints import checkpoints, load_checkpoint, save_checkpoint
+from incasem_like.core.geometry import Coordinate
+from incasem_like.evaluation.metrics import EXCLUSION_ZONE, overlap_scores, threshold_counts, value_histograms
+from incasem_like.nn.checkpoints import checkpoints, load_checkpoint, save_checkpoint
+from incasem_like.nn.inference import (
+    autocast,
+    normalize,
+    predict_region,
+    probabilities,
+    raw_with_context,
+    select_device,
+)
+from incasem_like.nn.model import UNet3D, inference_model
+from incasem_like.store.datasets import (
+    RUN_DIR,
+    DatasetPath,
+    create_dataset,
+    recorded_preprocessing,
+    update_dataset_meta,
+)
 from incasem_like.training.config import CellVolumes, TrainConfig, open_cells
 from incasem_like.training.loss import loss_weights, training_loss
 from incasem_like.training.pipeline import (

@@ -21,7 +21,7 @@ import zarr
 
 from incasem_like.blockwise.runner import RUN_DIR
 from incasem_like.blockwise.stage import BlockwiseStage
-from tests.stages import BoxSumStage, SlowBlocks
+from tests.toy_stages import BoxSumStage, SlowBlocks
 
 COMMON = r'''
 import fcntl, json, os, subprocess, sys, time

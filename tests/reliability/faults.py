@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from daisy import Block
 
-from incasem_like.clahe import ClaheStage
-from incasem_like.datasets import open_dataset
-from incasem_like.geometry import Coordinate
+from incasem_like.core.geometry import Coordinate
+from incasem_like.stages.clahe import ClaheStage
+from incasem_like.store.datasets import open_dataset
 
 FAULT_AT = "INCASEM_TEST_FAULT_AT"
 FAULT_LOG = "INCASEM_TEST_FAULT_LOG"

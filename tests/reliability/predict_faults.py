@@ -1,6 +1,6 @@
 """Fault-injecting prediction stages (their own module: CLAHE workers of the other tests skip importing torch)."""
 
-from incasem_like.predict import PredictStage
+from incasem_like.stages.predict import PredictStage
 from tests.reliability.faults import FailingBlocks, StallingBlocks
 
 

@@ -19,10 +19,10 @@ import torch
 import yaml
 import zarr
 
-from incasem_like.cli import main
-from incasem_like.datasets import DatasetPath
-from incasem_like.model import NetworkConfig, UNet3D
-from incasem_like.training.checkpoints import save_checkpoint
+from incasem_like.cli.main import main
+from incasem_like.nn.checkpoints import save_checkpoint
+from incasem_like.nn.model import NetworkConfig, UNet3D
+from incasem_like.store.datasets import DatasetPath
 from tests.conftest import REPO, write_dataset, write_slices
 from tests.training_data import TINY_NETWORK, write_config
 
@@ -294,7 +294,7 @@ assert libc.capget(ctypes.byref(header), data) == 0
 data[0].effective &= ~(1 << 1)  # CAP_DAC_OVERRIDE
 assert libc.capset(ctypes.byref(header), data) == 0
 
-from incasem_like.cli import main
+from incasem_like.cli.main import main
 
 results = []
 for argv in json.loads(sys.argv[1]):

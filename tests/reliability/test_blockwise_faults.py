@@ -25,18 +25,18 @@ import torch
 import zarr
 
 from incasem_like.blockwise.runner import RUN_DIR, lock_path, run_stage
-from incasem_like.clahe import ClaheStage
-from incasem_like.cli import main
-from incasem_like.datasets import DatasetPath, dataset_meta, open_dataset
-from incasem_like.inference import normalize
-from incasem_like.model import NetworkConfig, UNet3D
-from incasem_like.predict import PredictStage
-from incasem_like.training.checkpoints import save_checkpoint
+from incasem_like.cli.main import main
+from incasem_like.nn.checkpoints import save_checkpoint
+from incasem_like.nn.inference import normalize
+from incasem_like.nn.model import NetworkConfig, UNet3D
+from incasem_like.stages.clahe import ClaheStage
+from incasem_like.stages.predict import PredictStage
+from incasem_like.store.datasets import DatasetPath, dataset_meta, open_dataset
 from tests.conftest import REPO, run_cli, write_dataset
 from tests.predict_stages import SlowPredictStage
 from tests.reliability.faults import FAULT_AT, FAULT_LOG, FailingClaheStage, StallingClaheStage
 from tests.reliability.predict_faults import FailingPredictStage, StallingPredictStage
-from tests.stages import SlowClaheStage, kill_midway
+from tests.toy_stages import SlowClaheStage, kill_midway
 from tests.training_data import sample_stack
 
 BLOCKS = 2 * 2 * 2  # both cases cut their outputs into this many blocks

@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from incasem_like.errors import UserError
-from incasem_like.run_lock import RunLock
+from incasem_like.blockwise.lock import RunLock
+from incasem_like.core.errors import UserError
 
 
 def test_of_simultaneous_runs_exactly_one_takes_the_lock(tmp_path):

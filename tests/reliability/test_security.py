@@ -1,14 +1,14 @@
 """Security: checkpoints are loaded with `weights_only=True`, so a checkpoint crafted to run code when unpickled is
 refused before its code runs. (The viewer's server and the cluster submissions have their security tests in
-tests/test_view.py and tests/blockwise/test_cluster.py; tests/reliability/README.md lists them.)"""
+tests/review/test_view.py and tests/blockwise/test_cluster.py; tests/reliability/README.md lists them.)"""
 
 import os
 
 import pytest
 import torch
 
-from incasem_like.cli import main
-from incasem_like.training.checkpoints import FORMAT
+from incasem_like.cli.main import main
+from incasem_like.nn.checkpoints import FORMAT
 from tests.conftest import write_dataset
 from tests.training_data import sample_cell, sample_stack, write_config
 

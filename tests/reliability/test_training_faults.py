@@ -10,9 +10,9 @@ import time
 import pytest
 import torch
 
-from incasem_like.cli import main
-from incasem_like.errors import UserError
-from incasem_like.training.checkpoints import checkpoint_path, checkpoints, load_checkpoint
+from incasem_like.cli.main import main
+from incasem_like.core.errors import UserError
+from incasem_like.nn.checkpoints import checkpoint_path, checkpoints, load_checkpoint
 from tests.conftest import REPO, run_cli
 from tests.training_data import sample_cell, write_config
 
@@ -24,7 +24,7 @@ def start_training_pausing_in_checkpoint(config, iteration: int) -> subprocess.P
         "import sys\n"
         "from tests.reliability.slow_checkpoints import pause_while_writing_checkpoint\n"
         f"pause_while_writing_checkpoint({iteration})\n"
-        "from incasem_like.cli import main\n"
+        "from incasem_like.cli.main import main\n"
         f"sys.exit(main(['train', {str(config)!r}, '--quiet']))\n"
     )
     return subprocess.Popen([sys.executable, "-c", program], cwd=REPO, start_new_session=True)

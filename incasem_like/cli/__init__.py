@@ -1,0 +1,1 @@
+"""The `incasem-like` command line: one module per command group in commands/."""

@@ -1,0 +1,120 @@
+"""Subcommands of `incasem-like`: each module defines `register(subparsers)` and imports its stage lazily."""
+
+import argparse
+
+
+def formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def add_blockwise_options(parser: argparse.ArgumentParser, workers: int | None = 1, workers_default: str = "") -> None:
+    """--workers, --overwrite, --quiet and the cluster options, shared by every blockwise command
+    (`workers_default` describes a default of None that the command resolves)."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=workers,
+        metavar="N",
+        help=f"worker processes, or cluster jobs (default {workers_default or workers})",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output (otherwise it is never touched)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    # values stay strings here: `launcher_from_args` validates them, so a bad one is reported in one line
+    cluster = parser.add_argument_group(
+        "cluster execution",
+        "Run each worker as a SLURM or LSF batch job (sbatch --wait / bsub -K); the scheduler stays on this "
+        "machine and the workers connect back to it over TCP. Job options apply to each worker job.",
+    )
+    cluster.add_argument("--cluster", metavar="KIND", help="local (default), slurm or lsf")
+    cluster.add_argument(
+        "--cluster-config",
+        metavar="FILE",
+        help="YAML file with these settings (keys cluster, gpus, cpus, memory, time_limit, queue, account, "
+        "scheduler_args, scheduler_host, max_restarts); options given here override it",
+    )
+    cluster.add_argument("--gpus", metavar="N", help="GPUs per job")
+    cluster.add_argument("--cpus", metavar="N", help="CPU cores per job, also the worker's threads (default 1)")
+    cluster.add_argument("--memory", metavar="SIZE", help="memory per job: 16G, 4000M, or MB without a unit")
+    cluster.add_argument("--time-limit", metavar="TIME", help="wall time per job: minutes, or [D-]H:MM:SS")
+    cluster.add_argument("--queue", "--partition", metavar="NAME", help="SLURM partition or LSF queue")
+    cluster.add_argument("--account", metavar="NAME", help="SLURM account or LSF project charged")
+    cluster.add_argument(
+        "--scheduler-args",
+        metavar="ARGS",
+        help="more sbatch/bsub options, split as a shell would but never expanded, "
+        "e.g. --scheduler-args='--qos=high --constraint=a100'",
+    )
+    cluster.add_argument(
+        "--scheduler-host",
+        metavar="HOST",
+        help="address the workers connect to (default: 127.0.0.1 for local; for clusters this machine's name, "
+        "or its default-route address when the name resolves to loopback)",
+    )
+    cluster.add_argument(
+        "--max-restarts", metavar="N", help="jobs or processes started to replace lost workers, at most (default 10)"
+    )
+
+
+def launcher_from_args(args: argparse.Namespace):
+    """The launcher the cluster options (over --cluster-config) describe; bad ones raise `UserError`."""
+    from incasem_like.blockwise.cluster import ClusterSettings, cluster_settings
+
+    options = {key: getattr(args, key) for key in ClusterSettings.model_fields}
+    return cluster_settings(options, args.cluster_config).launcher()
+
+
+def add_roi_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--roi",
+        type=int,
+        nargs=6,
+        metavar=("OZ", "OY", "OX", "SZ", "SY", "SX"),
+        help=f"{what}: offset and shape in voxels",
+    )
+
+
+def roi_arguments(args: argparse.Namespace) -> dict:
+    """The stage fields of --roi: `roi_offset` and `roi_shape` (None without --roi)."""
+    return {
+        "roi_offset": tuple(args.roi[:3]) if args.roi else None,
+        "roi_shape": tuple(args.roi[3:]) if args.roi else None,
+    }
+
+
+def add_block_options(parser: argparse.ArgumentParser, block: int = 256, of: str = "") -> None:
+    """--block and --chunk of a stage that writes one dataset (`of` says whose voxels count, e.g. "output ")."""
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=block,
+        metavar="N",
+        help=f"block edge in {of}voxels, a multiple of --chunk (default {block})",
+    )
+    parser.add_argument(
+        "--chunk", type=int, default=128, metavar="N", help="output zarr chunk edge in voxels (default 128)"
+    )
+
+
+def run_and_report(stage, args: argparse.Namespace, launcher=None) -> dict:
+    """Run a blockwise stage with the shared options (`launcher`: the one they describe, if already made) and
+    print what it wrote."""
+    from incasem_like.blockwise.runner import run_stage
+    from incasem_like.store.datasets import open_dataset
+
+    launcher = launcher or launcher_from_args(args)
+    summary = run_stage(
+        stage, workers=args.workers, overwrite=args.overwrite, launcher=launcher, progress=not args.quiet
+    )
+    if summary.get("already_complete"):
+        print(f"{summary['output']} is already complete (same command, same parameters); nothing to do")
+        return summary
+    array = open_dataset(summary["output"])
+    print(
+        f"wrote {summary['output']}: {tuple(array.shape)} {array.dtype}, voxel size {tuple(array.voxel_size)} nm, "
+        f"offset {tuple(array.offset)} nm\n"
+        f"  {summary['blocks_processed']} blocks processed, {summary['blocks_skipped']} skipped (already done), "
+        f"{summary['seconds']:.1f} s, {summary['voxels_per_second'] / 1e6:.1f} M voxels/s"
+    )
+    return summary

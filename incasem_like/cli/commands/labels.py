@@ -1,0 +1,155 @@
+"""`incasem-like labels clean|dilate|metric-mask`: label preparation with per-organelle defaults."""
+
+import argparse
+
+from incasem_like.cli.commands import (
+    add_block_options,
+    add_blockwise_options,
+    add_roi_option,
+    formatter,
+    roi_arguments,
+    run_and_report,
+)
+from incasem_like.cli.commands.mask import add_max_span_option
+
+EXAMPLES = """\
+examples:
+  incasem-like labels clean cell_6.zarr/volumes/labels/mito cell_6.zarr/volumes/labels/mito_clean --organelle mito
+  incasem-like labels clean cell_6.zarr/volumes/labels/er cell_6.zarr/volumes/labels/er_clean --organelle er \\
+      --min-hole-voxels 50000
+  incasem-like labels dilate cell_6.zarr/volumes/labels/mito_clean cell_6.zarr/volumes/labels/mito_dilated \\
+      --organelle mito
+  incasem-like labels metric-mask cell_6.zarr/volumes/labels/mito cell_6.zarr/volumes/metric_masks/mito \\
+      --organelle mito --workers 8"""
+
+OPERATIONS = {
+    "clean": (
+        "remove small objects / fill small holes",
+        "Remove objects smaller than --min-object-voxels and then fill holes smaller than --min-hole-voxels (face\n"
+        "connectivity; 0 = off). Defaults: mito and golgi objects < 27 voxels, er holes < 20000 voxels.\n"
+        "So that the result does not depend on the blocks, holes and objects also count as small only if they\n"
+        "span at most --max-span voxels along every axis (no restriction for sizes up to 65 voxels).",
+    ),
+    "dilate": (
+        "bias correction: dilate the labels",
+        "Dilate the labels by a ball of --voxels voxels (bias correction of the annotation). Defaults: mito 1,\n"
+        "golgi 3, others 0.",
+    ),
+    "metric-mask": (
+        "mask of the voxels F1 counts (1 = counts)",
+        "Write the mask of voxels that count for F1: 1 outside the exclusion zone dilation(labels, ball(D)) minus\n"
+        "erosion(labels, ball(E)), 0 inside it. Defaults (D/E): mito 4/4, golgi 2/2, er 1/1, ccp and\n"
+        "nuclear_pore 3/1.",
+    ),
+}
+
+COMMON = (
+    "All operations read integer labels (foreground = labels > 0) and write uint8 0/1, blockwise and resumable;\n"
+    "outside the dataset the labels are 0. Defaults come from configs/organelles/<organelle>.yaml (or\n"
+    "$INCASEM_LIKE_CONFIGS/organelles/<organelle>.yaml); options given on the command line replace them."
+)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "labels",
+        help="label preparation: clean, dilate, metric-mask (per-organelle defaults)",
+        description="Label preparation with the ASEM method's per-organelle defaults.\n\n"
+        + "\n".join(f"  {name:12} {summary}" for name, (summary, _) in OPERATIONS.items())
+        + "\n\n"
+        + COMMON,
+        epilog=EXAMPLES,
+        formatter_class=formatter,
+    )
+    operations = parser.add_subparsers(title="operations", metavar="OPERATION", required=True)
+    for name, (summary, description) in OPERATIONS.items():
+        sub = operations.add_parser(
+            name,
+            help=summary,
+            description=description + "\n\n" + COMMON,
+            epilog=_examples_for(name),
+            formatter_class=formatter,
+        )
+        sub.add_argument("input", metavar="IN", help="labels dataset, e.g. cell_6.zarr/volumes/labels/mito")
+        sub.add_argument("output", metavar="OUT", help="output dataset")
+        sub.add_argument(
+            "--organelle",
+            metavar="NAME",
+            help="take the defaults from configs/organelles/NAME.yaml (mito, er, golgi, nuclear_pore, ccp)",
+        )
+        if name == "clean":
+            sub.add_argument("--min-object-voxels", type=int, metavar="N", help="remove objects smaller than N")
+            sub.add_argument("--min-hole-voxels", type=int, metavar="N", help="fill holes smaller than N")
+            add_max_span_option(sub)
+        elif name == "dilate":
+            sub.add_argument("--voxels", type=int, metavar="N", help="dilation radius in voxels")
+        else:
+            sub.add_argument("--dilation", type=int, metavar="D", help="exclusion zone: dilation radius in voxels")
+            sub.add_argument("--erosion", type=int, metavar="E", help="exclusion zone: erosion radius in voxels")
+        add_block_options(sub)
+        add_roi_option(sub, "process only this region")
+        add_blockwise_options(sub)
+        sub.set_defaults(run=run, operation=name)
+
+
+def _examples_for(name: str) -> str:
+    """The examples of one operation (an example may continue on indented lines)."""
+    lines, keep = ["examples:"], False
+    for line in EXAMPLES.splitlines()[1:]:
+        if line.startswith("  incasem-like "):
+            keep = line.startswith(f"  incasem-like labels {name} ")
+        if keep:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+#: per operation: stage parameter -> (command-line option, attribute of the parsed arguments)
+PARAMETERS = {
+    "clean": {"min_object_voxels": "--min-object-voxels", "min_hole_voxels": "--min-hole-voxels"},
+    "dilate": {"voxels": "--voxels"},
+    "metric-mask": {"dilation_voxels": "--dilation", "erosion_voxels": "--erosion"},
+}
+
+
+def _parameters(args: argparse.Namespace) -> dict:
+    """The operation's parameters: the organelle's defaults, replaced by the options given."""
+    from incasem_like.core.errors import UserError
+    from incasem_like.stages.labels import known_organelles, load_organelle
+
+    options = PARAMETERS[args.operation]
+    given = {key: getattr(args, option.removeprefix("--").replace("-", "_")) for key, option in options.items()}
+    if args.organelle is None:
+        missing = [options[key] for key, value in given.items() if value is None]
+        if missing:
+            raise UserError(
+                f"labels {args.operation}: give --organelle NAME (known: {', '.join(known_organelles())}) "
+                f"or {' and '.join(missing)}"
+            )
+        return given
+    config = load_organelle(args.organelle)
+    defaults = {
+        "clean": config.clean.model_dump(),
+        "dilate": {"voxels": config.dilate_voxels},
+        "metric-mask": config.metric_mask.model_dump(),
+    }[args.operation]
+    return {key: defaults[key] if value is None else value for key, value in given.items()}
+
+
+def run(args: argparse.Namespace) -> None:
+    from incasem_like.stages.labels import CleanLabelsStage, DilateLabelsStage, MetricMaskStage
+
+    stage_class = {"clean": CleanLabelsStage, "dilate": DilateLabelsStage, "metric-mask": MetricMaskStage}[
+        args.operation
+    ]
+    extra = {"max_span": args.max_span} if args.operation == "clean" else {}
+    stage = stage_class(
+        input=args.input,
+        output=args.output,
+        organelle=args.organelle,
+        **_parameters(args),
+        **extra,
+        block=args.block,
+        chunk=args.chunk,
+        **roi_arguments(args),
+    )
+    run_and_report(stage, args)

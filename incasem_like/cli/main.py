@@ -1,0 +1,80 @@
+"""The `incasem-like` command: one subcommand per stage; each only parses arguments and composes stages.
+
+Every subcommand lives in `incasem_like.cli.commands.<name>` with a `register(subparsers)` function; stage modules
+are imported only when their command runs, so `--help` stays fast.
+"""
+
+import argparse
+import importlib
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from incasem_like import __version__
+from incasem_like.core.errors import BlockwiseRunFailed, UserError, describe_validation_error
+
+COMMANDS = (
+    "demo",
+    "convert",
+    "clahe",
+    "mask",
+    "labels",
+    "downsample",
+    "pyramid",
+    "train",
+    "finetune",
+    "predict",
+    "threshold",
+    "evaluate",
+    "export",
+    "objects",
+    "mesh",
+    "view",
+    "run",
+)
+
+EPILOG = """\
+examples:
+  incasem-like demo
+  incasem-like convert slices/ cell_6.zarr/volumes/raw --voxel-size 5 5 5 --workers 8
+  incasem-like convert labels/ cell_6.zarr/volumes/labels/mito --voxel-size 5 5 5 --labels
+  incasem-like run pipelines/predict_cell.yaml --set tiffs=slices/ --set container=cell_6.zarr
+
+datasets are addressed as CONTAINER.zarr/DATASET (e.g. cell_6.zarr/volumes/raw); world units are nm, z y x.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="incasem-like",
+        description="Organelle segmentation of whole-cell volume EM: TIFF -> OME-Zarr -> preprocessing -> "
+        "3D U-Net training and prediction -> evaluation and neuroglancer review.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"incasem-like {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"incasem_like.cli.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.run(args)
+        return 0
+    except UserError as error:
+        message, code = f"incasem-like: error: {error}", 2
+    except ValidationError as error:
+        message, code = f"incasem-like: error: {describe_validation_error(error)}", 2
+    except BlockwiseRunFailed as error:
+        message, code = f"incasem-like: failed: {error}", 1
+    except KeyboardInterrupt:
+        message, code = "incasem-like: interrupted; rerun the same command to resume", 130
+    # a failed zarr read abandons the request's other chunk reads, which asyncio would report one by one at exit
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    print(message, file=sys.stderr)
+    return code

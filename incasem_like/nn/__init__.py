@@ -1,0 +1,1 @@
+"""Networks, checkpoints, blockwise-exact inference and the bundled models."""

@@ -1,0 +1,1 @@
+"""Review in neuroglancer: viewer state and the read-only server."""

@@ -1,0 +1,270 @@
+"""Stage `convert`: a TIFF stack (a directory of 2D slices or one multi-page TIFF) -> an OME-Zarr dataset.
+
+Workers read slabs of z slices (one output chunk thick, the full y-x extent) and write whole chunks, so the
+stack is never loaded at once and peak memory does not grow with the number of slices.
+"""
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property, reduce
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import tifffile
+from daisy import Block
+from natsort import natsorted
+from pydantic import field_validator
+
+from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
+from incasem_like.core.errors import UserError
+from incasem_like.core.geometry import Coordinate, Roi, roi_from_voxels
+from incasem_like.store.datasets import DEFAULT_CHUNK, DatasetPath, create_dataset, open_dataset
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+IMAGE_DTYPES = (np.dtype("uint8"), np.dtype("uint16"))
+LabelMode = Literal["image", "binary_labels", "labels"]
+
+
+@dataclass
+class TiffStack:
+    """The z slices of a TIFF source, in z order: either one file per slice or the pages of one file."""
+
+    source: Path
+    files: list[Path]
+
+    @classmethod
+    def locate(cls, source: str | Path) -> "TiffStack":
+        """List the slices (natural sort of the file names: slice_2 before slice_10) without reading them."""
+        source = Path(source)
+        if source.is_dir():
+            visible = [p for p in source.iterdir() if p.is_file() and not p.name.startswith(".")]
+            files = natsorted((p for p in visible if p.suffix.lower() in TIFF_SUFFIXES), key=lambda p: p.name)
+            if not files:
+                raise UserError(f"{source}: no .tif/.tiff files in this directory; point SRC at the slice folder")
+            others = sorted(p.name for p in visible if p.suffix.lower() not in TIFF_SUFFIXES)
+            if others:
+                raise UserError(
+                    f"{source / others[0]}: not a TIFF slice, among the slices"
+                    f"{f' (and {len(others) - 1} more such files)' if len(others) > 1 else ''}; "
+                    "move it out of the folder, so no slice is missing or left over unnoticed"
+                )
+            return cls(source, files)
+        if source.is_file():
+            if source.suffix.lower() not in TIFF_SUFFIXES:
+                raise UserError(f"{source}: not a TIFF file (.tif/.tiff); pass a slice folder or a multi-page TIFF")
+            return cls(source, [source])
+        raise UserError(f"{source}: no such file or directory")
+
+    @property
+    def multipage(self) -> bool:
+        return self.source.is_file()
+
+    @cached_property
+    def _multipage_file(self) -> tifffile.TiffFile:
+        return tifffile.TiffFile(self.source)
+
+    def check(self) -> tuple[tuple[int, int, int], np.dtype]:
+        """Check every slice's header (readable, complete, one grayscale plane, same shape and dtype as the
+        first) and return the stack's (z, y, x) shape and dtype. Raises `UserError` naming the first bad slice."""
+        if self.multipage:
+            pages = list(_checked_pages(self.source))
+            names = [f"{self.source} page {i}" for i in range(len(pages))]
+            headers = [(name, page.shape, page.dtype) for name, page in zip(names, pages)]
+        else:
+            headers = []
+            for path in self.files:
+                pages = list(_checked_pages(path))
+                if len(pages) != 1:
+                    raise UserError(
+                        f"{path}: has {len(pages)} pages in a folder of slices; "
+                        "pass a multi-page TIFF on its own as SRC"
+                    )
+                headers.append((str(path), pages[0].shape, pages[0].dtype))
+        first_name, shape, dtype = headers[0]
+        for name, page_shape, page_dtype in headers:
+            if len(page_shape) != 2:
+                raise UserError(f"{name}: slice of shape {page_shape} is not a 2D grayscale image; export grayscale")
+            if page_shape != shape:
+                raise UserError(
+                    f"{name}: shape {page_shape} differs from {first_name} {shape}; all slices must have the same shape"
+                )
+            if page_dtype != dtype:
+                raise UserError(
+                    f"{name}: dtype {page_dtype} differs from {first_name} {dtype}; all slices must have the same dtype"
+                )
+        return (len(headers), *shape), np.dtype(dtype)
+
+    def read(self, z_begin: int, z_end: int, yx: tuple[slice, slice]) -> np.ndarray:
+        """Slices z_begin..z_end-1, cropped to `yx`, stacked; uncropped slices are decoded in place."""
+        first = self._read_slice(z_begin)
+        slab = np.empty((z_end - z_begin, *first[yx].shape), dtype=first.dtype)
+        slab[0] = first[yx]
+        uncropped = slab.shape[1:] == first.shape
+        for i, z in enumerate(range(z_begin + 1, z_end), start=1):
+            if uncropped:
+                self._read_slice(z, out=slab[i])
+            else:
+                slab[i] = self._read_slice(z)[yx]
+        return slab
+
+    def _read_slice(self, z: int, out: np.ndarray | None = None) -> np.ndarray:
+        name = f"{self.source} page {z}" if self.multipage else str(self.files[z])
+        try:
+            if self.multipage:
+                return self._multipage_file.pages[z].asarray(out=out)
+            return tifffile.imread(self.files[z], out=out)
+        except Exception as error:
+            raise RuntimeError(f"{name}: cannot decode slice {z} ({type(error).__name__}: {error})") from error
+
+    def unique_values(self) -> np.ndarray:
+        """All values in the stack, read one slice at a time."""
+        count = len(self._multipage_file.pages) if self.multipage else len(self.files)
+        return reduce(np.union1d, (np.unique(self._read_slice(z)) for z in range(count)))
+
+
+def _checked_pages(path: Path):
+    """The pages of one TIFF file, refusing unreadable, truncated or empty files."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.pages:
+                raise UserError(f"{path}: not a readable TIFF (it holds no image); re-export or remove it")
+            size = os.path.getsize(path)
+            for page in tif.pages:
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
+                if ends and max(ends) > size:
+                    raise UserError(f"{path}: truncated (image data runs past the end of the file); re-export it")
+                if page.samplesperpixel != 1:
+                    raise UserError(
+                        f"{path}: {page.samplesperpixel} samples per pixel (RGB?); export single-channel grayscale"
+                    )
+                yield page
+    except (tifffile.TiffFileError, OSError, ValueError) as error:
+        raise UserError(f"{path}: not a readable TIFF ({error}); re-export or remove it") from None
+
+
+def label_mode_for(stack: TiffStack) -> LabelMode:
+    """`binary_labels` when the stack holds only 0 and 255 (a 0/255 mask, written as 0/1), else `labels`."""
+    _, dtype = stack.check()
+    if not np.issubdtype(dtype, np.integer):
+        raise UserError(f"{stack.source}: labels must be integers, found {dtype}; export integer label slices")
+    values = stack.unique_values()
+    return "binary_labels" if set(values.tolist()) <= {0, 255} else "labels"
+
+
+def to_output_values(slab: np.ndarray, label_mode: LabelMode) -> np.ndarray:
+    """Per-block value rule: images and integer labels pass unchanged, 0/255 masks become 0/1 uint8."""
+    if label_mode == "binary_labels":
+        return (slab > 0).astype(np.uint8)
+    return slab
+
+
+class ConvertStage(BlockwiseStage):
+    """TIFF stack -> OME-Zarr dataset, optionally cropped (`roi_offset`/`roi_shape` in voxels, z y x)."""
+
+    task_name = "convert"
+
+    source: str
+    output: str
+    voxel_size: tuple[int, int, int]
+    offset: tuple[int, int, int] = (0, 0, 0)
+    chunk: int = DEFAULT_CHUNK
+    label_mode: LabelMode = "image"
+    roi_offset: tuple[int, int, int] | None = None
+    roi_shape: tuple[int, int, int] | None = None
+
+    @field_validator("chunk")
+    @classmethod
+    def _positive_chunk(cls, chunk: int) -> int:
+        if chunk < 1:
+            raise ValueError(f"--chunk {chunk} must be at least 1 voxel")
+        return chunk
+
+    @field_validator("voxel_size")
+    @classmethod
+    def _positive_voxel_size(cls, voxel_size: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(voxel_size) < 1:
+            raise ValueError("every edge must be at least 1 nm")
+        return voxel_size
+
+    def output_paths(self) -> list[DatasetPath]:
+        return [DatasetPath.parse(self.output)]
+
+    def _crop(self, stack_shape: Sequence[int]) -> tuple[Coordinate, Coordinate]:
+        """Crop (offset, shape) in voxels; the whole stack when no ROI was given."""
+        if (self.roi_offset is None) != (self.roi_shape is None):
+            raise UserError("--roi needs both OFFSET and SHAPE (6 numbers: z y x z y x, in voxels)")
+        if self.roi_offset is None:
+            return Coordinate(0, 0, 0), Coordinate(stack_shape)
+        offset, shape = Coordinate(self.roi_offset), Coordinate(self.roi_shape)
+        if (
+            any(s <= 0 for s in shape)
+            or any(o < 0 for o in offset)
+            or any(o + s > n for o, s, n in zip(offset, shape, stack_shape))
+        ):
+            raise UserError(
+                f"--roi offset {tuple(offset)} shape {tuple(shape)} lies outside the stack of shape "
+                f"{tuple(stack_shape)} (z y x voxels); choose a crop inside it"
+            )
+        return offset, shape
+
+    @cached_property
+    def _stack_checked(self) -> tuple[tuple[int, int, int], np.dtype]:
+        """The source's shape and dtype; every slice header is checked once per stage object."""
+        stack = TiffStack.locate(self.source)
+        shape, dtype = stack.check()
+        if self.label_mode == "image" and dtype not in IMAGE_DTYPES:
+            raise UserError(
+                f"{self.source}: slices are {dtype}; raw images must be uint8 or uint16 "
+                "(rescale them, or pass --labels for a label stack)"
+            )
+        return shape, dtype
+
+    def layout(self) -> BlockLayout:
+        shape, _ = self._stack_checked
+        crop_offset, crop_shape = self._crop(shape)
+        voxel_size = Coordinate(self.voxel_size)
+        total = roi_from_voxels(crop_offset, crop_shape, voxel_size, origin=self.offset)
+        chunks = Coordinate(min(self.chunk, s) for s in crop_shape)
+        # one chunk of z slices, the whole y-x extent rounded up to whole chunks (clipped at the border)
+        block_voxels = Coordinate(chunks[0], *(-(-s // c) * c for s, c in zip(crop_shape[1:], chunks[1:])))
+        return BlockLayout(total, block_voxels * voxel_size, Coordinate(0, 0, 0), voxel_size, chunks * voxel_size)
+
+    def create_outputs(self, layout: BlockLayout) -> None:
+        shape, dtype = self._stack_checked
+        crop_offset, crop_shape = self._crop(shape)
+        create_dataset(
+            DatasetPath.parse(self.output),
+            shape=crop_shape,
+            voxel_size=layout.voxel_size,
+            offset=layout.total_write_roi.offset,
+            dtype=np.uint8 if self.label_mode == "binary_labels" else dtype,
+            chunk_shape=(self.chunk,) * 3,
+            attrs={
+                "kind": "image" if self.label_mode == "image" else "labels",
+                "source": {
+                    "path": str(Path(self.source).resolve()),
+                    "shape_voxels": list(shape),
+                    "crop_offset_voxels": list(crop_offset),
+                    "crop_shape_voxels": list(crop_shape),
+                    "frame_offset_nm": list(self.offset),
+                    "label_mode": self.label_mode,
+                },
+            },
+        )
+
+    def block_processor(self) -> Callable[[Block], None]:
+        stack = TiffStack.locate(self.source)
+        output = open_dataset(DatasetPath.parse(self.output), mode="r+", require_complete=False)
+        voxel_size = Coordinate(self.voxel_size)
+        frame_origin = Coordinate(self.offset)
+
+        def process(block: Block) -> None:
+            roi: Roi = block.write_roi
+            begin = (roi.begin - frame_origin) / voxel_size
+            end = (roi.end - frame_origin) / voxel_size
+            yx = (slice(begin[1], end[1]), slice(begin[2], end[2]))
+            output[roi] = to_output_values(stack.read(begin[0], end[0], yx), self.label_mode)
+
+        return process

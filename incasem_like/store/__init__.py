@@ -1,0 +1,1 @@
+"""OME-Zarr datasets: create, open, metadata, completeness."""

@@ -1,0 +1,1 @@
+"""Training and fine-tuning: configs, the gunpowder sampling graph, losses and the training loop."""

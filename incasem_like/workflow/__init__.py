@@ -1,0 +1,1 @@
+"""Pipelines of stages (pipeline files) and the demo."""

@@ -1,0 +1,182 @@
+import doctest
+from functools import partial
+
+import numpy as np
+import pytest
+import tifffile
+from skimage.exposure import _adapthist, equalize_adapthist, rescale_intensity
+from skimage.exposure._adapthist import NR_OF_GRAY, _clahe
+from skimage.util import img_as_ubyte, img_as_uint
+
+from incasem_like.stages import clahe
+from incasem_like.stages.clahe import clahe_block, clip_histogram, map_histogram, needed_range, to_uint8
+from incasem_like.store.datasets import DatasetPath, open_dataset
+from incasem_like.workflow.demo import SAMPLE
+from tests import conftest
+from tests.conftest import SHARED_DATA, run_cli, run_cli_in_process
+from tests.toy_stages import SlowClaheStage, kill_midway
+
+
+def sample_raw(shape=(40, 96, 112)) -> np.ndarray:
+    """A crop of the embedded Lucchi sample that spans the full 0..255 range (as skimage's stretch assumes)."""
+    slices = sorted((SAMPLE / "raw").iterdir(), key=lambda p: p.name)[: shape[0]]
+    volume = np.stack([tifffile.imread(p)[: shape[1], : shape[2]] for p in slices])
+    volume[0, 0, :2] = (0, 255)
+    return volume
+
+
+write_dataset = partial(conftest.write_dataset, offset=(100, 0, 50), chunk=32)
+
+
+def skimage_levels_as_uint8(volume: np.ndarray, kernel: int) -> np.ndarray:
+    """skimage's CLAHE before its final per-call stretch, on the same 0..16383 scale as ours."""
+    scaled = np.round(rescale_intensity(img_as_uint(volume), out_range=(0, NR_OF_GRAY - 1))).astype(np.uint16)
+    return to_uint8()[_clahe(scaled, [kernel] * 3, 0.02, 256)]
+
+
+def blockwise(volume: np.ndarray, block, kernel: int) -> np.ndarray:
+    """`clahe_block` over a grid of (odd) block shapes, each given only the data it needs."""
+    result = np.zeros_like(volume)
+    for begin in np.ndindex(*(-(-s // b) for s, b in zip(volume.shape, block))):
+        begin = tuple(i * b for i, b in zip(begin, block))
+        end = tuple(min(b + n, s) for b, n, s in zip(begin, block, volume.shape))
+        lo, hi = zip(*(needed_range(b, e, s, kernel) for b, e, s in zip(begin, end, volume.shape)))
+        data = volume[tuple(slice(a, z) for a, z in zip(lo, hi))]
+        inner = tuple(slice(b, e) for b, e in zip(begin, end))
+        result[inner] = clahe_block(data, lo, begin, end, volume.shape, (kernel,) * 3, 0.02, 256)
+    return result
+
+
+def test_own_histogram_clipping_and_mapping_equal_skimages():
+    """The two functions taken over from skimage's private module give its results count for count."""
+    rng = np.random.default_rng(0)
+    assert clahe.NR_OF_GRAY == NR_OF_GRAY
+    for _ in range(200):
+        bins = int(rng.choice([4, 17, 256]))
+        histogram = rng.geometric(rng.uniform(0.001, 0.5), size=bins).astype(np.int64) - 1
+        histogram[rng.integers(bins)] += int(rng.integers(0, 5000))  # a peak to clip
+        limit = int(rng.integers(1, max(2, histogram.max())))
+        clipped = clip_histogram(histogram.copy(), limit)
+        np.testing.assert_array_equal(clipped, _adapthist.clip_histogram(histogram.copy(), limit))
+        elements = int(histogram.sum()) or 1
+        np.testing.assert_array_equal(
+            map_histogram(clipped, 0, NR_OF_GRAY - 1, elements),
+            _adapthist.map_histogram(clipped, 0, NR_OF_GRAY - 1, elements),
+        )
+    assert doctest.testmod(clahe).failed == 0
+
+
+def test_equals_skimage_arithmetic_exactly_and_does_not_depend_on_blocks():
+    volume = sample_raw((37, 70, 90))
+    whole = clahe_block(volume, (0, 0, 0), (0, 0, 0), volume.shape, volume.shape, (16, 16, 16), 0.02, 256)
+    np.testing.assert_array_equal(whole, skimage_levels_as_uint8(volume, 16))
+    np.testing.assert_array_equal(blockwise(volume, (13, 17, 19), 16), whole)
+    np.testing.assert_array_equal(blockwise(volume, (37, 9, 40), 16), whole)
+
+
+def test_cli_default_block_is_the_stages():
+    from incasem_like.cli.commands.clahe import CLAHE_BLOCK
+    from incasem_like.stages.clahe import ClaheStage
+
+    assert CLAHE_BLOCK == ClaheStage.model_fields["block"].default
+
+
+def test_cli_blocks_of_any_size_give_the_single_pass_result(tmp_path):
+    """The issue's seam measurement, scaled down: kernel 32, blocks 32 and 64 vs one skimage call."""
+    volume = sample_raw()
+    raw = write_dataset(tmp_path / "cell.zarr/volumes/raw", volume)
+    outputs = {}
+    for block in (32, 64, 128):
+        out = tmp_path / f"cell.zarr/volumes/clahe_{block}"
+        result = run_cli("clahe", raw, out, "--kernel", 32, "--block", block, "--chunk", 32, "--workers", 2, "--quiet")
+        assert result.returncode == 0, result.stderr
+        outputs[block] = open_dataset(out)
+    assert tuple(outputs[32].offset) == (100, 0, 50) and outputs[32].dtype == np.uint8
+    single_pass = img_as_ubyte(equalize_adapthist(volume, kernel_size=32, clip_limit=0.02, nbins=256))
+    for block, output in outputs.items():
+        data = output[output.roi]
+        np.testing.assert_array_equal(data, outputs[128][output.roi])
+        assert np.abs(data.astype(int) - single_pass).max() <= 2, f"block {block}"
+
+
+def test_roi_keeps_the_tile_grid_of_the_whole_volume(tmp_path):
+    raw = write_dataset(tmp_path / "cell.zarr/volumes/raw", sample_raw())
+    full, part = tmp_path / "cell.zarr/volumes/full", tmp_path / "cell.zarr/volumes/part"
+    assert run_cli("clahe", raw, full, "--kernel", 32, "--block", 32, "--chunk", 32, "--quiet").returncode == 0
+    result = run_cli("clahe", raw, part, "--kernel", 32, "--block", 32, "--chunk", 32, "--roi", 5, 20, 30, 30, 40, 50)
+    assert result.returncode == 0, result.stderr
+    part = open_dataset(part)
+    assert tuple(part.offset) == (100 + 25, 100, 50 + 150) and part.shape == (30, 40, 50)
+    np.testing.assert_array_equal(part[part.roi], open_dataset(full)[part.roi])
+
+
+def test_killed_run_resumes_with_identical_output(tmp_path):
+    raw = write_dataset(tmp_path / "cell.zarr/volumes/raw", sample_raw())
+    reference, out = tmp_path / "cell.zarr/volumes/reference", tmp_path / "cell.zarr/volumes/clahe"
+    assert run_cli("clahe", raw, reference, "--kernel", 32, "--block", 32, "--chunk", 32, "--quiet").returncode == 0
+    kill_midway(SlowClaheStage(input=str(raw), output=str(out), kernel=32, block=32, chunk=32))
+
+    result = run_cli("clahe", raw, out, "--kernel", 32, "--block", 32, "--chunk", 32, "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    skipped = int(result.stdout.split(" skipped")[0].split()[-1])
+    assert 2 <= skipped < 2 * 3 * 4
+    np.testing.assert_array_equal(
+        open_dataset(out)[open_dataset(out).roi], open_dataset(reference)[open_dataset(out).roi]
+    )
+
+
+@pytest.mark.parametrize(
+    "setup, extra, message",
+    [
+        ("missing", [], "no such dataset"),
+        ("uint16", [], "dtype uint16 is not supported by clahe"),
+        ("ok", ["--roi", 0, 0, 0, 41, 8, 8], "lies outside"),
+        ("ok", ["--clip", 2], "--clip 2.0 must be between 0 and 1"),
+        ("ok", ["--block", 48], "--block 48 must be a positive multiple of --chunk 32"),
+        ("existing", [], "pass --overwrite"),
+        ("same", [], "the output must differ from the input"),
+    ],
+)
+def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, setup, extra, message, capsys):
+    volume = sample_raw((8, 16, 16))
+    raw = tmp_path / "cell.zarr/volumes/raw"
+    if setup != "missing":
+        write_dataset(raw, volume.astype(np.uint16) if setup == "uint16" else volume, chunk=8)
+    out = raw if setup == "same" else tmp_path / "cell.zarr/volumes/clahe"
+    if setup == "existing":
+        write_dataset(out, volume, chunk=8)
+
+    result = run_cli_in_process(capsys, "clahe", raw, out, "--kernel", 8, "--chunk", 32, "--block", 32, *extra)
+
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    if setup == "existing":
+        np.testing.assert_array_equal(open_dataset(out)[open_dataset(out).roi], volume)
+    elif setup != "same":
+        assert not DatasetPath.parse(out).exists()
+
+
+@pytest.mark.slow
+def test_seams_on_a_256_cube_of_real_data(tmp_path, capsys):
+    """The issue's measurement: 256^3 (the 165 Lucchi slices, mirrored to 256), kernel 64, blocks 64 and 128."""
+    slices = sorted((SHARED_DATA / "lucchi_pp_train/raw").glob("*.tif"))
+    stack = np.stack([tifffile.imread(p)[:256, :256] for p in slices])
+    volume = np.concatenate([stack, stack[::-1][1:92]])
+    raw = write_dataset(tmp_path / "cell.zarr/volumes/raw", volume, chunk=64)
+    single_pass = img_as_ubyte(equalize_adapthist(volume, kernel_size=64, clip_limit=0.02, nbins=256))
+    interior = (slice(64, -64),) * 3
+    volume_range = (int(volume.min()), int(volume.max()))  # what a single skimage call stretches
+    for block in (64, 128):
+        out = tmp_path / f"cell.zarr/volumes/clahe_{block}"
+        options = ["--kernel", 64, "--block", block, "--chunk", 64, "--intensity-range", *volume_range]
+        result = run_cli("clahe", raw, out, *options, "--workers", 2, "--quiet")
+        assert result.returncode == 0, result.stderr
+        difference = np.abs(open_dataset(out)[open_dataset(out).roi].astype(int) - single_pass)
+        with capsys.disabled():
+            print(
+                f"\nintensity range {volume_range}, block {block}: max |blockwise - single pass| = "
+                f"{difference[interior].max()} away from the border, {difference.max()} overall; "
+                f"{np.mean(difference > 0):.4%} of voxels differ"
+            )
+        assert difference[interior].max() <= 2

@@ -1,0 +1,275 @@
+import csv
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from incasem_like.cli.main import main
+from incasem_like.stages.objects import (
+    CSV_COLUMNS,
+    SCRATCH,
+    ObjectsStep,
+    block_fragments,
+    crop_box,
+    find_objects,
+    object_mesh,
+    prepare_output,
+    signed_volume,
+    surface_area,
+    touching_pairs,
+)
+from incasem_like.store.datasets import DatasetPath, create_dataset, dataset_meta, open_dataset, update_dataset_meta
+from tests.conftest import read_dataset, run_cli
+from tests.objects_stages import SlowFragmentsStage
+from tests.toy_stages import kill_midway
+
+
+def write_volume(path, volume: np.ndarray, voxel_size=(5, 5, 5), offset=(0, 0, 0), chunk=16) -> DatasetPath:
+    """A complete dataset holding `volume` (any voxel size)."""
+    path = DatasetPath.parse(path)
+    array = create_dataset(path, volume.shape, voxel_size, offset, volume.dtype, (chunk,) * 3)
+    array[array.roi] = volume
+    update_dataset_meta(path, complete=True)
+    return path
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def tangled_volume(shape=(32, 40, 48), seed=3) -> np.ndarray:
+    """Blobs of many sizes, plus objects built to cross block borders of 16 (uint8 0/1)."""
+    rng = np.random.default_rng(seed)
+    volume = ndimage.gaussian_filter(rng.random(shape), 1.5) > 0.56
+    volume[:, 30:, :] = False
+    volume[10:24, 10:20, 10:36] = False
+    volume[0:30, 32, 2] = volume[0:30, 32, 44] = True  # a U whose arms meet only in the last z block
+    volume[29, 32, 2:45] = True
+    volume[1, 38, :] = True  # a comb spanning every x and z block
+    volume[1:31, 38, ::8] = True
+    volume[12:16, 12:16, 12:16] = volume[16:20, 16:20, 16:20] = True  # corner to corner: two objects
+    volume[12:16, 12:16, 24:28] = volume[16:20, 16:20, 24:28] = True  # edge to edge: two objects
+    volume[14:16, 12:16, 30:34] = volume[16:18, 12:16, 30:34] = True  # face to face across z = 16: one object
+    return volume.astype(np.uint8)
+
+
+def test_blockwise_components_equal_one_global_scipy_label_with_their_statistics(tmp_path):
+    volume = tangled_volume()
+    seg = write_volume(tmp_path / "c.zarr/volumes/seg", volume * 3, voxel_size=(4, 5, 6), offset=(40, 50, 60))
+    expected, count = ndimage.label(volume)  # scipy's default structure: face connectivity
+
+    result = find_objects(str(seg), tmp_path / "objects.csv", str(seg) + "_objects", block=16, chunk=8, workers=2)
+
+    ids = open_dataset(result.labels)
+    assert ids.dtype == np.uint32 and tuple(ids.offset) == (40, 50, 60) and tuple(ids.voxel_size) == (4, 5, 6)
+    np.testing.assert_array_equal(read_dataset(result.labels), expected)  # the same ids, not just the same sets
+    assert count > 20 and result.objects == count
+    assert sum(s["blocks_processed"] for s in result.summaries.values()) == 2 * 2 * 3 * 3
+    assert expected[14, 14, 14] != expected[17, 17, 17] and expected[14, 14, 26] != expected[17, 17, 26]
+    assert expected[15, 14, 31] == expected[16, 14, 31] and expected[0, 32, 2] == expected[0, 32, 44]
+    rows = read_csv(result.csv)
+    assert tuple(rows[0]) == CSV_COLUMNS and [int(r["object_id"]) for r in rows] == list(range(1, count + 1))
+    voxel_size, offset = np.array([4, 5, 6]), np.array([40, 50, 60])
+    labels = range(1, count + 1)
+    centroids = offset + (np.array(ndimage.center_of_mass(volume, expected, labels)) + 0.5) * voxel_size
+    for row, box, centroid in zip(rows, ndimage.find_objects(expected), centroids):
+        voxels = int(np.count_nonzero(expected[box] == int(row["object_id"])))
+        assert int(row["voxel_count"]) == voxels and int(row["volume_nm3"]) == voxels * 120
+        got = [float(row[f"centroid_{a}_nm"]) for a in "zyx"]
+        np.testing.assert_allclose(got, centroid, rtol=0, atol=1e-6)
+        begin, end = np.array([s.start for s in box]), np.array([s.stop for s in box])
+        assert [float(row[f"bbox_offset_{a}_nm"]) for a in "zyx"] == list(offset + begin * voxel_size)
+        assert [float(row[f"bbox_shape_{a}_nm"]) for a in "zyx"] == list((end - begin) * voxel_size)
+        assert int(row["touches_border"]) == int((begin == 0).any() or (end == volume.shape).any())
+        assert float(row["surface_area_nm2"]) > 0
+    assert not (result.labels.group_path / SCRATCH / "fragments").exists()  # scratch removed
+
+
+def shapes_volume(shape=(48, 64, 64), voxel_size=(8, 5, 5)) -> np.ndarray:
+    """A ball (r = 80 nm), an ellipsoid (semi-axes 48, 100, 70 nm along z, y, x), a box and a box on the border."""
+    centres = (np.indices(shape).T + 0.5).T * np.array(voxel_size)[:, None, None, None]  # voxel centres, nm
+
+    def inside(centre, semi_axes):
+        return sum(((c - m) / s) ** 2 for c, m, s in zip(centres, centre, semi_axes)) <= 1
+
+    volume = inside((132, 102, 98), (80, 80, 80)) | inside((300, 210, 200), (48, 100, 70))
+    volume[2:10, 44:60, 40:62] = True
+    volume[40:48, 0:6, 0:6] = True
+    return volume.astype(np.uint8)
+
+
+def test_shapes_in_nm_with_anisotropic_voxels_and_an_offset(tmp_path):
+    voxel_size, offset = np.array([8, 5, 5]), np.array([800, -50, 100])
+    volume = shapes_volume()
+    seg = write_volume(tmp_path / "c.zarr/volumes/seg", volume, voxel_size=voxel_size, offset=offset)
+    out = tmp_path / "c.zarr/volumes/objects/seg"
+
+    result = run_cli("objects", seg, tmp_path / "stats/shapes.csv", "--labels-out", out, "--block", 32, "--chunk", 16)
+
+    assert result.returncode == 0, result.stderr
+    assert "4 objects" in result.stdout and "0 skipped" in result.stdout
+    rows = {int(r["object_id"]): r for r in read_csv(tmp_path / "stats/shapes.csv")}
+    expected, _ = ndimage.label(volume)
+    np.testing.assert_array_equal(read_dataset(out), expected)
+    box, ball, ellipsoid, border = (int(expected[i]) for i in ((2, 44, 40), (16, 20, 19), (37, 42, 40), (47, 0, 0)))
+
+    def values(row, names):
+        return np.array([float(row[name]) for name in names])
+
+    def axes(row):
+        return values(row, ["axis_major_nm", "axis_middle_nm", "axis_minor_nm"])
+
+    r = 80
+    assert float(rows[ball]["volume_nm3"]) == pytest.approx(4 / 3 * math.pi * r**3, rel=0.01)
+    assert float(rows[ball]["surface_area_nm2"]) == pytest.approx(4 * math.pi * r**2, rel=0.03)
+    np.testing.assert_allclose(values(rows[ball], [f"centroid_{a}_nm" for a in "zyx"]), offset + (132, 102, 98), atol=1)
+    np.testing.assert_allclose(axes(rows[ball]), 2 * r, rtol=0.03)
+    assert float(rows[ellipsoid]["volume_nm3"]) == pytest.approx(4 / 3 * math.pi * 48 * 100 * 70, rel=0.02)
+    np.testing.assert_allclose(axes(rows[ellipsoid]), (200, 140, 96), rtol=0.03)
+    assert int(rows[box]["voxel_count"]) == 8 * 16 * 22 and float(rows[box]["volume_nm3"]) == 8 * 16 * 22 * 200
+    np.testing.assert_array_equal(values(rows[box], [f"bbox_offset_{a}_nm" for a in "zyx"]), offset + (16, 220, 200))
+    np.testing.assert_array_equal(values(rows[box], [f"bbox_shape_{a}_nm" for a in "zyx"]), (64, 80, 110))
+    np.testing.assert_allclose(values(rows[box], [f"centroid_{a}_nm" for a in "zyx"]), offset + (48, 260, 255))
+    box_area = 2 * (64 * 80 + 64 * 110 + 80 * 110)
+    assert 0.9 * box_area < float(rows[box]["surface_area_nm2"]) < box_area  # marching cubes bevels the edges
+    assert [int(rows[i]["touches_border"]) for i in (box, ball, ellipsoid, border)] == [0, 0, 0, 1]
+    meta = dataset_meta(DatasetPath.parse(out))
+    assert meta["complete"] and meta["kind"] == "labels" and meta["objects"] == 4
+
+    again = run_cli("objects", seg, tmp_path / "stats/shapes.csv", "--labels-out", out, "--block", 32, "--chunk", 16)
+    assert again.returncode == 0 and "already complete" in again.stdout, again.stderr
+
+
+def test_rerun_after_a_kill_skips_finished_blocks(tmp_path):
+    volume = tangled_volume()
+    seg = write_volume(tmp_path / "c.zarr/volumes/seg", volume)
+    labels, table = tmp_path / "c.zarr/volumes/objects", tmp_path / "objects.csv"
+    config = ObjectsStep(segmentation=str(seg), labels=str(labels), block=16, chunk=16)
+    assert prepare_output(config, overwrite=False) == "new"
+    kill_midway(SlowFragmentsStage.model_validate(config.model_dump()), 2, 0.5)
+    assert not open_dataset(labels, require_complete=False).data[:].any()
+
+    result = run_cli("objects", seg, table, "--labels-out", labels, "--block", 16, "--chunk", 16, "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    fragments_line = result.stdout.split("fragments: ")[1]
+    skipped = int(fragments_line.split(" skipped")[0].split()[-1])
+    assert 2 <= skipped < 2 * 3 * 3, result.stdout
+    np.testing.assert_array_equal(read_dataset(labels), ndimage.label(volume)[0])
+    assert len(read_csv(table)) == ndimage.label(volume)[1]
+
+
+@pytest.mark.parametrize(
+    "setup, extra, message",
+    [
+        ("missing", [], "no such dataset"),
+        ("float32", [], "dtype float32 is not a segmentation"),
+        ("existing csv", [], "objects.csv already exists; pass --overwrite"),
+        ("existing labels", [], "was not written by this exact command; pass --overwrite"),
+        ("ok", ["--block", 24], "--block 24 must be a positive multiple of --chunk 16"),
+        ("ok", ["--labels-out", "SEG"], "must be a dataset apart from the segmentation"),
+        ("ok", ["--workers", 0], "--workers 0: need at least one worker"),
+    ],
+)
+def test_bad_input_fails_with_one_line_and_overwrites_nothing(tmp_path, capsys, setup, extra, message):
+    seg, labels, table = tmp_path / "c.zarr/volumes/seg", tmp_path / "c.zarr/volumes/ids", tmp_path / "objects.csv"
+    if setup != "missing":
+        write_volume(seg, np.ones((8, 8, 8), np.float32 if setup == "float32" else np.uint8))
+    if setup == "existing csv":
+        table.write_text("precious\n")
+    if setup == "existing labels":
+        write_volume(labels, np.full((8, 8, 8), 7, np.uint32))
+    extra = [str(seg) if e == "SEG" else str(e) for e in extra]
+    labels_out = [] if "--labels-out" in extra else ["--labels-out", str(labels)]
+
+    code = main(["objects", str(seg), str(table), *labels_out, "--chunk", "16", *extra])
+
+    stderr = capsys.readouterr().err
+    assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    if setup == "existing csv":
+        assert table.read_text() == "precious\n"
+    else:
+        assert not table.exists()
+    if setup == "existing labels":
+        assert (read_dataset(labels) == 7).all()
+    else:
+        assert not DatasetPath.parse(labels).exists()
+
+
+def test_bad_input_exits_with_code_2_from_the_command_line(tmp_path):
+    result = run_cli("objects", tmp_path / "c.zarr/volumes/seg", tmp_path / "objects.csv")
+    assert (
+        result.returncode == 2
+        and result.stderr.startswith("incasem-like: error: ")
+        and "no such dataset" in result.stderr
+    )
+    assert not (tmp_path / "objects.csv").exists()
+
+
+def test_block_fragments_statistics_are_global_voxel_sums():
+    block = np.zeros((4, 5, 6), bool)
+    block[0, 0, 1:3] = block[2:4, 3, 5] = True
+    local, stats = block_fragments(block, np.array([10, 20, 30]), (100, 100, 100))
+    assert local.dtype == np.uint32 and local.max() == 2
+    np.testing.assert_array_equal(stats["count"], [2, 2])
+    np.testing.assert_array_equal(stats["sums"], [[20, 40, 63], [25, 46, 70]])
+    np.testing.assert_array_equal(stats["bbox_begin"], [[10, 20, 31], [12, 23, 35]])
+    np.testing.assert_array_equal(stats["bbox_end"], [[11, 21, 33], [14, 24, 36]])
+    np.testing.assert_array_equal(stats["first"], [10 * 10000 + 20 * 100 + 31, 12 * 10000 + 23 * 100 + 35])
+    assert stats["moments"][1].tolist() == [12**2 + 13**2, 23 * 25, 35 * 25, 2 * 23**2, 2 * 23 * 35, 2 * 35**2]
+
+
+def test_touching_pairs_are_unique_face_neighbours():
+    last = np.array([[1, 1, 0], [2, 0, 3]])
+    following = np.array([[4, 5, 6], [4, 4, 0]])
+    assert touching_pairs(last, following).tolist() == [[1, 4], [1, 5], [2, 4]]
+    assert touching_pairs(last, np.zeros_like(last)).shape == (0, 2)
+
+
+def edges_of(triangles: np.ndarray) -> np.ndarray:
+    return np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
+
+
+def is_closed_and_oriented(triangles: np.ndarray) -> bool:
+    """Every edge is shared by exactly two triangles that run through it in opposite directions."""
+    directed = edges_of(triangles)
+    _, counts = np.unique(np.sort(directed, axis=1), axis=0, return_counts=True)
+    return bool((counts == 2).all() and len(np.unique(directed, axis=0)) == len(directed))
+
+
+@pytest.mark.parametrize("radius", [6, 12])
+def test_a_balls_mesh_is_closed_outward_and_has_its_area(radius):
+    n = 2 * radius + 5
+    centres = np.indices((n, n, n)) + 0.5
+    mask = ((centres - n / 2) ** 2).sum(axis=0) <= radius**2
+    vertices, triangles = object_mesh(np.pad(mask, 1), np.array([2.0, 2.0, 2.0]), np.array([-2.0, 0.0, 0.0]))
+
+    assert is_closed_and_oriented(triangles)
+    assert signed_volume(vertices[:, ::-1], triangles) == pytest.approx(mask.sum() * 8, rel=0.02)  # outward in x y z
+    assert surface_area(vertices, triangles) == pytest.approx(4 * math.pi * (2 * radius) ** 2, rel=0.03)
+    np.testing.assert_allclose(vertices.mean(axis=0), np.array([-2, 0, 0]) + n + 2, atol=0.2)  # the ball's centre
+
+
+def test_crop_box_pads_by_the_step_and_ends_on_a_sample():
+    begin, end = crop_box(np.array([5, 5, 5]), np.array([9, 10, 11]))
+    assert begin.tolist() == [4, 4, 4] and end.tolist() == [10, 11, 12]
+    begin, end = crop_box(np.array([5, 5, 5]), np.array([9, 10, 11]), step=2)
+    assert begin.tolist() == [3, 3, 3] and end.tolist() == [12, 12, 14]
+
+
+def test_raw_marching_cubes_spans_the_bounding_box_and_steps_coarsen():
+    mask = np.zeros((12, 14, 16), bool)
+    mask[3:9, 2:12, 4:10] = True
+    corner = np.array([100.0, 200.0, 300.0])
+    voxel_size = np.array([8.0, 5.0, 4.0])
+
+    vertices, triangles = object_mesh(mask, voxel_size, corner, smooth_iterations=0)
+    coarse_vertices, coarse = object_mesh(mask, voxel_size, corner, step=2, smooth_iterations=0)
+
+    np.testing.assert_allclose(vertices.min(axis=0), corner + (3, 2, 4) * voxel_size)
+    np.testing.assert_allclose(vertices.max(axis=0), corner + (9, 12, 10) * voxel_size)
+    assert is_closed_and_oriented(triangles) and is_closed_and_oriented(coarse)
+    assert len(coarse_vertices) < len(vertices) / 3
+    assert object_mesh(np.zeros((5, 5, 5), bool), voxel_size, corner)[1].shape == (0, 3)

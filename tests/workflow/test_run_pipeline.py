@@ -1,0 +1,475 @@
+"""`incasem-like run`: the shipped pipelines on the embedded sample with real stages, zarr and daisy workers;
+resuming, reruns after changes, failures, and one-line errors for bad pipeline files."""
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from incasem_like.cli.main import main
+from incasem_like.core.errors import UserError
+from incasem_like.nn.models import bundled_model
+from incasem_like.store.datasets import DatasetPath, is_complete, remove_dataset, update_dataset_meta
+from incasem_like.workflow.demo import SAMPLE
+from incasem_like.workflow.pipeline import load_pipeline, plan
+from tests.conftest import REPO, read_dataset, run_cli, write_slices
+from tests.review.test_view import fetch
+
+PIPELINES = REPO / "pipelines"
+SAMPLE_DIR = Path(str(SAMPLE))
+#: a crop of the sample: predict_cell takes ~35 s on it on 2 cores (most of it the prediction's one pass)
+CROP = "0 128 128 32 128 128"  # a corner with mitochondria (15% of its voxels)
+ORGANELLES = ("mito", "er", "golgi", "nuclear_pore", "ccp")
+
+
+def summary(stdout: str) -> dict[str, tuple[str, str]]:
+    """The summary table's rows: stage -> (status, output)."""
+    lines = stdout.splitlines()
+    header = max(i for i, line in enumerate(lines) if line.startswith("#  stage"))
+    columns = lines[header].index("status"), lines[header].index("seconds"), lines[header].index("output")
+    rows = {}
+    for line in lines[header + 1 :]:
+        if not line[:1].isdigit() and not line[:2].strip().isdigit():
+            break
+        rows[line.split()[1]] = (line[columns[0] : columns[1]].strip(), line[columns[2] :])
+    return rows
+
+
+def files(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder`: relative path -> (size, modification time in ns)."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def predict_cell(cwd: Path, *extra) -> subprocess.CompletedProcess:
+    return run_cli(
+        "run",
+        PIPELINES / "predict_cell.yaml",
+        "--set",
+        f"tiffs={SAMPLE_DIR / 'raw'}",
+        "--set",
+        f"roi={CROP}",
+        "--set",
+        "workers=1",
+        "--quiet",
+        *extra,
+        cwd=cwd,
+    )
+
+
+def test_predict_cell_runs_skips_what_is_complete_and_reruns_only_what_is_missing(tmp_path):
+    first = predict_cell(tmp_path)
+    assert first.returncode == 0, first.stderr
+    rows = summary(first.stdout)
+    assert {stage: status for stage, (status, _) in rows.items()} == {
+        "convert": "ran",
+        "clahe": "ran",
+        "mask": "ran",
+        "predict_mito": "ran",
+        **{f"predict_{organelle}": "not requested" for organelle in ORGANELLES[1:]},
+        "view": "ran",
+    }
+    assert rows["predict_er"][1] == "--set er_checkpoint=... to run it"
+    assert rows["predict_mito"][1] == "cell.zarr/volumes/predictions/run1/mito"
+    # a progress line per stage, naming the command it runs
+    assert "[4/9] predict_mito: running: incasem-like predict --checkpoint bundled:mito " in first.stdout
+    assert "neuroglancer: not served; rerun with --serve" in first.stdout.splitlines()[-1]
+    container = tmp_path / "cell.zarr"
+    segmentation = read_dataset(container / "volumes/predictions/run1/mito/segmentation")
+    assert segmentation.shape == (32, 128, 128) and 0 < segmentation.mean() < 0.5
+    mask = read_dataset(container / "volumes/masks/cell")
+
+    before = files(container)
+    again = predict_cell(tmp_path)
+    assert again.returncode == 0, again.stderr
+    statuses = {stage: status for stage, (status, _) in summary(again.stdout).items()}
+    assert [stage for stage, status in statuses.items() if status == "skipped"] == [
+        "convert",
+        "clahe",
+        "mask",
+        "predict_mito",
+    ]
+    assert statuses["view"] == "ran"  # it only shows the datasets
+    assert files(container) == before
+
+    # One output deleted, one marked incomplete: only their stages run (the prediction resumes: its blocks are done).
+    remove_dataset(DatasetPath.parse(container / "volumes/masks/cell"))
+    update_dataset_meta(DatasetPath.parse(container / "volumes/predictions/run1/mito/segmentation"), complete=False)
+    third = predict_cell(tmp_path)
+    assert third.returncode == 0, third.stderr
+    statuses = {stage: status for stage, (status, _) in summary(third.stdout).items()}
+    assert [stage for stage, status in statuses.items() if status == "ran"] == ["mask", "predict_mito", "view"]
+    assert "[4/9] predict_mito: resuming (incomplete)" in third.stdout
+    assert "0 blocks processed, 1 skipped (already done)" in third.stdout
+    after = files(container)
+    unchanged = [name for name in before if name.startswith(("volumes/raw/", "volumes/raw_clahe/"))]
+    assert unchanged and all(after[name] == before[name] for name in unchanged)
+    assert np.array_equal(read_dataset(container / "volumes/masks/cell"), mask)
+    assert is_complete(DatasetPath.parse(container / "volumes/predictions/run1/mito/segmentation"))
+
+    # --serve: after the table, the view stage's container is served until Ctrl-C
+    process = subprocess.Popen(
+        [sys.executable, "-m", "incasem_like", "run", PIPELINES / "predict_cell.yaml", "--set",
+         f"tiffs={SAMPLE_DIR / 'raw'}", "--set", f"roi={CROP}", "--set", "workers=1", "--serve"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line.rstrip("\n")) for line in process.stdout], daemon=True)
+    reader.start()
+    try:
+        printed = []
+        while (line := lines.get(timeout=300)) != "serving until Ctrl-C":
+            printed.append(line)
+        assert summary("\n".join(printed))["predict_mito"][0] == "skipped"  # the table came first
+        report = dict(line.partition(": ")[::2] for line in printed)
+        data_url = report["data"].removesuffix(" (read-only)")
+        assert report["neuroglancer"].startswith("http://127.0.0.1:")
+        status, metadata = fetch(f"{data_url}/volumes/predictions/run1/mito/segmentation/zarr.json")
+        assert status == 200 and json.loads(metadata)["attributes"]["incasem_like"]["complete"]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        reader.join()
+
+
+# --- small pipelines on synthetic data: failures, changes, --force --------------------------------------------------
+SMALL = {
+    "name": "small",
+    "variables": {"tiffs": {"required": True}, "kernel": 8},
+    "stages": [
+        {
+            "command": "convert",
+            "options": {"src": "${tiffs}", "out": "c.zarr/volumes/raw", "voxel-size": [5, 5, 5], "chunk": 16},
+        },
+        {
+            "command": "clahe",
+            "options": {
+                "input": "${convert.output}",
+                "output": "c.zarr/volumes/raw_clahe",
+                "kernel": "${kernel}",
+                "chunk": 16,
+                "block": 16,
+            },
+        },
+        {"command": "export", "options": {"dataset": "${clahe.output}", "out_dir": "slices"}},
+    ],
+}
+
+
+def run_in_process(capsys, *args) -> tuple[int, str, str]:
+    code = main(["run", *map(str, args), "--quiet"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def small(tmp_path, monkeypatch, rng) -> Path:
+    """The small pipeline file and a 16 x 32 x 32 TIFF stack, in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    write_slices(tmp_path / "tiffs", rng.integers(0, 256, (16, 32, 32), dtype=np.uint8))
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(SMALL, sort_keys=False))
+    return path
+
+
+def test_a_failing_stage_stops_the_run_and_a_rerun_resumes_from_it(small, capsys):
+    code, out, err = run_in_process(capsys, small, "--set", "tiffs=tiffs", "--set", "kernel=0")
+    assert code == 2
+    assert {stage: status for stage, (status, _) in summary(out).items()} == {
+        "convert": "ran",
+        "clahe": "failed",
+        "export": "not run",
+    }
+    assert err.count("\n") == 1 and err.startswith("incasem-like: error: stage 2 (clahe) failed: kernel = 0")
+    assert "rerunning the pipeline resumes from there" in err
+    code, out, _ = run_in_process(capsys, small, "--set", "tiffs=tiffs")
+    assert code == 0
+    assert [status for status, _ in summary(out).values()] == ["skipped", "ran", "ran"]
+    assert len(list(Path("slices").glob("*.tif"))) == 16
+
+
+def test_changed_options_rerun_the_stage_and_the_stages_reading_its_output(small, capsys):
+    assert run_in_process(capsys, small, "--set", "tiffs=tiffs")[0] == 0
+    first = read_dataset("c.zarr/volumes/raw_clahe")
+    raw_files = files(Path("c.zarr/volumes/raw"))
+
+    code, out, _ = run_in_process(capsys, small, "--set", "tiffs=tiffs", "--set", "kernel=16")
+    assert code == 0
+    assert "[2/3] clahe: running again (options changed: kernel 8 -> 16): incasem-like clahe " in out
+    assert "--overwrite" in out.splitlines()[1]
+    assert "[3/3] export: running again (clahe rewrites its input " in out
+    assert [status for status, _ in summary(out).values()] == ["skipped", "ran", "ran"]
+    assert not np.array_equal(read_dataset("c.zarr/volumes/raw_clahe"), first)
+    assert files(Path("c.zarr/volumes/raw")) == raw_files
+
+    code, out, _ = run_in_process(
+        capsys, small, "--set", "tiffs=tiffs", "--set", "kernel=16", "--force", "convert", "--dry-run"
+    )
+    assert code == 0
+    assert [status for status, _ in summary(out).values()] == ["would run"] * 3
+    assert "[1/3] convert: running again (--force): incasem-like convert tiffs c.zarr/volumes/raw " in out
+    assert files(Path("c.zarr/volumes/raw")) == raw_files  # a dry run runs nothing
+
+
+def test_outputs_record_their_options_so_any_working_directory_sees_a_change(small, tmp_path, monkeypatch, capsys):
+    anywhere = yaml.safe_dump(SMALL, sort_keys=False).replace("c.zarr", "${pipeline_dir}/c.zarr")
+    small.write_text(anywhere.replace("out_dir: slices", "out_dir: ${pipeline_dir}/slices"))
+    tiffs = f"tiffs={tmp_path / 'tiffs'}"
+    assert run_in_process(capsys, small, "--set", tiffs)[0] == 0
+    first = read_dataset(tmp_path / "c.zarr/volumes/raw_clahe")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # none of the first run's working directory comes along
+    code, out, _ = run_in_process(capsys, small, "--set", tiffs, "--set", "kernel=16")
+    assert code == 0
+    assert "[2/3] clahe: running again (options changed: kernel 8 -> 16)" in out
+    assert [status for status, _ in summary(out).values()] == ["skipped", "ran", "ran"]
+    assert not np.array_equal(read_dataset(tmp_path / "c.zarr/volumes/raw_clahe"), first)
+    assert [
+        status for status, _ in summary(run_in_process(capsys, small, "--set", tiffs, "--set", "kernel=16")[1]).values()
+    ] == ["skipped"] * 3
+
+    update_dataset_meta(DatasetPath.parse(tmp_path / "c.zarr/volumes/raw_clahe"), incasem_stage=None)
+    (tmp_path / ".slices.incasem_stage.json").unlink()
+    code, out, _ = run_in_process(capsys, small, "--set", tiffs, "--set", "kernel=16")
+    assert code == 0
+    assert (
+        f"[2/3] clahe: running again ({tmp_path}/c.zarr/volumes/raw_clahe records no pipeline stage that wrote it)"
+        in out
+    )
+    assert [status for status, _ in summary(out).values()] == ["skipped", "ran", "ran"]
+
+
+def test_stages_not_requested_and_the_stages_using_their_output(small, capsys):
+    optional = {**SMALL["stages"][1], "when_set": ["enhance"]}
+    content = {**SMALL, "variables": {**SMALL["variables"], "enhance": None}, "stages": [SMALL["stages"][0], optional]}
+    small.write_text(yaml.safe_dump({**content, "stages": [*content["stages"], SMALL["stages"][2]]}, sort_keys=False))
+
+    code, out, _ = run_in_process(capsys, small, "--set", "tiffs=tiffs", "--dry-run")
+    assert code == 0
+    assert summary(out) == {
+        "convert": ("would run", "c.zarr/volumes/raw"),
+        "clahe": ("not requested", "--set enhance=... to run it"),
+        "export": ("not requested", "uses the output of clahe, which is not requested"),
+    }
+    code, out, _ = run_in_process(capsys, small, "--set", "tiffs=tiffs", "--set", "enhance=yes", "--dry-run")
+    assert [status for status, _ in summary(out).values()] == ["would run"] * 3
+
+
+def test_a_view_stage_with_a_base_url_ends_the_run_with_its_link(small, capsys):
+    view = {"command": "view", "options": {"container": "c.zarr", "base-url": "${url}", "state-file": "state.json"}}
+    content = {**SMALL, "variables": {**SMALL["variables"], "url": None}, "stages": [SMALL["stages"][0], view]}
+    small.write_text(yaml.safe_dump(content, sort_keys=False))
+
+    code, out, _ = run_in_process(capsys, small, "--set", "tiffs=tiffs", "--set", "url=https://data.example.org/c.zarr")
+    assert code == 0
+    link = out.splitlines()[-1]
+    assert link.startswith("neuroglancer: https://neuroglancer-demo.appspot.com/#!") and "data.example.org" in link
+    state = json.loads(Path("state.json").read_text())
+    assert state["layers"][0]["source"] == "zarr://https://data.example.org/c.zarr/volumes/raw"
+    # without the URL the option is left out: the container would be served locally (--serve), so not here
+    code, out, _ = run_in_process(capsys, small, "--set", "tiffs=tiffs")
+    assert code == 0
+    assert "[2/2] view: running (it writes no file to check): incasem-like view c.zarr --state-file state.json" in out
+    assert out.splitlines()[-1].startswith("neuroglancer: not served; rerun with --serve")
+
+
+# --- bad pipelines: one line, exit 2, nothing written ---------------------------------------------------------------
+def stage_with(**options) -> dict:
+    return {**SMALL, "stages": [SMALL["stages"][0], {"command": "clahe", "options": options}]}
+
+
+TIFFS = ["--set", "tiffs=tiffs"]
+BAD = {
+    "unknown command": (
+        {**SMALL, "stages": [SMALL["stages"][0], {"command": "clahee"}]},
+        TIFFS,
+        "stage 2 (clahee): command 'clahee' is not a command (did you mean clahe?); stages run: convert, clahe,",
+    ),
+    "not a stage": ({**SMALL, "stages": [{"command": "demo"}]}, TIFFS, "command 'demo' cannot be a pipeline stage"),
+    "labels without operation": (
+        {**SMALL, "stages": [{"command": "labels"}]},
+        TIFFS,
+        "command 'labels' needs an operation: labels clean, labels dilate, labels metric-mask",
+    ),
+    "unknown option": (
+        stage_with(input="c.zarr/volumes/raw", output="c.zarr/volumes/x", kernal=64),
+        TIFFS,
+        "stage 2 (clahe): options.kernal: clahe has no such option (did you mean kernel?)",
+    ),
+    "wrong type": (
+        stage_with(input="c.zarr/volumes/raw", output="c.zarr/volumes/x", workers="many"),
+        TIFFS,
+        "stage 2 (clahe): options.workers: invalid int value: 'many'",
+    ),
+    "list for one value": (
+        stage_with(input="c.zarr/volumes/raw", output="c.zarr/volumes/x", kernel=[1, 2]),
+        TIFFS,
+        "stage 2 (clahe): options.kernel = [1, 2]: takes one value, not a list",
+    ),
+    "missing option": (
+        stage_with(input="c.zarr/volumes/raw"),
+        TIFFS,
+        "stage 2 (clahe): options: output missing; add it under options",
+    ),
+    "options beside the command": (
+        {**SMALL, "stages": [{"command": "clahe", "input": "x"}]},
+        TIFFS,
+        "stage 1: input: unknown key; allowed: name, command, options, when_set (a command's options go under options)",
+    ),
+    "unknown variable": (
+        stage_with(input="${container}/volumes/raw", output="c.zarr/volumes/x"),
+        TIFFS,
+        "stage 2 (clahe): options.input: ${container} is not a variable of this pipeline; variables: ${tiffs}, "
+        "${kernel}, ${pipeline_dir}",
+    ),
+    "missing variable": (SMALL, [], "variable tiffs is required: pass --set tiffs=VALUE"),
+    "unknown --set key": (SMALL, ["--set", "tiff=x"], "--set tiff: no such variable; variables: tiffs, kernel"),
+    "--set without =": (SMALL, ["--set", "tiffs"], "--set tiffs: write KEY=VALUE"),
+    "missing input": (
+        SMALL,
+        ["--set", "tiffs=nowhere"],
+        "stage 1 (convert): its input nowhere does not exist and no earlier stage writes it",
+    ),
+    "unknown --force stage": (SMALL, [*TIFFS, "--force", "clahee"], "--force clahee: no such stage"),
+    "--serve without view": (SMALL, [*TIFFS, "--serve"], "--serve: pipeline.yaml has no view stage"),
+    "duplicate stage name": (
+        {**SMALL, "stages": [SMALL["stages"][0], SMALL["stages"][0]]},
+        TIFFS,
+        "stage 2 (convert): an earlier stage has this name; give each stage its own name",
+    ),
+    "no stages": ({"name": "x", "stages": []}, TIFFS, "stages = []: List should have at least 1 item"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_a_bad_pipeline_is_one_line_naming_the_problem_and_writes_nothing(case, tmp_path, monkeypatch, capsys, rng):
+    content, arguments, message = BAD[case]
+    monkeypatch.chdir(tmp_path)
+    write_slices(tmp_path / "tiffs", rng.integers(0, 256, (4, 8, 8), dtype=np.uint8))
+    Path("pipeline.yaml").write_text(yaml.safe_dump(content, sort_keys=False))
+    before = sorted(map(str, tmp_path.rglob("*")))
+
+    assert main(["run", "pipeline.yaml", *arguments]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and message in err, err
+    assert out == "" and sorted(map(str, tmp_path.rglob("*"))) == before
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "missing.yaml: no such pipeline file; see pipelines/ for examples"),
+        ("name: x\nstages: [\n", "missing.yaml: not valid YAML at line 3"),
+        ("- a list\n", "missing.yaml: expected a mapping of keys (name, description, variables, stages)"),
+    ],
+)
+def test_a_missing_or_broken_file_is_one_line(text, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    if text is not None:
+        Path("missing.yaml").write_text(text)
+    assert main(["run", "missing.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+# --- the shipped pipelines -----------------------------------------------------------------------------------------
+def shipped(name: str, **variables) -> list:
+    """The planned steps of a shipped pipeline on the embedded sample (nothing runs)."""
+    assignments = [f"{key}={value}" for key, value in variables.items()]
+    return plan(load_pipeline(PIPELINES / f"{name}.yaml", assignments))
+
+
+def test_the_shipped_pipelines_check_out_on_the_sample(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw, mito = SAMPLE_DIR / "raw", SAMPLE_DIR / "mito"
+
+    with pytest.raises(UserError, match=r"stage 5 \(predict_er\): its input er.pt does not exist"):
+        shipped("predict_cell", tiffs=raw, er_checkpoint="er.pt")
+    steps = shipped("predict_cell", tiffs=raw, er_checkpoint=bundled_model("mito"))
+    assert [(s.stage.name, s.stage.command, s.action) for s in steps] == [
+        ("convert", "convert", "run"),
+        ("clahe", "clahe", "run"),
+        ("mask", "mask", "run"),
+        ("predict_mito", "predict", "run"),
+        ("predict_er", "predict", "run"),
+        *((f"predict_{o}", "predict", "not requested") for o in ORGANELLES[2:]),
+        ("view", "view", "run"),
+    ]
+    assert steps[3].stage.argv[:2] == ["--checkpoint", "bundled:mito"]
+
+    steps = shipped("prepare_training", raw_tiffs=raw, labels_tiffs=mito, organelle="er")
+    assert [(s.stage.command, s.stage.io.shown) for s in steps] == [
+        ("convert", "cell.zarr/volumes/raw"),
+        ("convert", "cell.zarr/volumes/labels/er_annotation"),
+        ("clahe", "cell.zarr/volumes/raw_clahe"),
+        ("mask", "cell.zarr/volumes/masks/cell"),
+        ("labels clean", "cell.zarr/volumes/labels/er_clean"),
+        ("labels dilate", "cell.zarr/volumes/labels/er"),
+        ("labels metric-mask", "cell.zarr/volumes/metric_masks/er"),
+    ]
+    assert "--organelle er" in steps[-1].stage.command_line()
+
+    steps = shipped("finetune_cell", raw_tiffs=raw, labels_tiffs=mito)
+    assert [s.stage.command for s in steps] == [
+        "convert",
+        "convert",
+        "clahe",
+        "labels metric-mask",
+        "finetune",
+        "predict",
+        "evaluate",
+        "view",
+    ]
+    finetune, predict, evaluate = (s.stage for s in steps[4:7])
+    assert finetune.args.config == str(REPO / "configs/training/finetune_cell_mito.yaml")
+    assert predict.args.checkpoint == "runs/finetune_cell_mito"  # the run folder: its best checkpoint
+    assert evaluate.args.roi == [30, 0, 0, 10, 384, 384]
+    # the finetune stage reads what the stages before it write, so it is checked against them
+    assert {"naive_cell.zarr/volumes/raw_clahe", "naive_cell.zarr/volumes/metric_masks/mito"} <= set(finetune.io.inputs)
+
+
+# --- slow: the training pipelines on the whole sample --------------------------------------------------------------
+@pytest.mark.slow
+def test_prepare_training_and_finetune_cell_run_on_the_sample(tmp_path):
+    raw, mito = SAMPLE_DIR / "raw", SAMPLE_DIR / "mito"
+    prepared = run_cli(
+        "run",
+        PIPELINES / "prepare_training.yaml",
+        "--set",
+        f"raw_tiffs={raw}",
+        "--set",
+        f"labels_tiffs={mito}",
+        "--quiet",
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert prepared.returncode == 0, prepared.stderr
+    assert {status for status, _ in summary(prepared.stdout).values()} == {"ran"}
+    for name in ("raw_clahe", "masks/cell", "labels/mito", "labels/mito_clean", "metric_masks/mito"):
+        assert is_complete(DatasetPath.parse(tmp_path / "cell.zarr/volumes" / name))
+
+    config = yaml.safe_load((REPO / "configs/training/finetune_cell_mito.yaml").read_text())
+    config.update(iterations=2, validate_every=2, checkpoint_every=2, snapshot_every=2, data_workers=0, device="cpu")
+    (tmp_path / "finetune.yaml").write_text(yaml.safe_dump(config))
+    arguments = ["--set", f"raw_tiffs={raw}", "--set", f"labels_tiffs={mito}", "--set", "training_config=finetune.yaml"]
+    finetuned = run_cli("run", PIPELINES / "finetune_cell.yaml", *arguments, "--quiet", cwd=tmp_path, timeout=1200)
+    assert finetuned.returncode == 0, finetuned.stderr
+    assert {status for status, _ in summary(finetuned.stdout).values()} == {"ran"}
+    assert "validation F1 before" in finetuned.stdout
+    best = json.loads((tmp_path / "runs/finetune_cell_mito/summary.json").read_text())["best"]["checkpoint"]
+    evaluation = json.loads((tmp_path / "evaluation_finetuned_mito.json").read_text())
+    assert 0 < evaluation["best"]["f1"] <= 1
+    assert Path(best).name in finetuned.stdout  # predict names the checkpoint the run folder stands for

@@ -52,10 +52,15 @@ class WorkerJob:
 
 
 class Launcher(Protocol):
-    #: address workers use to reach the scheduler
-    scheduler_host: str
-    #: replacement workers a run may start when workers die or their jobs are lost
-    max_restarts: int
+    @property
+    def scheduler_host(self) -> str:
+        """The address workers use to reach the scheduler."""
+        ...
+
+    @property
+    def max_restarts(self) -> int:
+        """Replacement workers a run may start when workers die or their jobs are lost."""
+        ...
 
     def worker_threads(self, workers: int) -> int:
         """Threads each worker's compute may use."""

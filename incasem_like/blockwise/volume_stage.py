@@ -25,7 +25,7 @@ def requested_roi(
     """The world ROI of `--roi OFFSET SHAPE` (voxels of `source`, the dataset `name`), or all of it without one."""
     if (offset is None) != (shape is None):
         raise UserError("--roi needs both OFFSET and SHAPE (6 numbers: z y x z y x, in voxels)")
-    if offset is None:
+    if offset is None or shape is None:
         return source.roi
     roi = roi_from_voxels(offset, shape, source.voxel_size, origin=source.offset)
     if roi.empty or not source.roi.contains(roi):

@@ -52,7 +52,7 @@ def run_worker(spec_path: Path) -> None:
         zarr.config.set({"threading.max_workers": int(os.environ[WORKER_THREADS_ENV])})
     process_block = load_stage(spec).block_processor()
     client = Client()
-    failed_blocks = defaultdict(set)  # error signature -> ids of the blocks it failed
+    failed_blocks: defaultdict[str, set[int]] = defaultdict(set)  # error signature -> the blocks it failed
     while not stop_file.exists():
         block_id = None
         try:

@@ -4,6 +4,7 @@ import difflib
 import typing
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 
 class UserError(Exception):
@@ -31,7 +32,7 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel] | N
     return f"{key or 'config'} = {first.get('input')!r}: {message}{more}"
 
 
-def main_problem(error: ValidationError) -> dict:
+def main_problem(error: ValidationError) -> ErrorDetails:
     """The error to report: an unknown key first (a typo also makes the intended key look missing)."""
     problems = error.errors()
     return next((problem for problem in problems if problem["type"] == "extra_forbidden"), problems[0])
@@ -42,16 +43,16 @@ def location(loc: tuple) -> str:
     return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
 
 
-def _keys_at(model: type[BaseModel], loc: tuple) -> list[str]:
+def _keys_at(model: type[BaseModel] | None, loc: tuple) -> list[str]:
     """The field names of the (nested) model that holds the key at `loc`."""
     for part in loc[:-1]:
         if isinstance(part, int):  # a list index
             continue
-        field = model.model_fields.get(part)
+        field = model.model_fields.get(part) if model else None
         model = _model_in(field.annotation) if field else None
         if model is None:
             return []
-    return list(model.model_fields)
+    return list(model.model_fields) if model else []
 
 
 def _model_in(annotation) -> type[BaseModel] | None:

@@ -221,7 +221,9 @@ def evaluate(
                 f"{inputs.prediction_path}: holds values up to {values.max()}, so it is no 0/1 segmentation; "
                 "pass --probabilities if it is a probability map (0..255 = 0..1)"
             )
-    row_thresholds = (thresholds or parse_thresholds(DEFAULT_THRESHOLDS)) if inputs.probabilities else [None]
+    row_thresholds: list[float | None] = (
+        list(thresholds or parse_thresholds(DEFAULT_THRESHOLDS)) if inputs.probabilities else [None]
+    )
     scored = [_scored(kind, counts, row_thresholds) for kind, counts in zip(METRICS, histograms)]
     voxel_size = inputs.prediction.voxel_size
     offset, shape = roi_to_voxels(inputs.roi, voxel_size, inputs.prediction.offset)

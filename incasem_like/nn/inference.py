@@ -27,13 +27,11 @@ from incasem_like.store.datasets import Volume
 MAX_BATCH_INPUT_VOXELS = 2**24
 
 
-def select_device(name: str, option: str = "--device") -> str:
+def select_device(name: str, option: str = "--device") -> Literal["cpu", "cuda"]:
     """`auto` -> `cuda` where torch sees a GPU, else `cpu`; `cuda` without one is a `UserError` naming `option`."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{option} cuda: torch sees no CUDA GPU; use {option} cpu (or auto)")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return "cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu"
 
 
 def raw_with_context(raw: Volume, roi: Roi, context: Coordinate) -> np.ndarray:
@@ -168,7 +166,7 @@ def predict_region(
 
 def _averaged_probabilities(model, tile, variants, per_forward, memory_format) -> torch.Tensor:
     """The mean over `variants` of the network's probabilities for `tile`, summed in the variants' order."""
-    total = None
+    total: torch.Tensor | None = None
     for first in range(0, len(variants), per_forward):
         group = variants[first : first + per_forward]
         batch = torch.cat([variant.apply(tile) for variant in group]).contiguous(memory_format=memory_format)
@@ -176,6 +174,7 @@ def _averaged_probabilities(model, tile, variants, per_forward, memory_format) -
         for index, variant in enumerate(group):
             probability = variant.undo(outputs[index : index + 1])
             total = probability.clone() if total is None else total.add_(probability)
+    assert total is not None  # there is at least the identity
     return total.div_(len(variants)) if len(variants) > 1 else total
 
 

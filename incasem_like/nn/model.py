@@ -28,6 +28,13 @@ from incasem_like.core.errors import UserError
 
 Triple = tuple[int, int, int]
 
+
+def triple(values) -> Triple:
+    """Three values (z, y, x) as a `Triple`."""
+    z, y, x = values
+    return (z, y, x)
+
+
 #: normalizations whose statistics come from each tile: blockwise output would depend on the block layout
 PER_TILE_NORMALIZATIONS = ("instance", "group", "layer")
 
@@ -109,7 +116,7 @@ class NetworkConfig(BaseModel):
         return list(self.kernel_sizes or [(3, 3, 3)] * (self.downsamplings + 1))
 
     def final_kernel(self) -> Triple:
-        return tuple(self.final_kernel_size or self.kernels()[0])
+        return triple(self.final_kernel_size or self.kernels()[0])
 
     def first_kernel(self) -> Triple:
         """The first convolution's kernel: the top level's, `input_slices - 1` deeper in z."""
@@ -118,7 +125,7 @@ class NetworkConfig(BaseModel):
 
     def total_factor(self) -> Triple:
         """The downsampling factor per axis: shifts by multiples of it leave the output equivariant."""
-        return tuple(math.prod(factor[axis] for factor in self.factors()) for axis in range(3))
+        return triple(math.prod(factor[axis] for factor in self.factors()) for axis in range(3))
 
     def architecture(self) -> dict:
         """What the weights depend on (everything but the input shape)."""
@@ -140,19 +147,21 @@ class NetworkConfig(BaseModel):
     def output_shape(self, input_shape: tuple[int, ...] | None = None) -> Triple:
         """Output edge lengths for `input_shape` (default the training input); UserError if one is not valid."""
         shape = tuple(input_shape or self.input_shape)
-        outputs = tuple(self._output_edge(edge, axis) for axis, edge in enumerate(shape))
-        for axis, (edge, output) in enumerate(zip(shape, outputs)):
+        outputs = []
+        for axis, edge in enumerate(shape):
+            output = self._output_edge(edge, axis)
             if output is None:
                 raise UserError(
                     f"network input edge {edge} does not fit a U-Net with {self.downsamplings} downsamplings of "
                     f"{[f[axis] for f in self.factors()]} along {'zyx'[axis]}; valid edges near it: "
                     f"{', '.join(map(str, self.valid_input_edges(edge, axis=axis)))}"
                 )
-        return outputs
+            outputs.append(output)
+        return triple(outputs)
 
     def context(self) -> Triple:
         """Voxels of input needed on each side of the output."""
-        return tuple((i - o) // 2 for i, o in zip(self.input_shape, self.output_shape()))
+        return triple((i - o) // 2 for i, o in zip(self.input_shape, self.output_shape()))
 
     def valid_input_edges(self, near: int, count: int = 4, axis: int = 0) -> list[int]:
         """The `count` valid input edge lengths along `axis` closest to `near`."""
@@ -204,9 +213,9 @@ def _crop_to_factor(size: int, factor: int, kernel: int) -> int:
     return (size - shrink) // factor * factor + shrink
 
 
-def _center_crop(tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    offsets = [(have - want) // 2 for have, want in zip(tensor.shape[-3:], shape)]
-    return tensor[(..., *(slice(o, o + s) for o, s in zip(offsets, shape)))]
+def _center_crop(tensor: torch.Tensor, shape) -> torch.Tensor:
+    (oz, oy, ox), (sz, sy, sx) = [(have - want) // 2 for have, want in zip(tensor.shape[-3:], shape)], shape
+    return tensor[..., oz : oz + sz, oy : oy + sy, ox : ox + sx]
 
 
 class ConvBlock(nn.Module):
@@ -296,10 +305,12 @@ def inference_model(model: UNet3D) -> UNet3D:
     for module in fused.modules():
         if isinstance(module, ConvBlock):
             layers = list(module.convs)
-            kept = []
+            kept: list[nn.Module] = []
             for layer in layers:
                 if isinstance(layer, nn.BatchNorm3d):
-                    kept[-1] = _fold_batch_norm(kept[-1], layer)
+                    conv = kept[-1]
+                    assert isinstance(conv, nn.Conv3d)  # batch norm follows a convolution
+                    kept[-1] = _fold_batch_norm(conv, layer)
                 else:
                     kept.append(layer)
             module.convs = nn.Sequential(*kept)
@@ -326,10 +337,12 @@ class PlaneConv(nn.Module):
 
 
 def _fold_batch_norm(conv: nn.Conv3d, norm: nn.BatchNorm3d) -> nn.Conv3d:
+    assert norm.running_mean is not None and norm.running_var is not None  # frozen statistics are tracked
     scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-    folded = nn.Conv3d(conv.in_channels, conv.out_channels, conv.kernel_size, bias=True)
+    folded = nn.Conv3d(conv.in_channels, conv.out_channels, triple(conv.kernel_size), bias=True)
     with torch.no_grad():
         folded.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1, 1))
         bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+        assert folded.bias is not None
         folded.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
     return folded

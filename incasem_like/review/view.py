@@ -20,6 +20,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import cycle
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import numpy as np
@@ -173,7 +174,7 @@ def build_state(datasets: Sequence[ShownDataset], data_url: str) -> dict:
     images = [dataset for dataset in ordered if dataset.kind == "image"]
     layers = []
     for dataset in ordered:
-        layer = {
+        layer: dict[str, Any] = {
             "type": "image",
             "name": dataset.name.removeprefix("volumes/"),
             "source": f"zarr://{data_url.rstrip('/')}/{quote(dataset.name)}",
@@ -395,7 +396,8 @@ class ContainerServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return server_url(self.server_address[0], self.server_address[1])
+        host, port = self.server_address[:2]
+        return server_url(str(host), int(port))
 
 
 def server_url(bind: str, port: int) -> str:

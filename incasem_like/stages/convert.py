@@ -135,10 +135,10 @@ def _checked_pages(path: Path):
                 ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
                 if ends and max(ends) > size:
                     raise UserError(f"{path}: truncated (image data runs past the end of the file); re-export it")
-                if page.samplesperpixel != 1:
-                    raise UserError(
-                        f"{path}: {page.samplesperpixel} samples per pixel (RGB?); export single-channel grayscale"
-                    )
+                layout = page if isinstance(page, tifffile.TiffPage) else page.keyframe  # a frame: its key page's
+                samples = layout.samplesperpixel if layout is not None else 1
+                if samples != 1:
+                    raise UserError(f"{path}: {samples} samples per pixel (RGB?); export single-channel grayscale")
                 yield page
     except (tifffile.TiffFileError, OSError, ValueError) as error:
         raise UserError(f"{path}: not a readable TIFF ({error}); re-export or remove it") from None

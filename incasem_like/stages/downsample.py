@@ -26,7 +26,7 @@ import math
 import re
 import shutil
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -104,7 +104,7 @@ def downsample_labels(data: np.ndarray, factor: int) -> np.ndarray:
     return _mode(_cells(padded, factor), weights).reshape(out_shape)
 
 
-def _pad(data: np.ndarray, factor: int, mode: str = "constant") -> np.ndarray:
+def _pad(data: np.ndarray, factor: int, mode: Any = "constant") -> np.ndarray:
     """`data` padded (zeros, or `mode`) at the far end of each axis to a multiple of `factor` (itself if one)."""
     extra = [(0, -s % factor) for s in data.shape]
     return np.pad(data, extra, mode=mode) if any(e for _, e in extra) else data
@@ -313,7 +313,7 @@ def level_shape(shape, level: int) -> tuple[int, ...]:
 
 def listed_levels(path: DatasetPath) -> int:
     """How many levels s0, s1, ... the group's multiscales metadata lists, each 2x coarser than the last."""
-    attrs = zarr.open_group(path.group_path, mode="r").attrs.asdict()
+    attrs: dict[str, Any] = zarr.open_group(path.group_path, mode="r").attrs.asdict()
     try:
         datasets = attrs["ome"]["multiscales"][0]["datasets"]
         scales = [next(t["scale"] for t in d["coordinateTransformations"] if t["type"] == "scale") for d in datasets]
@@ -347,7 +347,7 @@ class PyramidLevelStage(_DownsampleBlocks):
     level: int
 
     @property
-    def task_name(self) -> str:  # the progress bar and the logs name the level
+    def task_name(self) -> str:  # type: ignore[override]  # per level: the progress bar and the logs name it
         return f"pyramid_s{self.level}"
 
     @field_validator("level")

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -31,7 +32,7 @@ BINARY_KINDS = ("labels", "mask")
 MIN_DIGITS = 4
 #: zlib level 1 (Fiji reads it) for all but images: labels, masks and probability maps are mostly 0 and shrink
 #: ~10-100x, while EM intensities shrink to only ~0.85x at a tenth of the writing speed (34 vs 318 M voxels/s)
-COMPRESSION = {"compression": "zlib", "compressionargs": {"level": 1}}
+COMPRESSION: dict[str, Any] = {"compression": "zlib", "compressionargs": {"level": 1}}
 
 
 def slice_names(count: int) -> list[str]:

@@ -94,6 +94,7 @@ def _ball_morphology(mask: np.ndarray, radius: int, erosion: bool) -> np.ndarray
             result &= shifted
         else:
             result |= shifted
+    assert result is not None  # the box has at least its centre
     return result
 
 

@@ -57,7 +57,7 @@ from incasem_like.store.datasets import META_KEY, DatasetPath, dataset_meta, upd
 
 Format = Literal["neuroglancer", "ply", "obj"]
 FORMATS = ("neuroglancer", "ply", "obj")
-DEFAULT_FORMATS = ("neuroglancer", "ply")
+DEFAULT_FORMATS: tuple[Format, ...] = ("neuroglancer", "ply")
 #: the bookkeeping group inside the output folder
 RUN_GROUP = ".incasem_mesh"
 NEUROGLANCER_INFO = {"@type": "neuroglancer_legacy_mesh"}
@@ -228,12 +228,12 @@ def make_meshes(
     summary_path = stage.folder / "summary.json"
     if run.get("already_complete") and summary_path.exists():
         return MeshResult(stage.folder, json.loads(summary_path.read_text()), None)
-    ids, sizes = [np.zeros(0, np.int64)], [np.zeros((0, 2), np.int64)]
+    id_parts, size_parts = [np.zeros(0, np.int64)], [np.zeros((0, 2), np.int64)]
     for path in sorted((stage.run_group().group_path / "blocks").glob("b_*.npz")):
         with np.load(path) as result:
-            ids.append(result["ids"])
-            sizes.append(result["sizes"])
-    ids, sizes = np.concatenate(ids), np.concatenate(sizes)
+            id_parts.append(result["ids"])
+            size_parts.append(result["sizes"])
+    ids, sizes = np.concatenate(id_parts), np.concatenate(size_parts)
     summary = {
         "labels": stage.labels,
         "objects": len(ids),

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import zarr
@@ -218,8 +218,8 @@ def boundary(local: np.ndarray) -> dict[str, np.ndarray]:
     return planes
 
 
-def save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write an .npz atomically: readers see the old file or the complete new one."""
+def save_npz(path: Path, **arrays: Any) -> None:
+    """Write arrays to an .npz atomically: readers see the old file or the complete new one."""
     with atomic_file(path) as file:
         np.savez_compressed(file, **arrays)
 

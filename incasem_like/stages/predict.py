@@ -58,7 +58,7 @@ SEGMENTATION = "segmentation"
 RAW_DTYPES = ("uint8", "uint16")
 
 
-def default_precision(device: str) -> str:
+def default_precision(device: str) -> Literal["bf16", "fp32"]:
     """bf16 on GPUs that support it; float32 on CPUs (bf16 is many times slower without AVX512-BF16/AMX)."""
     return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 

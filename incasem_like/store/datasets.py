@@ -13,12 +13,13 @@ each worker process a second).
 """
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import zarr
 from zarr.codecs import BloscCodec
 
@@ -132,7 +133,7 @@ def create_dataset(
     shape: Sequence[int],
     voxel_size: Sequence[int],
     offset: Sequence[int],
-    dtype: np.dtype | str,
+    dtype: npt.DTypeLike,
     chunk_shape: Sequence[int] = (DEFAULT_CHUNK,) * 3,
     attrs: dict[str, Any] | None = None,
 ) -> "Volume":
@@ -229,7 +230,7 @@ class Volume:
         """`data[selection]` (voxel indices); a chunk that cannot be decoded or read is a `UserError` naming the
         dataset and the voxels."""
         try:
-            return self.data[selection]
+            return np.asarray(self.data[selection])
         except UNREADABLE_CHUNK_ERRORS as error:
             voxels = ", ".join(f"{s.start}:{s.stop}" for s in selection)
             raise UserError(
@@ -302,7 +303,12 @@ def _corner_offset(translation: float, scale: float) -> int:
 
 def dataset_meta(path: DatasetPath) -> dict[str, Any]:
     """Our bookkeeping attributes of a dataset (empty for datasets written by other tools)."""
-    return dict(zarr.open_group(path.group_path, mode="r").attrs.get(META_KEY, {}))
+    return _our_attributes(zarr.open_group(path.group_path, mode="r"))
+
+
+def _our_attributes(group: zarr.Group) -> dict[str, Any]:
+    value = group.attrs.get(META_KEY, {})
+    return dict(value) if isinstance(value, Mapping) else {}
 
 
 #: the CLAHE parameters that change an image (the preprocessing a model's checkpoint records for its input)
@@ -317,7 +323,7 @@ def recorded_preprocessing(path: DatasetPath) -> dict[str, Any]:
 
 def update_dataset_meta(path: DatasetPath, **values: Any) -> None:
     group = zarr.open_group(path.group_path, mode="r+")
-    group.attrs[META_KEY] = {**dict(group.attrs.get(META_KEY, {})), **values}
+    group.attrs[META_KEY] = {**_our_attributes(group), **values}
 
 
 def is_complete(path: DatasetPath) -> bool:

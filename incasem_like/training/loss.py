@@ -22,7 +22,7 @@ def balanced_weights(labels: np.ndarray, counted: np.ndarray, max_class_ratio: f
     if total == 0:
         return np.zeros(labels.shape, dtype=np.float32)
     foreground = (labels > 0) & counted
-    fraction = np.count_nonzero(foreground) / total
+    fraction = float(np.count_nonzero(foreground) / total)
     fraction = min(max(fraction, 1 / (1 + max_class_ratio)), max_class_ratio / (1 + max_class_ratio))
     weights = np.where(foreground, 0.5 / fraction, 0.5 / (1 - fraction)).astype(np.float32)
     weights[~counted] = 0

@@ -17,7 +17,8 @@ import logging
 import math
 import multiprocessing
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator
+from typing import Any
 
 import gunpowder as gp
 import numpy as np
@@ -323,7 +324,7 @@ class BatchSource:
         self._build = gp.build(self.pipeline)
         self._build.__enter__()
 
-    def batch(self, iteration: int, stream: int = 0) -> dict[str, np.ndarray]:
+    def batch(self, iteration: int, stream: int = 0) -> dict[str, Any]:
         """Batch `iteration` of `stream`: raw, labels and weights stacked over its samples (N, z, y, x), and where
         its first sample was taken (for the snapshot)."""
         samples = [
@@ -375,11 +376,12 @@ def _start_worker(config_json: str, probabilities: list[float]) -> None:
     _worker_source = BatchSource(TrainConfig.model_validate_json(config_json), probabilities)
 
 
-def _worker_batch(iteration: int) -> dict[str, np.ndarray]:
+def _worker_batch(iteration: int) -> dict[str, Any]:
+    assert _worker_source is not None, "the pool's initializer sets it"
     return _worker_source.batch(iteration)
 
 
-def batch_stream(config: TrainConfig, start: int, stop: int, probabilities: list[float]) -> Iterator[dict]:
+def batch_stream(config: TrainConfig, start: int, stop: int, probabilities: list[float]) -> Generator[dict]:
     """Batches start..stop-1 in order; `config.data_workers` processes prepare up to 2 per worker ahead."""
     if config.data_workers == 0:
         source = BatchSource(config, probabilities)
@@ -391,7 +393,7 @@ def batch_stream(config: TrainConfig, start: int, stop: int, probabilities: list
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
     with context.Pool(config.data_workers, _start_worker, (config.model_dump_json(), probabilities)) as pool:
-        pending = deque()
+        pending: deque = deque()
         upcoming = iter(range(start, stop))
         for iteration in upcoming:
             pending.append(pool.apply_async(_worker_batch, (iteration,)))

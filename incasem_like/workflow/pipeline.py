@@ -117,6 +117,7 @@ def _describe(error: ValidationError) -> str:
     """One line for a pipeline file's validation error: where (stage numbers from 1), what and the fix."""
     first = error.errors()[0]
     loc = list(first["loc"])
+    model: type[BaseModel]
     if loc[:1] == ["stages"] and len(loc) > 1 and isinstance(loc[1], int):
         where, rest, model = f"stage {loc[1] + 1}", loc[2:], StageSpec
     elif loc[:1] == ["variables"] and len(loc) > 1:
@@ -446,7 +447,8 @@ def _parse_stage(stage: Stage, spec: StageSpec, pipeline: PipelineSpec, values, 
     if unset:
         stage.not_requested = f"{' '.join(f'--set {name}=...' for name in unset)} to run it"
         return
-    positional, optional = [], []
+    positional: list[str] = []
+    optional: list[str] = []
     for key, value in spec.options.items():
         value = _substitute(value, values, outputs, f"options.{key}")
         if value is not None:

@@ -2,6 +2,7 @@
 
 import argparse
 import textwrap
+from typing import Any
 
 from incasem_like.cli.commands import add_blockwise_options, formatter, launcher_from_args
 
@@ -61,7 +62,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     from incasem_like.stages.mesh import MeshStage, make_meshes
 
-    options = {"formats": tuple(dict.fromkeys(args.formats))} if args.formats else {}
+    options: dict[str, Any] = {"formats": tuple(dict.fromkeys(args.formats))} if args.formats else {}
     if args.smooth is not None:
         options["smooth"] = args.smooth
     stage = MeshStage(labels=args.labels, output=args.output, step_size=args.step_size, block=args.block, **options)

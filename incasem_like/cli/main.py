@@ -57,7 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"incasem_like.cli.commands.{name}").register(subparsers)
+    for command in subparsers.choices.values():
+        command.set_defaults(field_flags=field_flags(command))
     return parser
+
+
+def field_flags(command: argparse.ArgumentParser) -> dict[str, str]:
+    """Stage field name -> the command's option that sets it: an option's destination names its field, unless the
+    command's own `field_flags` default maps the field to another option."""
+    flags = {
+        action.dest: action.option_strings[-1] if action.option_strings else str(action.metavar or action.dest)
+        for action in command._actions
+    }
+    if "roi" in flags:
+        flags.update(roi_offset=flags["roi"], roi_shape=flags["roi"])
+    return {**flags, **(command.get_default("field_flags") or {})}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         message, code = f"incasem-like: error: {error}", 2
     except ValidationError as error:
-        message, code = f"incasem-like: error: {describe_validation_error(error)}", 2
+        message, code = f"incasem-like: error: {describe_validation_error(error, flags=args.field_flags)}", 2
     except BlockwiseRunFailed as error:
         message, code = f"incasem-like: failed: {error}", 1
     except KeyboardInterrupt:

@@ -15,9 +15,12 @@ class BlockwiseRunFailed(Exception):
     """Some blocks still failed after their retries; the output is left marked incomplete (exit code 1)."""
 
 
-def describe_validation_error(error: ValidationError, model: type[BaseModel] | None = None) -> str:
+def describe_validation_error(
+    error: ValidationError, model: type[BaseModel] | None = None, flags: typing.Mapping[str, str] | None = None
+) -> str:
     """One line for a pydantic validation error: the offending key, its value and what is wrong; an unknown key of
-    `model` (the validated class) gets the closest known keys as suggestions."""
+    `model` (the validated class) gets the closest known keys as suggestions. Validators speak of the value only
+    ("must be at least 2"); `flags` (field name -> command-line option) names a field by the option that sets it."""
     first = main_problem(error)
     key = location(first["loc"])
     others = error.error_count() - 1
@@ -29,7 +32,11 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel] | N
         listing = f" (the keys here: {', '.join(known)})" if known and not close else ""
         return f"{key or 'config'}: unknown key{hint}{listing}{more}"
     message = first["msg"].removeprefix("Value error, ")
-    return f"{key or 'config'} = {first.get('input')!r}: {message}{more}"
+    value = first.get("input")
+    if flags and key in flags:
+        shown = " ".join(map(str, value)) if isinstance(value, list | tuple) else value
+        return f"{flags[key]} {shown}: {message}{more}"
+    return f"{key or 'config'} = {value!r}: {message}{more}"
 
 
 def main_problem(error: ValidationError) -> ErrorDetails:

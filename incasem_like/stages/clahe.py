@@ -234,23 +234,23 @@ class ClaheStage(VolumeStage):
 
     @field_validator("kernel", "nbins")
     @classmethod
-    def _at_least_two(cls, value: int, info) -> int:
+    def _at_least_two(cls, value: int) -> int:
         if value < 2:
-            raise ValueError(f"--{info.field_name} {value} must be at least 2")
+            raise ValueError("must be at least 2")
         return value
 
     @field_validator("clip_limit")
     @classmethod
     def _clip_in_range(cls, value: float) -> float:
         if not 0 <= value <= 1:
-            raise ValueError(f"--clip {value} must be between 0 and 1 (0: no clipping)")
+            raise ValueError("must be between 0 and 1 (0: no clipping)")
         return value
 
     @field_validator("intensity_range")
     @classmethod
     def _range_inside_uint8(cls, value: tuple[int, int]) -> tuple[int, int]:
         if not 0 <= value[0] < value[1] <= 255:
-            raise ValueError(f"--intensity-range {value[0]} {value[1]} must satisfy 0 <= LOW < HIGH <= 255")
+            raise ValueError("must satisfy 0 <= LOW < HIGH <= 255")
         return value
 
     def context_voxels(self) -> int:

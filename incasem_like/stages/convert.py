@@ -178,7 +178,7 @@ class ConvertStage(BlockwiseStage):
     @classmethod
     def _positive_chunk(cls, chunk: int) -> int:
         if chunk < 1:
-            raise ValueError(f"--chunk {chunk} must be at least 1 voxel")
+            raise ValueError("must be at least 1 voxel")
         return chunk
 
     @field_validator("voxel_size")

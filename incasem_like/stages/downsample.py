@@ -260,7 +260,7 @@ class DownsampleStage(_DownsampleBlocks):
     @classmethod
     def _integer_factor(cls, factor: int) -> int:
         if factor < 2:
-            raise ValueError(f"--factor {factor} must be an integer >= 2")
+            raise ValueError("must be an integer >= 2")
         return factor
 
     def output_paths(self) -> list[DatasetPath]:

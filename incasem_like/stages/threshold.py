@@ -25,7 +25,7 @@ def segment(probabilities: np.ndarray, threshold: float) -> np.ndarray:
 
 def _check_threshold(value: float) -> float:
     if not 0 <= value < 1:
-        raise ValueError(f"--threshold {value} must be in [0, 1): voxels with probability above it are foreground")
+        raise ValueError("must be in [0, 1): voxels with probability above it are foreground")
     return value
 
 

@@ -654,7 +654,11 @@ def run_pipeline(pipeline: Pipeline, steps: list[Step], dry_run: bool = False, s
                 later.status = "not run" if later.action == "run" else later.action.replace("skip", "skipped")
             print(format_summary(pipeline, steps, time.perf_counter() - started), flush=True)
             if isinstance(error, (UserError, ValidationError, BlockwiseRunFailed)):
-                message = describe_validation_error(error) if isinstance(error, ValidationError) else str(error)
+                # a stage's field is named by its key in the pipeline file: the option's long name without dashes
+                keys = {field: flag.lstrip("-") for field, flag in stage.parser.get_default("field_flags").items()}
+                message = (
+                    describe_validation_error(error, flags=keys) if isinstance(error, ValidationError) else str(error)
+                )
                 kind = BlockwiseRunFailed if isinstance(error, BlockwiseRunFailed) else UserError
                 raise kind(f"{stage.label} failed: {message}; rerunning the pipeline resumes from there") from None
             raise

@@ -192,7 +192,7 @@ def _foreign_architecture(checkpoint: Path, tmp_path: Path) -> Path:
         ("float raw", "dtype float32 cannot be predicted"),
         ("roi outside", "lies outside"),
         ("bad step", "--step 6 6 6 must be positive multiples of 4 4 4"),
-        ("bad threshold", "--threshold 1.5 must be in [0, 1)"),
+        ("bad threshold", "--threshold 1.5: must be in [0, 1)"),
         ("existing output", "pass --overwrite"),
         ("cuda without a GPU", "torch sees no CUDA GPU"),
     ],

@@ -51,7 +51,7 @@ def register(subparsers) -> None:
     add_block_options(parser, block=CLAHE_BLOCK)
     add_roi_option(parser, "only this region of IN (the tile grid stays that of the whole volume)")
     add_blockwise_options(parser)
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, field_flags={"clip_limit": "--clip", "nbins": "--bins"})
 
 
 def run(args: argparse.Namespace) -> None:

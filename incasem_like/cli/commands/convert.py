@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     parser.add_argument("--labels", action="store_true", help="the stack holds labels (0/255 masks become 0/1)")
     add_roi_option(parser, "crop, recorded so exports can undo it")
     add_blockwise_options(parser)
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, field_flags={"source": "SRC", "output": "OUT", "label_mode": "--labels"})
 
 
 def run(args: argparse.Namespace) -> None:

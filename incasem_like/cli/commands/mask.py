@@ -76,7 +76,8 @@ def register(subparsers) -> None:
     add_block_options(parser)
     add_roi_option(parser, "mask only this region")
     add_blockwise_options(parser)
-    parser.set_defaults(run=run)
+    flags = {"gray_min": "--gray", "gray_max": "--gray", "opening_radius": "--opening", "closing_radius": "--closing"}
+    parser.set_defaults(run=run, field_flags=flags)
 
 
 def run(args: argparse.Namespace) -> None:

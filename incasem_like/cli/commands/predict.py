@@ -91,7 +91,7 @@ def register(subparsers) -> None:
     parser.add_argument("--strict", action="store_true", help="refuse raw whose voxel size differs from training's")
     add_block_options(parser, block=256)
     add_blockwise_options(parser, workers=None, workers_default="one per visible GPU, else 1")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, field_flags={"output": "--out"})
 
 
 def _prepare_clean_up_output(stages: list, overwrite: bool) -> None:

@@ -6,7 +6,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -187,3 +188,16 @@ class ThreadReportStage(BoxSumStage):
         }
         (Path(self.report_dir) / f"{os.getpid()}.json").write_text(json.dumps(pools))
         return super().block_processor()
+
+
+class TeardownReportStage(BoxSumStage):
+    """`BoxSumStage` whose workers write `report_dir/PID` when they tear down (`BlockwiseStage.worker`)."""
+
+    report_dir: str
+
+    @contextmanager
+    def worker(self) -> Iterator[Callable[[Block], None]]:
+        try:
+            yield self.block_processor()
+        finally:
+            (Path(self.report_dir) / str(os.getpid())).touch()

@@ -7,7 +7,9 @@ and the returned function once per block.
 """
 
 import math
-from collections.abc import Callable
+from abc import abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -59,25 +61,32 @@ class BlockLayout:
 
 
 class BlockwiseStage(BaseModel):
-    """Base class of all blockwise stages. Subclasses add their fields and implement the four methods."""
+    """Base class of all blockwise stages. Subclasses add their fields and implement the four abstract methods;
+    a stage whose block function holds files or pools also overrides `worker` to close them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     #: short name used for the daisy task, logs and the fingerprint ("convert", "clahe", ...)
     task_name: ClassVar[str]
 
+    @abstractmethod
     def output_paths(self) -> list[DatasetPath]:
         """The datasets this stage writes; the run's progress and summary are kept inside the first."""
-        raise NotImplementedError
 
+    @abstractmethod
     def layout(self) -> BlockLayout:
         """Validate the inputs (raising `UserError`) and return the block layout. Writes nothing."""
-        raise NotImplementedError
 
+    @abstractmethod
     def create_outputs(self, layout: BlockLayout) -> None:
         """Create the (empty, incomplete) output datasets."""
-        raise NotImplementedError
 
+    @abstractmethod
     def block_processor(self) -> Callable[[Block], None]:
-        """Called once per worker process; returns the function that processes one block."""
-        raise NotImplementedError
+        """The function that processes one block, made once per worker process (by `worker`)."""
+
+    @contextmanager
+    def worker(self) -> Iterator[Callable[[Block], None]]:
+        """A worker process's set-up and teardown around its blocks: yields the block function; whatever it opened
+        is closed on the way out, also when the worker stops on an error."""
+        yield self.block_processor()

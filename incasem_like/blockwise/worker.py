@@ -1,6 +1,7 @@
 """Worker process: `python -m incasem_like.blockwise.worker SPEC.json`.
 
-Rebuilds the stage from the run's spec file, prepares it once, then processes blocks from the daisy
+Rebuilds the stage from the run's spec file, sets it up once (`BlockwiseStage.worker`, which also tears it down
+when the worker ends), then processes blocks from the daisy
 scheduler (address in `DAISY_CONTEXT`) until none are left. A block that raises is reported to the scheduler
 as failed (it retries it, possibly elsewhere) and the worker goes on with the next one; a worker whose scheduler
 is gone exits instead of asking again forever. Once `SAME_ERROR_BLOCKS` blocks failed with the same error (a
@@ -50,7 +51,12 @@ def run_worker(spec_path: Path) -> None:
     stop_file = spec_path.parent / STOP_FILE
     if WORKER_THREADS_ENV in os.environ:  # before any zarr call sizes its pool
         zarr.config.set({"threading.max_workers": int(os.environ[WORKER_THREADS_ENV])})
-    process_block = load_stage(spec).block_processor()
+    with load_stage(spec).worker() as process_block:
+        _process_blocks(process_block, stop_file)
+
+
+def _process_blocks(process_block, stop_file: Path) -> None:
+    """Blocks from the scheduler until none are left, the scheduler is gone or the run stopped."""
     client = Client()
     failed_blocks: defaultdict[str, set[int]] = defaultdict(set)  # error signature -> the blocks it failed
     while not stop_file.exists():

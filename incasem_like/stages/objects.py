@@ -396,6 +396,9 @@ class ObjectsStep(BlockwiseStage):
     def results_dir(self, step: str | None = None) -> Path:
         return self.scratch(step or self.step).group_path / "blocks"
 
+    def block_processor(self) -> Callable[[Block], None]:
+        raise TypeError("ObjectsStep is the configuration its steps share; run one of the steps")
+
     def result_path(self, index: tuple[int, ...], step: str | None = None) -> Path:
         return self.results_dir(step) / ("b_" + "_".join(map(str, index)) + ".npz")
 

@@ -16,6 +16,7 @@ from incasem_like.store.datasets import DatasetPath, create_dataset, dataset_met
 from tests.toy_stages import (
     BoxSumStage,
     SlowBoxSumStage,
+    TeardownReportStage,
     ThreadReportStage,
     start_in_own_session,
     wait_for_done_blocks,
@@ -149,6 +150,29 @@ def test_the_same_error_on_several_blocks_stops_the_run_naming_it(source, tmp_pa
     summary = run_stage(stage, workers=2, progress=False)
     assert summary["blocks_processed"] + summary["blocks_skipped"] == 60
     np.testing.assert_array_equal(open_dataset(stage.output_path())[open_dataset(path).roi], box_sum_reference(data, 1))
+
+
+def test_each_worker_tears_down_what_it_set_up_also_when_it_stops_on_errors(source, tmp_path):
+    path, _ = source
+    for case, fail in (("clean", False), ("failing", True)):
+        reports, marker = tmp_path / f"{case}_reports", tmp_path / "break"
+        reports.mkdir()
+        marker.touch()
+        stage = TeardownReportStage(
+            input=str(path),
+            output=str(tmp_path / f"{case}.zarr/volumes/sum"),
+            report_dir=str(reports),
+            fail_all=fail,
+            fail_while=str(marker),
+        )
+        if fail:
+            with pytest.raises(BlockwiseRunFailed, match="the same error"):
+                run_stage(stage, workers=2, progress=False)
+        else:
+            run_stage(stage, workers=2, progress=False)
+            written_by = set(np.unique(open_dataset(stage.pid_path())[open_dataset(path).roi]))
+            assert {int(report.name) for report in reports.iterdir()} == written_by
+        assert len(list(reports.iterdir())) >= 1  # the workers that stopped on the error tore down too
 
 
 def test_changed_parameters_do_not_reuse_progress(source, tmp_path):

@@ -57,9 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"incasem_like.cli.commands.{name}").register(subparsers)
+    _name_fields_by_options(subparsers)
+    return parser
+
+
+def _name_fields_by_options(subparsers: argparse._SubParsersAction) -> None:
+    """Give each command (and each operation of a command such as `labels`) its `field_flags` default."""
     for command in subparsers.choices.values():
         command.set_defaults(field_flags=field_flags(command))
-    return parser
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _name_fields_by_options(action)
 
 
 def field_flags(command: argparse.ArgumentParser) -> dict[str, str]:

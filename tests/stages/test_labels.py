@@ -240,7 +240,7 @@ def test_default_context_follows_the_sizes():
         ("clean", "existing", [], "pass --overwrite"),
         ("dilate", "ok", ["--organelle", "nucleus"], "unknown organelle 'nucleus'; known: ccp, er, golgi, mito,"),
         ("metric-mask", "no organelle", ["--erosion", 1], "give --organelle NAME (known: ccp, er, golgi, mito"),
-        ("clean", "ok", ["--min-hole-voxels", -1], "min_hole_voxels = -1"),
+        ("clean", "ok", ["--min-hole-voxels", -1], "--min-hole-voxels -1: "),
     ],
 )
 def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, operation, setup, extra, message, capsys):

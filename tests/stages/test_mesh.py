@@ -128,7 +128,7 @@ def test_raw_coarse_ply_meshes_are_closed_and_in_place(objects, capsys):
         ("binary", [], "no object table"),
         ("foreign folder", [], "already exists; pass --overwrite"),
         ("foreign folder", ["--overwrite"], "not written by incasem-like mesh; --overwrite replaces only mesh"),
-        ("none", ["--step-size", "0"], "step_size = 0"),
+        ("none", ["--step-size", "0"], "--step-size 0: "),
         ("none", ["--workers", "0"], "--workers 0: need at least one worker"),
     ],
 )

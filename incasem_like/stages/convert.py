@@ -5,8 +5,7 @@ stack is never loaded at once and peak memory does not grow with the number of s
 """
 
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, reduce
 from pathlib import Path
@@ -65,11 +64,6 @@ class TiffStack:
     @cached_property
     def _multipage_file(self) -> tifffile.TiffFile:
         return tifffile.TiffFile(self.source)
-
-    def close(self) -> None:
-        """Close the multi-page file, if it was opened."""
-        if "_multipage_file" in self.__dict__:
-            self._multipage_file.close()
 
     def check(self) -> tuple[tuple[int, int, int], np.dtype]:
         """Check every slice's header (readable, complete, one grayscale plane, same shape and dtype as the
@@ -260,16 +254,8 @@ class ConvertStage(BlockwiseStage):
             },
         )
 
-    @contextmanager
-    def worker(self) -> Iterator[Callable[[Block], None]]:
+    def block_processor(self) -> Callable[[Block], None]:
         stack = TiffStack.locate(self.source)
-        try:
-            yield self.block_processor(stack)
-        finally:
-            stack.close()
-
-    def block_processor(self, stack: "TiffStack | None" = None) -> Callable[[Block], None]:
-        stack = stack or TiffStack.locate(self.source)
         output = open_dataset(DatasetPath.parse(self.output), mode="r+", require_complete=False)
         voxel_size = Coordinate(self.voxel_size)
         frame_origin = Coordinate(self.offset)

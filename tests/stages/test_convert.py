@@ -184,7 +184,7 @@ def test_bad_slice_is_named_and_nothing_is_written(tmp_path, problem):
         ("missing", [], "no such file or directory"),
         ("float", [], "raw images must be uint8 or uint16"),
         ("ok", ["--roi", 0, 0, 0, 4, 8, 8], "lies outside the stack"),
-        ("ok", ["--chunk", 0], "--chunk 0 must be at least 1"),
+        ("ok", ["--chunk", 0], "--chunk 0: must be at least 1"),
         ("ok", ["--offset", 1, 0, 0], "not a multiple of the voxel size"),
     ],
 )

@@ -8,6 +8,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 from pydantic import ValidationError
 
@@ -96,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         message, code = f"incasem-like: failed: {error}", 1
     except KeyboardInterrupt:
         message, code = "incasem-like: interrupted; rerun the same command to resume", 130
-    # a failed zarr read abandons the request's other chunk reads, which asyncio would report one by one at exit
+    # a failed zarr read abandons the request's other chunk reads, which asyncio (tasks destroyed) and the garbage
+    # collector (coroutines never awaited) would report one by one at exit
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
     print(message, file=sys.stderr)
     return code

@@ -38,9 +38,10 @@ from incasem_like.cli.main import main
 loop = asyncio.new_event_loop()
 task = loop.create_task(asyncio.sleep(3600))  # like zarr's other chunk reads when one chunk fails to decode
 loop.run_until_complete(asyncio.sleep(0))
+never_started = asyncio.sleep(3600)  # like the reads zarr had not yet scheduled
 code = main(["clahe", "missing.zarr/volumes/raw", "out.zarr/volumes/clahe"])
-del task, loop
-gc.collect()  # destroys the pending task, as interpreter exit does
+del task, loop, never_started
+gc.collect()  # destroys the pending task and the coroutine, as interpreter exit does
 sys.exit(code)
 """
 

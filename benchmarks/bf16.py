@@ -30,13 +30,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from convert import machine, source_digest, write_result  # noqa: E402  (shared helpers)
 
 from incasem_like.core.geometry import Coordinate, roi_from_voxels  # noqa: E402
-from incasem_like.evaluation.metrics import scores  # noqa: E402
 from incasem_like.nn.checkpoints import model_from_checkpoint  # noqa: E402
 from incasem_like.nn.inference import normalize, predict_region, raw_with_context  # noqa: E402
 from incasem_like.nn.model import inference_model  # noqa: E402
 from incasem_like.nn.models import bundled_model  # noqa: E402
+from incasem_like.ops.metrics import scores  # noqa: E402
+from incasem_like.ops.morphology import segment  # noqa: E402
 from incasem_like.stages.predict import default_step, recommended_settings  # noqa: E402
-from incasem_like.stages.threshold import segment  # noqa: E402
 from incasem_like.store.datasets import open_dataset  # noqa: E402
 
 HELD_OUT = ((125, 0, 0), (40, 768, 1024))  # the slices the bundled model never trained on

@@ -368,7 +368,7 @@ def ceiling_child(kind: str, npy: Path) -> None:
         start = time.perf_counter()
         equalize_adapthist(volume, kernel_size=KERNEL, clip_limit=CLIP, nbins=BINS)
     else:
-        from incasem_like.stages.clahe import clahe_block
+        from incasem_like.ops.clahe import clahe_block
 
         start = time.perf_counter()
         clahe_block(volume, (0, 0, 0), (0, 0, 0), volume.shape, volume.shape, (KERNEL,) * 3, CLIP, BINS)
@@ -433,7 +433,7 @@ def skimage_scaling(cases: dict) -> dict:
 
 def skimage_padded_voxels(shape: list[int]) -> int:
     """Voxels skimage works on: it pads every axis by half a kernel and up to the next whole tile."""
-    from incasem_like.stages.clahe import padded_index
+    from incasem_like.ops.clahe import padded_index
 
     return math.prod(len(padded_index(size, KERNEL)) for size in shape)
 

@@ -161,5 +161,5 @@ def test_the_dockerfile_install_steps_work_in_a_plain_venv(tmp_path, prefix):
     )  # fmt: skip
     assert dry_run.returncode == 0, dry_run.stderr
     assert (
-        f"incasem-like finetune {source}/configs/training/finetune_cell_mito.yaml --from bundled:mito" in dry_run.stdout
+        f"finetune config={source}/configs/training/finetune_cell_mito.yaml checkpoint=bundled:mito" in dry_run.stdout
     )

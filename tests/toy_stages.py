@@ -15,7 +15,7 @@ import zarr
 from daisy import Block
 from scipy.ndimage import correlate
 
-from incasem_like.blockwise.runner import RUN_DIR
+from incasem_like.blockwise.outputs import DatasetOutput, StageOutput
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
 from incasem_like.core.geometry import Coordinate
 from incasem_like.stages.clahe import ClaheStage
@@ -52,8 +52,8 @@ class BoxSumStage(BlockwiseStage):
     def pid_path(self) -> DatasetPath:
         return DatasetPath.parse(self.output + "_pid")
 
-    def output_paths(self) -> list[DatasetPath]:
-        return [self.output_path(), self.pid_path()]
+    def outputs(self) -> list[StageOutput]:
+        return [DatasetOutput(self.output_path()), DatasetOutput(self.pid_path())]
 
     def layout(self) -> BlockLayout:
         source = open_dataset(self.input)
@@ -126,7 +126,7 @@ def start_in_own_session(stage: BlockwiseStage, seconds_per_block: float = 1.0) 
 
 def wait_for_done_blocks(stage: BlockwiseStage, job: subprocess.Popen, done_blocks: int) -> None:
     """Wait until `done_blocks` blocks of `stage` are recorded as done, asserting that its run is still going."""
-    done = stage.output_paths()[0].group_path / RUN_DIR / "tracking" / "done"
+    done = stage.outputs()[0].run_dir / "tracking" / "done"
     deadline = time.monotonic() + 120
     while not (done.exists() and int(np.count_nonzero(zarr.open_array(done, mode="r")[:])) >= done_blocks):
         assert job.poll() is None, "the run ended before it could be killed"

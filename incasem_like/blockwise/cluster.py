@@ -25,7 +25,7 @@ from incasem_like.blockwise.launchers import (
     SlurmLauncher,
 )
 from incasem_like.core.config_files import read_yaml_mapping
-from incasem_like.core.errors import UserError
+from incasem_like.core.errors import FieldError, UserError
 
 SUBMIT_PROGRAMS = {"slurm": "sbatch", "lsf": "bsub"}
 #: settings that only cluster jobs have
@@ -87,8 +87,8 @@ class ClusterSettings(BaseModel):
             return LocalLauncher(self.scheduler_host or LocalLauncher.scheduler_host, self.max_restarts)
         program = SUBMIT_PROGRAMS[self.cluster]
         if shutil.which(program) is None:
-            raise UserError(
-                f"--cluster {self.cluster}: {program} is not on PATH; start the command on a submit host of the "
+            raise FieldError(
+                f"{{cluster}} {self.cluster}: {program} is not on PATH; start the command on a submit host of the "
                 f"cluster (or load its {self.cluster} module)"
             )
         resources = JobResources(
@@ -127,14 +127,10 @@ def reachable_host() -> str:
     return address
 
 
-def option_name(key: str) -> str:
-    return "--" + key.replace("_", "-")
-
-
 def load_cluster_config(path: Path) -> dict:
     """The settings of a cluster config file, keys checked (values are validated with the command line's)."""
     if not path.is_file():
-        raise UserError(f"--cluster-config {path}: no such file")
+        raise FieldError(f"{{cluster_config}} {path}: no such file")
     keys = ", ".join(ClusterSettings.model_fields)
     content = read_yaml_mapping(path, f"cluster settings ({keys})")
     for key in content:
@@ -144,14 +140,14 @@ def load_cluster_config(path: Path) -> dict:
 
 
 def cluster_settings(options: dict, config_file: str | None = None) -> ClusterSettings:
-    """Validate the command line's cluster `options` (None = not given) over those of `config_file`; every error
-    is one line naming the option or the file's key."""
+    """Validate the cluster `options` (None = not given) over those of `config_file`; every error is one line
+    naming the option (a `FieldError`) or the file's key."""
     path = Path(config_file) if config_file else None
     from_file = load_cluster_config(path) if path else {}
     given = {key: value for key, value in options.items() if value is not None}
 
     def source(key: str) -> str:
-        return option_name(key) if key in given else f"{path}: {key}"
+        return f"{{{key}}}" if key in given else f"{path}: {key}"
 
     try:
         settings = ClusterSettings.model_validate({**from_file, **given})
@@ -159,9 +155,11 @@ def cluster_settings(options: dict, config_file: str | None = None) -> ClusterSe
         first = error.errors()[0]
         key = str(first["loc"][0])
         message = first["msg"].removeprefix("Value error, ")
-        raise UserError(f"{source(key)} {first['input']!r}: {message}") from None
+        raise FieldError(f"{source(key)} {first['input']!r}: {message}") from None
     if settings.cluster == "local":
         for key in JOB_SETTINGS:
             if getattr(settings, key) is not None:
-                raise UserError(f"{source(key)} applies to cluster jobs only; add --cluster slurm or --cluster lsf")
+                raise FieldError(
+                    f"{source(key)} applies to cluster jobs only; add {{cluster}} slurm or {{cluster}} lsf"
+                )
     return settings

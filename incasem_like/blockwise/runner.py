@@ -2,12 +2,14 @@
 
 Guarantees every stage inherits from here:
 - blocks write chunk-aligned, disjoint ROIs and read their context around them;
-- progress is tracked inside the output dataset (`<dataset>/.incasem_run/`), keyed by a fingerprint of the
-  stage's parameters and block layout: rerunning the same command skips finished blocks, a changed command
-  refuses to touch the existing output unless told to overwrite it;
+- every output the stage declares (`BlockwiseStage.outputs`: datasets, pyramid levels, folders of files) is locked,
+  started, resumed, replaced and marked complete together; progress is tracked in the first output's run folder
+  (`<dataset>/.incasem_run/`, apart from the data), keyed by a fingerprint of the stage's parameters and block
+  layout: rerunning the same command skips finished blocks, a changed command refuses to touch the existing
+  outputs unless told to overwrite them;
 - failed blocks are retried; if any still fail the run raises `BlockwiseRunFailed` naming them and the first
   error, and the output stays marked incomplete;
-- one run at a time writes an output: a run locks every output it writes (`<dataset>/.incasem_run/lock`; see
+- one run at a time writes an output: a run locks every output it writes (`StageOutput.lock`; see
   `incasem_like.blockwise.lock`), and a second run on any of them refuses, naming the holder;
 - a JSON summary of the run is written beside the progress.
 """
@@ -24,10 +26,10 @@ from funlib.geometry import Roi
 
 from incasem_like import __version__
 from incasem_like.blockwise.launchers import STOP_FILE, Launcher, LocalLauncher, WorkerSpawner, worker_command
-from incasem_like.blockwise.lock import LOCK, RunLock, refuse_if_locked, remove_all_but_lock
+from incasem_like.blockwise.lock import RunLock, refuse_if_locked
+from incasem_like.blockwise.outputs import StageOutput
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
 from incasem_like.core.errors import BlockwiseRunFailed, UserError
-from incasem_like.store.datasets import RUN_DIR, DatasetPath, dataset_meta, is_complete, update_dataset_meta
 
 #: bump when the meaning of the tracking store or the block layout changes
 RUN_FORMAT = 1
@@ -67,14 +69,14 @@ def run_stage(
     launcher = launcher or LocalLauncher()
     layout = stage.layout()
     layout.check_chunk_aligned()
-    outputs = stage.output_paths()
+    outputs = stage.outputs()
     run_id = fingerprint(stage, layout)
-    run_dir = outputs[0].group_path / RUN_DIR
+    run_dir = outputs[0].run_dir
     # checks that write nothing first, so a refused command leaves no trace
     for output in outputs:
-        refuse_if_locked(lock_path(output), str(output))
+        refuse_if_locked(output.lock, str(output))
     if _is_resumable(outputs, run_dir, run_id, overwrite):
-        if all(is_complete(output) for output in outputs):
+        if all(output.complete() for output in outputs):
             summary = json.loads((run_dir / "summary.json").read_text())
             return {
                 **summary,
@@ -88,7 +90,7 @@ def run_stage(
         _refuse_foreign(outputs, overwrite)
     with ExitStack() as locks:
         for output in outputs:
-            locks.enter_context(RunLock(lock_path(output), str(output)))
+            locks.enter_context(RunLock(output.lock, str(output)))
         if not _is_resumable(outputs, run_dir, run_id, overwrite):
             _start_fresh(stage, layout, outputs, run_dir, run_id, overwrite)
         return _run(stage, layout, outputs, run_dir, run_id, workers, launcher, max_retries, block_timeout, progress)
@@ -99,22 +101,24 @@ def check_writable(stage: BlockwiseStage, overwrite: bool = False) -> None:
     command that runs several stages and must not start the first if a later one would be refused."""
     layout = stage.layout()
     layout.check_chunk_aligned()
-    outputs = stage.output_paths()
+    outputs = stage.outputs()
     for output in outputs:
-        refuse_if_locked(lock_path(output), str(output))
-    if not _is_resumable(outputs, outputs[0].group_path / RUN_DIR, fingerprint(stage, layout), overwrite):
+        refuse_if_locked(output.lock, str(output))
+    if not _is_resumable(outputs, outputs[0].run_dir, fingerprint(stage, layout), overwrite):
         _refuse_foreign(outputs, overwrite)
 
 
-def lock_path(output: DatasetPath) -> Path:
-    """The lock of the run writing `output`."""
-    return output.group_path / RUN_DIR / LOCK
+def is_resumable(stage: BlockwiseStage) -> bool:
+    """Whether `stage`'s outputs were started by this exact stage, so a run continues them."""
+    layout = stage.layout()
+    outputs = stage.outputs()
+    return _is_resumable(outputs, outputs[0].run_dir, fingerprint(stage, layout), overwrite=False)
 
 
-def refuse_if_running(output: DatasetPath, subject: str) -> None:
+def refuse_if_running(output: StageOutput, subject: str) -> None:
     """`UserError` if a live run writes `output`; for commands that remove or replace
     outputs before their runs start. `subject` names what the user asked to replace."""
-    refuse_if_locked(lock_path(output), subject)
+    refuse_if_locked(output.lock, subject)
 
 
 def _run(stage, layout, outputs, run_dir, run_id, workers, launcher, max_retries, block_timeout, progress) -> dict:
@@ -161,22 +165,25 @@ def _run(stage, layout, outputs, run_dir, run_id, workers, launcher, max_retries
     if not complete:
         raise BlockwiseRunFailed(_failure_message(summary, outputs, run_dir))
     for output in outputs:
-        update_dataset_meta(output, complete=True)
+        output.update_meta(complete=True)
     return summary
 
 
-def _is_resumable(outputs: list[DatasetPath], run_dir: Path, run_id: str, overwrite: bool) -> bool:
+def _is_resumable(outputs: list[StageOutput], run_dir: Path, run_id: str, overwrite: bool) -> bool:
     """Whether the outputs were started by this exact command (same fingerprint) and may be continued."""
     return (
         not overwrite
         and (run_dir / "spec.json").exists()
-        and all(output.exists() and dataset_meta(output).get("fingerprint") == run_id for output in outputs)
+        and all(output.exists() and output.meta().get("fingerprint") == run_id for output in outputs)
     )
 
 
-def _refuse_foreign(outputs: list[DatasetPath], overwrite: bool) -> None:
-    """An existing output that this exact command did not start is replaced only with `overwrite`."""
+def _refuse_foreign(outputs: list[StageOutput], overwrite: bool) -> None:
+    """An existing output that this exact command did not start is replaced only with `overwrite`, and only if it
+    may be replaced at all."""
     existing = [output for output in outputs if output.exists()]
+    for output in existing if overwrite else []:
+        output.check_replaceable()
     if existing and not overwrite:
         raise UserError(
             f"{existing[0]} already exists and was not written by this exact command; pass --overwrite to replace it"
@@ -188,14 +195,14 @@ def _start_fresh(stage, layout, outputs, run_dir, run_id, overwrite) -> None:
     Whatever is left at the outputs' paths (an earlier run's progress) goes too, but for this run's locks."""
     _refuse_foreign(outputs, overwrite)
     for output in outputs:
-        remove_all_but_lock(output.group_path, lock_path(output))
+        output.remove()
     stage.create_outputs(layout)
     for output in outputs:
-        update_dataset_meta(output, fingerprint=run_id, written_by=f"incasem-like {__version__} {stage.task_name}")
-    run_dir.mkdir(exist_ok=True)
+        output.update_meta(fingerprint=run_id, written_by=f"incasem-like {__version__} {stage.task_name}")
+    run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _failure_message(summary: dict, outputs: list[DatasetPath], run_dir: Path) -> str:
+def _failure_message(summary: dict, outputs: list[StageOutput], run_dir: Path) -> str:
     failed = ", ".join(f"{b['block_id']} {b['write_roi']}" for b in summary["failed_blocks"][:10])
     more = len(summary["failed_blocks"]) - 10
     return (

@@ -1,9 +1,11 @@
 """What a blockwise stage is: a validated config, a block layout and a per-block function.
 
-A stage (one per pipeline step: convert, clahe, predict, ...) is a pydantic model, so the worker processes
-rebuild it from JSON and its parameters define the run's fingerprint. The runner asks it for the layout,
-lets it create its outputs, and has every worker call `block_processor()` once (open datasets, load a model)
-and the returned function once per block.
+A stage (convert, clahe, predict, ...) is a pydantic model, so the worker processes rebuild it from JSON and its
+parameters define the run's fingerprint. It declares every output it writes (`outputs`: datasets, pyramid levels,
+folders of files; see `incasem_like.blockwise.outputs`), and a layout whose context covers every read of a block.
+The runner locks, starts, resumes and completes the outputs, lets the stage create them, and has every worker
+enter `worker()` once (open datasets, load a model; closed again when the worker ends) and call the block
+function it yields once per block.
 """
 
 import math
@@ -16,15 +18,15 @@ from typing import ClassVar
 from daisy import Block
 from pydantic import BaseModel, ConfigDict
 
-from incasem_like.core.errors import UserError
+from incasem_like.blockwise.outputs import StageOutput
+from incasem_like.core.errors import FieldError, UserError
 from incasem_like.core.geometry import Coordinate, Roi
-from incasem_like.store.datasets import DatasetPath
 
 
 def check_block(block: int, chunk: int, unit: str = "") -> None:
-    """`UserError` unless the --block edge is a positive multiple of the --chunk edge (both in voxels of `unit`)."""
+    """`FieldError` unless the `block` edge is a positive multiple of the `chunk` edge (both in voxels of `unit`)."""
     if block < 1 or chunk < 1 or block % chunk:
-        raise UserError(f"--block {block} must be a positive multiple of --chunk {chunk}{unit}")
+        raise FieldError(f"{{block}} {block} must be a positive multiple of {{chunk}} {chunk}{unit}")
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,8 @@ class BlockwiseStage(BaseModel):
     task_name: ClassVar[str]
 
     @abstractmethod
-    def output_paths(self) -> list[DatasetPath]:
-        """The datasets this stage writes; the run's progress and summary are kept inside the first."""
+    def outputs(self) -> list[StageOutput]:
+        """Everything this stage writes; the run's progress and summary are kept in the first one's run folder."""
 
     @abstractmethod
     def layout(self) -> BlockLayout:

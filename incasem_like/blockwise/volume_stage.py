@@ -11,8 +11,9 @@ from typing import ClassVar
 import numpy as np
 from daisy import Block
 
+from incasem_like.blockwise.outputs import DatasetOutput, StageOutput
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage, check_block
-from incasem_like.core.errors import UserError
+from incasem_like.core.errors import FieldError, UserError
 from incasem_like.core.geometry import Coordinate, Roi, roi_from_voxels
 from incasem_like.store.datasets import DEFAULT_CHUNK, DatasetPath, Volume, create_dataset, open_dataset
 
@@ -22,15 +23,15 @@ DEFAULT_BLOCK = 256
 def requested_roi(
     source: Volume, name: str, offset: tuple[int, int, int] | None, shape: tuple[int, int, int] | None
 ) -> Roi:
-    """The world ROI of `--roi OFFSET SHAPE` (voxels of `source`, the dataset `name`), or all of it without one."""
+    """The world ROI of `roi_offset`, `roi_shape` (voxels of `source`, the dataset `name`), or all of it without."""
     if (offset is None) != (shape is None):
-        raise UserError("--roi needs both OFFSET and SHAPE (6 numbers: z y x z y x, in voxels)")
+        raise FieldError("{roi_offset} and {roi_shape} go together (6 numbers: z y x z y x, in voxels)")
     if offset is None or shape is None:
         return source.roi
     roi = roi_from_voxels(offset, shape, source.voxel_size, origin=source.offset)
     if roi.empty or not source.roi.contains(roi):
-        raise UserError(
-            f"--roi offset {offset} shape {shape} (voxels) lies outside {name} of shape {source.shape}; "
+        raise FieldError(
+            f"{{roi}} offset {offset} shape {shape} (voxels) lies outside {name} of shape {source.shape}; "
             "choose a region inside it"
         )
     return roi
@@ -64,8 +65,8 @@ class VolumeStage(BlockwiseStage):
         raise NotImplementedError
 
     # --- the rest is shared -------------------------------------------------------------------------------
-    def output_paths(self) -> list[DatasetPath]:
-        return [DatasetPath.parse(self.output)]
+    def outputs(self) -> list[StageOutput]:
+        return [DatasetOutput.parse(self.output)]
 
     def open_input(self) -> Volume:
         if DatasetPath.parse(self.input) == DatasetPath.parse(self.output):

@@ -13,7 +13,7 @@ import warnings
 from pydantic import ValidationError
 
 from incasem_like import __version__
-from incasem_like.core.errors import BlockwiseRunFailed, UserError, describe_validation_error
+from incasem_like.core.errors import BlockwiseRunFailed, FieldError, UserError, describe_validation_error
 
 COMMANDS = (
     "demo",
@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
         return 0
+    except FieldError as error:
+        message, code = f"incasem-like: error: {error.named(args.field_flags)}", 2
     except UserError as error:
         message, code = f"incasem-like: error: {error}", 2
     except ValidationError as error:

@@ -1,6 +1,7 @@
 """Errors that reach the user as one line and a non-zero exit code."""
 
 import difflib
+import re
 import typing
 
 from pydantic import BaseModel, ValidationError
@@ -9,6 +10,18 @@ from pydantic_core import ErrorDetails
 
 class UserError(Exception):
     """Bad input: the message names the file/key/value and the fix; the CLI prints it and exits with 2."""
+
+
+class FieldError(UserError):
+    """A `UserError` about fields, written with `{field}` placeholders: the CLI shows its options there, a pipeline
+    file its keys (the field names)."""
+
+    def __init__(self, template: str):
+        self.template = template
+        super().__init__(self.named({}))
+
+    def named(self, names: typing.Mapping[str, str]) -> str:
+        return re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda match: names.get(match[1], match[1]), self.template)
 
 
 class BlockwiseRunFailed(Exception):

@@ -1,5 +1,6 @@
-"""Files that readers see whole or not at all."""
+"""Files that readers see whole or not at all, and their checksums."""
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,3 +39,8 @@ def write_atomically(path: Path, data: str | bytes) -> None:
     """Write `data` (text as UTF-8) to `path` through `atomic_file`."""
     with atomic_file(path) as file:
         file.write(data.encode() if isinstance(data, str) else data)
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file (checkpoints and configs: a few MB at most, read at once)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

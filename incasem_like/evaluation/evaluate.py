@@ -29,7 +29,7 @@ from tqdm import tqdm
 from incasem_like.core.errors import UserError
 from incasem_like.core.files import write_atomically
 from incasem_like.core.geometry import Coordinate, Roi, roi_from_voxels, roi_to_voxels
-from incasem_like.evaluation.metrics import EXCLUSION_ZONE, overlap_scores, threshold_counts, value_histograms
+from incasem_like.ops.metrics import EXCLUSION_ZONE, overlap_scores, threshold_counts, value_histograms
 from incasem_like.store.datasets import DatasetPath, Volume, dataset_meta, open_dataset
 
 PROBABILITIES = "probabilities"

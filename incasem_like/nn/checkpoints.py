@@ -1,6 +1,5 @@
 """Atomic training checkpoints: model + optimizer + iteration + the network and voxel size they belong to."""
 
-import hashlib
 import json
 import pickle
 import re
@@ -80,11 +79,6 @@ def export_weights(
     out.parent.mkdir(parents=True, exist_ok=True)
     _save_atomically(state, out)
     return out
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file (checkpoints are a few MB: read at once)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _network_of(path: str | Path, state: dict) -> NetworkConfig:

@@ -1,4 +1,11 @@
-"""Voxel-wise detection scores of a binary segmentation against ground truth, ignoring voxels that do not count."""
+"""Voxel-wise detection scores of a segmentation against ground truth, ignoring voxels that do not count.
+
+Counts are Python ints; predictions uint8 (0/1, or probabilities 0..255), truth bool; histograms int64.
+
+>>> counts = {"true_positives": 8, "false_positives": 2, "false_negatives": 6}
+>>> {key: round(value, 3) for key, value in scores(counts).items()}
+{'precision': 0.8, 'recall': 0.571, 'f1': 0.667}
+"""
 
 import numpy as np
 

@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import numpy as np
 
-from incasem_like.core.errors import UserError
+from incasem_like.core.errors import FieldError, UserError
 from incasem_like.core.geometry import Coordinate, Roi
 from incasem_like.store.datasets import FULL_RESOLUTION, DatasetPath, dataset_meta, is_complete, open_dataset
 
@@ -220,12 +220,12 @@ def describe_layers(state: dict) -> str:
     return ", ".join(f"{layer['name']} ({layer['type']})" for layer in state["layers"])
 
 
-def check_url(url: str, option: str, schemes: Sequence[str]) -> None:
-    """A `UserError` unless `url` is an absolute URL with one of `schemes`."""
+def check_url(url: str, field: str, schemes: Sequence[str]) -> None:
+    """A `FieldError` naming `field` unless `url` is an absolute URL with one of `schemes`."""
     parts = urlsplit(url)
     if parts.scheme not in schemes or not parts.netloc:
         examples = ", ".join(f"{scheme}://..." for scheme in schemes)
-        raise UserError(f"{option} {url}: not a URL this option takes; give one of {examples}")
+        raise FieldError(f"{{{field}}} {url}: not a URL this option takes; give one of {examples}")
 
 
 def neuroglancer_link(state: dict, client_url: str) -> str:

@@ -17,8 +17,9 @@ from daisy import Block
 from natsort import natsorted
 from pydantic import field_validator
 
+from incasem_like.blockwise.outputs import DatasetOutput, StageOutput
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
-from incasem_like.core.errors import UserError
+from incasem_like.core.errors import FieldError, UserError
 from incasem_like.core.geometry import Coordinate, Roi, roi_from_voxels
 from incasem_like.store.datasets import DEFAULT_CHUNK, DatasetPath, create_dataset, open_dataset
 
@@ -188,13 +189,13 @@ class ConvertStage(BlockwiseStage):
             raise ValueError("every edge must be at least 1 nm")
         return voxel_size
 
-    def output_paths(self) -> list[DatasetPath]:
-        return [DatasetPath.parse(self.output)]
+    def outputs(self) -> list[StageOutput]:
+        return [DatasetOutput.parse(self.output)]
 
     def _crop(self, stack_shape: Sequence[int]) -> tuple[Coordinate, Coordinate]:
         """Crop (offset, shape) in voxels; the whole stack when no ROI was given."""
         if (self.roi_offset is None) != (self.roi_shape is None):
-            raise UserError("--roi needs both OFFSET and SHAPE (6 numbers: z y x z y x, in voxels)")
+            raise FieldError("{roi_offset} and {roi_shape} go together (6 numbers: z y x z y x, in voxels)")
         if self.roi_offset is None:
             return Coordinate(0, 0, 0), Coordinate(stack_shape)
         offset, shape = Coordinate(self.roi_offset), Coordinate(self.roi_shape)
@@ -203,8 +204,8 @@ class ConvertStage(BlockwiseStage):
             or any(o < 0 for o in offset)
             or any(o + s > n for o, s, n in zip(offset, shape, stack_shape))
         ):
-            raise UserError(
-                f"--roi offset {tuple(offset)} shape {tuple(shape)} lies outside the stack of shape "
+            raise FieldError(
+                f"{{roi}} offset {tuple(offset)} shape {tuple(shape)} lies outside the stack of shape "
                 f"{tuple(stack_shape)} (z y x voxels); choose a crop inside it"
             )
         return offset, shape

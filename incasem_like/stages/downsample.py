@@ -15,16 +15,14 @@ funlib needs it to be a multiple of the output voxel size). An output block cove
 input it reads, factor^3 input voxels per output voxel: blocks need no context and write whole output chunks.
 
 Pyramid: level k >= 1 is the array `s{k}` of the dataset's group, 2x coarser than `s{k-1}` and computed from it by
-a `PyramidLevelStage`. Level arrays are not groups, so a level run keeps its bookkeeping (fingerprint, complete)
-in a small zarr group of its own, `<dataset>/.incasem_pyramid/s{k}`, with the runner's progress inside it
-(`.../s{k}/.incasem_run/`), apart from the dataset's own s0 run state in `<dataset>/.incasem_run/`. Being inside
-the dataset group, it goes away with the dataset when s0 is rewritten. The group's OME multiscales metadata lists
-a level only once its run is complete, so an interrupted pyramid never looks complete to neuroglancer.
+a `PyramidLevelStage`, whose output is that array (`LevelOutput`): its bookkeeping (fingerprint, complete) sits under
+`levels` in the group's attributes and the runner's progress in `<dataset>/.incasem_run/s{k}/`, beside the
+dataset's own s0 run state. Being inside the dataset group, both go away with the dataset when s0 is rewritten.
+The group's OME multiscales metadata lists a level only once its run is complete, so an interrupted pyramid never
+looks complete to neuroglancer.
 """
 
-import math
 import re
-import shutil
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -34,20 +32,20 @@ from daisy import Block
 from pydantic import field_validator
 
 from incasem_like.blockwise.launchers import Launcher
-from incasem_like.blockwise.runner import fingerprint, refuse_if_running, run_stage
+from incasem_like.blockwise.outputs import DatasetOutput, LevelOutput, StageOutput
+from incasem_like.blockwise.runner import check_writable, refuse_if_running, run_stage
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage, check_block
 from incasem_like.core.errors import UserError
 from incasem_like.core.geometry import Coordinate, Roi
+from incasem_like.ops.downsample import downsample, output_shape
 from incasem_like.store.datasets import (
     DEFAULT_CHUNK,
-    META_KEY,
     DatasetPath,
     Volume,
     create_dataset,
     create_level,
     dataset_meta,
     open_dataset,
-    remove_dataset,
     set_levels,
 )
 
@@ -56,110 +54,9 @@ KINDS = ("image", "labels", "mask")
 IMAGE_DTYPES = ("uint8", "uint16", "float32")
 #: output block edge in voxels: a factor-2 block reads 256^3 input voxels
 DEFAULT_BLOCK = 128
-#: the group (inside the dataset group) holding one bookkeeping group per pyramid level run
-PYRAMID_RUNS = ".incasem_pyramid"
 
 
 # --- the pure per-block functions ----------------------------------------------------------------------------
-def output_shape(shape: tuple[int, ...], factor: int) -> tuple[int, ...]:
-    """ceil(shape / factor): partial cells at the far border are kept."""
-    return tuple(-(-int(s) // factor) for s in shape)
-
-
-def downsample(data: np.ndarray, factor: int, kind: str) -> np.ndarray:
-    """Downsample a 3D block by `factor` along each axis: mean for images, most frequent value for labels/masks."""
-    if factor < 1:
-        raise ValueError(f"factor {factor} must be at least 1")
-    return downsample_image(data, factor) if kind == "image" else downsample_labels(data, factor)
-
-
-def downsample_image(data: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of each factor^3 cell (of the voxels that exist, at the far border), in `data`'s dtype.
-
-    Integers are rounded to the nearest integer, halves to the even one (as `np.rint`, so no level drifts
-    brighter), in exact integer arithmetic; floats are averaged in float64.
-    """
-    integer = np.issubdtype(data.dtype, np.integer)
-    accumulate = np.float64 if not integer else np.int64 if np.issubdtype(data.dtype, np.signedinteger) else np.uint64
-    sums = _cell_sums(data, factor, accumulate)
-    counts = _cell_counts(data.shape, factor)
-    if integer:
-        quotient = sums // counts
-        twice_remainder = 2 * (sums - quotient * counts)
-        up = (twice_remainder > counts) | ((twice_remainder == counts) & (quotient % 2 == 1))
-        return (quotient + up).astype(data.dtype)
-    return (sums / counts).astype(data.dtype)
-
-
-def downsample_labels(data: np.ndarray, factor: int) -> np.ndarray:
-    """Most frequent value of each factor^3 cell (of the voxels that exist); ties go to the larger value."""
-    out_shape = output_shape(data.shape, factor)
-    if factor == 2:
-        # a partial cell lacks exactly one of two slices along an axis: repeating the last slice doubles every
-        # count in the cell, which changes neither its most frequent value nor its ties
-        return _mode(_cells(_pad(data, factor, mode="edge"), factor), None).reshape(out_shape)
-    padded, weights = _pad(data, factor), None
-    if padded.shape != data.shape:
-        weights = _cells(_pad(np.ones(data.shape, np.uint32), factor), factor)
-    return _mode(_cells(padded, factor), weights).reshape(out_shape)
-
-
-def _pad(data: np.ndarray, factor: int, mode: Any = "constant") -> np.ndarray:
-    """`data` padded (zeros, or `mode`) at the far end of each axis to a multiple of `factor` (itself if one)."""
-    extra = [(0, -s % factor) for s in data.shape]
-    return np.pad(data, extra, mode=mode) if any(e for _, e in extra) else data
-
-
-def _cell_sums(data: np.ndarray, factor: int, dtype) -> np.ndarray:
-    """Sum of each factor^3 cell in `dtype` (missing voxels of partial cells count as 0), one axis at a time."""
-    sums = _pad(data, factor)
-    for axis in range(data.ndim):
-        parts = [sums[(slice(None),) * axis + (slice(i, None, factor),)] for i in range(factor)]
-        total = parts[0].astype(dtype)
-        for part in parts[1:]:
-            total += part
-        sums = total
-    return sums
-
-
-def _cell_counts(shape: tuple[int, ...], factor: int) -> np.ndarray | int:
-    """How many voxels of the input each output voxel's cell holds: factor^3, less in partial border cells."""
-    if all(s % factor == 0 for s in shape):
-        return factor ** len(shape)
-    per_axis = [np.minimum(factor, s - np.arange(0, s, factor)) for s in shape]
-    return math.prod(np.ix_(*per_axis))
-
-
-def _cells(data: np.ndarray, factor: int) -> np.ndarray:
-    """(cells, factor^3) matrix of a 3D array whose shape is a multiple of `factor`, cells in C order."""
-    nz, ny, nx = (s // factor for s in data.shape)
-    blocks = data.reshape(nz, factor, ny, factor, nx, factor).transpose(0, 2, 4, 1, 3, 5)
-    return blocks.reshape(nz * ny * nx, factor**3)
-
-
-def _mode(cells: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
-    """Most frequent value of each row (entries counted with `weights`, 1 if None); ties to the larger value.
-
-    Each row is sorted, then scanned left to right (one vectorized step per column): `count` is the weight of the
-    current run of equal values so far, and the best value is replaced whenever a run's count reaches the best
-    count, so among equally frequent values the last, largest one wins.
-    """
-    if weights is None:
-        values = np.sort(cells, axis=1).T.copy()
-    else:
-        order = np.argsort(cells, axis=1)
-        values = np.take_along_axis(cells, order, axis=1).T.copy()
-        weights = np.take_along_axis(weights, order, axis=1).T.copy()
-    count = weights[0].copy() if weights is not None else np.ones(len(values[0]), np.uint32)
-    best_value, best_count = values[0].copy(), count.copy()
-    for j in range(1, len(values)):
-        count = np.where(values[j] == values[j - 1], count, 0) + (weights[j] if weights is not None else 1)
-        better = count >= best_count
-        best_value[better] = values[j][better]
-        np.maximum(count, best_count, out=best_count)
-    return best_value
-
-
 # --- input checks shared by both commands ---------------------------------------------------------------------
 def resolve_kind(path: DatasetPath, override: str | None) -> str:
     """The value rule: `--image`/`--labels` if given, else the `kind` the dataset's writer recorded."""
@@ -263,8 +160,8 @@ class DownsampleStage(_DownsampleBlocks):
             raise ValueError("must be an integer >= 2")
         return factor
 
-    def output_paths(self) -> list[DatasetPath]:
-        return [DatasetPath.parse(self.output)]
+    def outputs(self) -> list[StageOutput]:
+        return [DatasetOutput.parse(self.output)]
 
     def open_source(self) -> Volume:
         source_path, output_path = DatasetPath.parse(self.input), DatasetPath.parse(self.output)
@@ -300,11 +197,6 @@ class DownsampleStage(_DownsampleBlocks):
 
 
 # --- pyramids ---------------------------------------------------------------------------------------------------
-def level_run_path(path: DatasetPath, level: int) -> DatasetPath:
-    """The bookkeeping group of the run that writes level `s{level}` (its progress is in `.incasem_run/` inside)."""
-    return DatasetPath(path.container, f"{path.name}/{PYRAMID_RUNS}/s{level}")
-
-
 def level_shape(shape, level: int) -> tuple[int, ...]:
     for _ in range(level):
         shape = output_shape(shape, 2)
@@ -361,8 +253,8 @@ class PyramidLevelStage(_DownsampleBlocks):
     def path(self) -> DatasetPath:
         return DatasetPath.parse(self.dataset)
 
-    def output_paths(self) -> list[DatasetPath]:
-        return [level_run_path(self.path, self.level)]
+    def outputs(self) -> list[StageOutput]:
+        return [LevelOutput(self.path, self.level)]
 
     def _base(self) -> Volume:
         base = open_dataset(self.path)
@@ -380,8 +272,6 @@ class PyramidLevelStage(_DownsampleBlocks):
         base = self._base()
         if listed_levels(self.path) < self.level:
             raise UserError(f"{self.path}: level s{self.level - 1} is not complete; build the pyramid level by level")
-        run_group = zarr.open_group(self.path.container, mode="a").require_group(self.output_paths()[0].name)
-        run_group.attrs[META_KEY] = {"complete": False, "level": self.level, "kind": self.kind}
         create_level(
             self.path, self.level, layout.total_write_roi.shape / layout.voxel_size, base.dtype, (self.chunk,) * 3
         )
@@ -428,41 +318,24 @@ def build_pyramid(
     on_level: Callable[[PyramidLevelStage, dict], None] | None = None,
     launcher: Launcher | None = None,
 ) -> list[int]:
-    """Write levels s1..s{levels} of `path` (those not already complete, or all with `overwrite`) and list each in
-    the multiscales metadata once complete. Returns the levels it wrote (empty if there was nothing to do)."""
+    """Write levels s1..s{levels} of `path` (those not already listed, or all with `overwrite`) and list each in
+    the multiscales metadata once complete; a level started by the same command resumes. Returns the levels it
+    wrote (empty if there was nothing to do)."""
     stages = plan_pyramid(path, levels, kind, block, chunk)
     for stage in stages:
-        refuse_if_running(stage.output_paths()[0], str(path))
+        refuse_if_running(stage.outputs()[0], str(path))
     if overwrite:
         set_levels(path, 1)  # first unlist: from here on the old levels no longer look complete
         for level in level_arrays(path):
-            shutil.rmtree(path.group_path / f"s{level}")
-        shutil.rmtree(path.group_path / PYRAMID_RUNS, ignore_errors=True)
+            LevelOutput(path, level).remove()
         todo = stages
     else:
         todo = [stage for stage in stages if stage.level >= listed_levels(path)]
         for stage in todo:
-            _check_resumable(path, stage)
+            check_writable(stage)  # nothing is written if a later level would be refused
     for stage in todo:
         summary = run_stage(stage, workers=workers, launcher=launcher, progress=progress)
         set_levels(path, stage.level + 1)
         if on_level:
             on_level(stage, summary)
     return [stage.level for stage in todo]
-
-
-def _check_resumable(path: DatasetPath, stage: PyramidLevelStage) -> None:
-    """A level not yet listed may be resumed only if this tool started it with the same parameters."""
-    run_path, array_path = stage.output_paths()[0], path.group_path / f"s{stage.level}"
-    if run_path.exists() and not array_path.exists():
-        remove_dataset(run_path)  # bookkeeping of a level whose array was never created: nothing to keep
-    elif array_path.exists() and not run_path.exists():
-        raise UserError(
-            f"{path}: s{stage.level} exists but is not a complete level written by this tool; "
-            "pass --overwrite to recompute the pyramid"
-        )
-    elif run_path.exists() and dataset_meta(run_path).get("fingerprint") != fingerprint(stage, stage.layout()):
-        raise UserError(
-            f"{path}: level s{stage.level} was started with other parameters (--block, --chunk, --image/--labels); "
-            "rerun that command to finish it, or pass --overwrite to recompute the pyramid"
-        )

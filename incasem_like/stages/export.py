@@ -22,7 +22,7 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
-from incasem_like.core.errors import UserError
+from incasem_like.core.errors import FieldError, UserError
 from incasem_like.core.geometry import Coordinate, Roi
 from incasem_like.stages.convert import TIFF_SUFFIXES
 from incasem_like.store.datasets import DatasetPath, Volume, dataset_meta, open_dataset
@@ -95,28 +95,29 @@ def original_frame(path: DatasetPath, volume: Volume) -> Roi:
     current, seen = path, {path}
     while "shape_voxels" not in (source := dataset_meta(current).get("source", {})):
         if "dataset" not in source:
-            raise UserError(
-                f"--uncrop: {current} records neither the crop of a conversion nor the dataset it was derived from "
-                "(written by another tool?); export it without --uncrop"
+            raise FieldError(
+                f"{{uncrop}}: {current} records neither the crop of a conversion nor the dataset it was derived from "
+                "(written by another tool?); export it without {uncrop}"
             )
         current = _recorded_dataset(source["dataset"], current)
         if current in seen:
-            raise UserError(
-                f"--uncrop: the recorded sources of {path} form a loop at {current}; export without --uncrop"
+            raise FieldError(
+                f"{{uncrop}}: the recorded sources of {path} form a loop at {current}; export without {{uncrop}}"
             )
         seen.add(current)
     converted_voxel_size = open_dataset(current, require_complete=False).voxel_size
     frame = Roi(Coordinate(source["frame_offset_nm"]), Coordinate(source["shape_voxels"]) * converted_voxel_size)
     voxel_size = volume.voxel_size
     if any((*((frame.offset - volume.offset) % voxel_size), *(frame.shape % voxel_size))):
-        raise UserError(
-            f"--uncrop: the original frame of {path} ({frame} nm, recorded by {current}) is not a whole number of its "
-            f"{tuple(voxel_size)} nm voxels; export the full-resolution dataset, or without --uncrop"
+        raise FieldError(
+            f"{{uncrop}}: the original frame of {path} ({frame} nm, recorded by {current}) is not a whole number of "
+            "its "
+            f"{tuple(voxel_size)} nm voxels; export the full-resolution dataset, or without {{uncrop}}"
         )
     if not frame.contains(volume.roi):
-        raise UserError(
-            f"--uncrop: {path} ({volume.roi} nm) reaches outside its original frame ({frame} nm, recorded by "
-            f"{current}); its offset does not match the conversion, export it without --uncrop"
+        raise FieldError(
+            f"{{uncrop}}: {path} ({volume.roi} nm) reaches outside its original frame ({frame} nm, recorded by "
+            f"{current}); its offset does not match the conversion, export it without {{uncrop}}"
         )
     return frame
 
@@ -130,9 +131,9 @@ def _recorded_dataset(recorded: str, derived: DatasetPath) -> DatasetPath:
     for candidate in candidates:
         if candidate.exists():
             return candidate
-    raise UserError(
-        f"--uncrop: {derived} was derived from {recorded}, which is gone (looked in {derived.container} too); "
-        "export without --uncrop, or restore that dataset"
+    raise FieldError(
+        f"{{uncrop}}: {derived} was derived from {recorded}, which is gone (looked in {derived.container} too); "
+        "export without {uncrop}, or restore that dataset"
     )
 
 

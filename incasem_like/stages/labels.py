@@ -8,7 +8,7 @@
 All three work on the foreground `labels > 0` and write uint8 0/1: binary labels as `convert --labels` writes
 them (0/1 uint8) keep their dtype; instance or class labels of any integer dtype become one 0/1 uint8
 foreground. Outside the dataset the labels are 0, so objects touching the volume border are eroded there and
-small objects at the border are removed. The result does not depend on the block size (see `incasem_like.stages.mask`
+small objects at the border are removed. The result does not depend on the block size (see `incasem_like.ops.morphology`
 for the connected-component rule, its `max_span` and the context it needs).
 
 Defaults per organelle come from `configs/organelles/<name>.yaml` (see `organelle_config_dir`).
@@ -25,7 +25,14 @@ from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, Validat
 from incasem_like.blockwise.volume_stage import VolumeStage
 from incasem_like.core.config_files import read_yaml_mapping
 from incasem_like.core.errors import UserError, describe_validation_error, location, main_problem
-from incasem_like.stages.mask import DEFAULT_MAX_SPAN, blockwise_context, clean_components, dilate, erode
+from incasem_like.ops.morphology import (
+    DEFAULT_MAX_SPAN,
+    blockwise_context,
+    clean_labels,
+    clean_steps,
+    dilate_labels,
+    metric_mask,
+)
 
 #: integer label dtypes the label stages read (floats are probabilities, not labels)
 LABEL_DTYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64")
@@ -114,42 +121,6 @@ def _describe(error: ValidationError) -> str:
     if first["type"] == "missing":
         return f"{key} is missing{more}"
     return describe_validation_error(error, OrganelleConfig)
-
-
-# --- pure per-array operations: integer labels in, uint8 0/1 out -----------------------------------------------
-def foreground(labels: np.ndarray) -> np.ndarray:
-    """bool foreground of an integer label array: labels > 0."""
-    if labels.dtype.kind not in "iu":
-        raise TypeError(f"labels must be an integer array, not {labels.dtype}")
-    return labels > 0
-
-
-def clean_steps(min_object_voxels: int, min_hole_voxels: int) -> list[tuple[str, int]]:
-    return [("objects", min_object_voxels), ("holes", min_hole_voxels)]
-
-
-def clean_labels(
-    labels: np.ndarray, min_object_voxels: int = 0, min_hole_voxels: int = 0, max_span: int = DEFAULT_MAX_SPAN
-) -> np.ndarray:
-    """Remove objects with fewer than `min_object_voxels` voxels, then fill holes with fewer than
-    `min_hole_voxels` (face connectivity; 0 or 1: step off); holes and objects longer than `max_span` voxels along
-    some axis, or touching the array's border, are left alone (see `incasem_like.stages.mask`). For the result of a
-    whole volume, pad it with `CleanLabelsStage.context_voxels()` zeros and crop."""
-    steps = clean_steps(min_object_voxels, min_hole_voxels)
-    return clean_components(foreground(labels), steps, max_span).astype(np.uint8)
-
-
-def dilate_labels(labels: np.ndarray, voxels: int) -> np.ndarray:
-    """Foreground dilated by ball(voxels)."""
-    return dilate(foreground(labels), voxels).astype(np.uint8)
-
-
-def metric_mask(labels: np.ndarray, dilation_voxels: int, erosion_voxels: int) -> np.ndarray:
-    """1 where a voxel counts for F1: not in dilation(fg, ball(d)) minus erosion(fg, ball(e)); outside the
-    array counts as background (labels at the array's border erode)."""
-    fg = foreground(labels)
-    zone = dilate(fg, dilation_voxels) & ~erode(fg, erosion_voxels)
-    return (~zone).astype(np.uint8)
 
 
 # --- stages ----------------------------------------------------------------------------------------------------

@@ -4,12 +4,12 @@ Input: the object-id dataset that `incasem-like objects` writes (`--labels-out`)
 object's bounding box, so no pass over the volume is needed to find the objects. A segmentation without that table
 (e.g. a binary one) is refused with the `objects` command to run first: meshes need object ids.
 
-Each object's surface is `objects.object_mesh` on its bounding-box crop padded by `step_size` voxels: marching
-cubes (scikit-image) at level 0.5 on the binary object mask, then `--smooth` Taubin iterations (default: the same
-as for the surface areas of `objects`, so a mesh's area is the CSV's; 0 keeps the raw marching-cubes vertices,
-which lie on voxel faces: the mesh spans exactly the object's bounding box). `--step-size N` samples every N-th
-voxel for coarse meshes (faces then lie halfway between samples, within N/2 voxels of the voxel faces). Vertices
-are world coordinates in nm (the dataset offset applied), written in x, y, z order; triangles are
+Each object's surface is `incasem_like.ops.surfaces.object_mesh` on its bounding-box crop padded by `step_size`
+voxels: marching cubes (scikit-image) at level 0.5 on the binary object mask, then `--smooth` Taubin iterations
+(default: the same as for the surface areas of `objects`, so a mesh's area is the CSV's; 0 keeps the raw marching-
+cubes vertices, which lie on voxel faces: the mesh spans exactly the object's bounding box). `--step-size N`
+samples every N-th voxel for coarse meshes (faces then lie halfway between samples, within N/2 voxels of the voxel
+faces). Vertices are world coordinates in nm (the dataset offset applied), written in x, y, z order; triangles are
 counter-clockwise seen from outside, so normals point out.
 
 Output folder OUT:
@@ -20,7 +20,7 @@ Output folder OUT:
 - `ply/<id>.ply`: binary little-endian PLY (float x, y, z in nm; faces as uchar count + int indices).
 - `obj/<id>.obj` (with `--formats ... obj`): Wavefront OBJ, vertices in nm.
 - `summary.json`: objects, meshes, vertices, triangles, parameters, units.
-- `.incasem_mesh/`: the run's progress and per-block counts.
+- `.incasem_run/`: the run's progress, lock and per-block counts (the folder's `FolderOutput` bookkeeping).
 
 Blockwise on daisy workers: a block meshes the objects whose bounding box starts in it (reading crops that may
 reach into other blocks); rerunning the command skips finished blocks. `neuroglancer/info` and `summary.json` are
@@ -28,7 +28,6 @@ written last, so an unfinished folder never looks complete.
 """
 
 import json
-import shutil
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,30 +35,24 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import zarr
 from daisy import Block
 from pydantic import NonNegativeInt, PositiveInt
 
 from incasem_like.blockwise.launchers import Launcher
-from incasem_like.blockwise.runner import fingerprint, refuse_if_running, run_stage
+from incasem_like.blockwise.outputs import FolderOutput, StageOutput
+from incasem_like.blockwise.runner import run_stage
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
-from incasem_like.core.errors import UserError
+from incasem_like.core.errors import FieldError
 from incasem_like.core.files import write_atomically
 from incasem_like.core.geometry import Coordinate, Roi
-from incasem_like.stages.objects import (
-    DEFAULT_BLOCK,
-    SMOOTH_ITERATIONS,
-    load_object_table,
-    object_mesh,
-    save_npz,
-)
-from incasem_like.store.datasets import META_KEY, DatasetPath, dataset_meta, update_dataset_meta
+from incasem_like.ops.surfaces import SMOOTH_ITERATIONS, object_mesh
+from incasem_like.stages.objects import DEFAULT_BLOCK, crops_reach, load_object_table
+from incasem_like.store.datasets import DatasetPath, dataset_meta, update_dataset_meta
+from incasem_like.store.object_table import save_npz
 
 Format = Literal["neuroglancer", "ply", "obj"]
 FORMATS = ("neuroglancer", "ply", "obj")
 DEFAULT_FORMATS: tuple[Format, ...] = ("neuroglancer", "ply")
-#: the bookkeeping group inside the output folder
-RUN_GROUP = ".incasem_mesh"
 NEUROGLANCER_INFO = {"@type": "neuroglancer_legacy_mesh"}
 
 
@@ -103,7 +96,7 @@ def write_mesh_files(folder: Path, object_id: int, vertices: np.ndarray, triangl
 # --- the stage ---------------------------------------------------------------------------------------------------
 class MeshStage(BlockwiseStage):
     """Object-id dataset -> mesh files in the folder `output`; `block` in voxels, `step_size` and `smooth` as in
-    `objects.object_mesh`."""
+    `incasem_like.ops.surfaces.object_mesh`."""
 
     task_name = "mesh"
 
@@ -120,27 +113,30 @@ class MeshStage(BlockwiseStage):
     def folder(self) -> Path:
         return Path(self.output)
 
-    def run_group(self) -> DatasetPath:
-        return DatasetPath(self.folder, RUN_GROUP)
+    def outputs(self) -> list[StageOutput]:
+        return [FolderOutput(self.folder)]
 
-    def output_paths(self) -> list[DatasetPath]:
-        return [self.run_group()]
+    @property
+    def results_dir(self) -> Path:
+        """Per-block counts (run state, beside the files)."""
+        return self.outputs()[0].run_dir / "blocks"
 
     def result_path(self, index: tuple[int, ...]) -> Path:
-        return self.run_group().group_path / "blocks" / ("b_" + "_".join(map(str, index)) + ".npz")
+        return self.results_dir / ("b_" + "_".join(map(str, index)) + ".npz")
 
     def layout(self) -> BlockLayout:
         if not self.formats:
-            raise UserError(f"--formats: give at least one of {', '.join(FORMATS)}")
-        labels, _ = load_object_table(self.labels)
+            raise FieldError(f"{{formats}}: give at least one of {', '.join(FORMATS)}")
+        labels, table = load_object_table(self.labels)
         block = Coordinate((self.block,) * 3) * labels.voxel_size
-        return BlockLayout(labels.roi, block, Coordinate((0, 0, 0)), labels.voxel_size, block)
+        return BlockLayout(
+            labels.roi, block, crops_reach(table, self.step_size) * labels.voxel_size, labels.voxel_size, block
+        )
 
     def create_outputs(self, layout: BlockLayout) -> None:
         for name in self.formats:
             (self.folder / name).mkdir(parents=True, exist_ok=True)
-        zarr.open_group(self.run_group().group_path, mode="a").attrs[META_KEY] = {"complete": False, "kind": "meshes"}
-        (self.run_group().group_path / "blocks").mkdir()
+        self.results_dir.mkdir(parents=True)
 
     def block_processor(self) -> Callable[[Block], None]:
         labels, table = load_object_table(self.labels)
@@ -185,30 +181,6 @@ class MeshResult:
     run: dict | None
 
 
-def check_output_folder(stage: MeshStage, overwrite: bool) -> None:
-    """Refuse an existing output folder unless it is this exact command's (resume) or `overwrite` replaces a mesh
-    folder of ours; a folder that is not ours is never deleted."""
-    folder = stage.folder
-    if not folder.exists():
-        return
-    refuse_if_running(stage.run_group(), str(folder))
-    if not folder.is_dir():
-        raise UserError(f"{folder} exists and is not a folder; choose a folder name for the meshes")
-    ours = (folder / RUN_GROUP).is_dir()
-    if overwrite:
-        if not ours and any(folder.iterdir()):
-            raise UserError(
-                f"{folder} is a folder not written by incasem-like mesh; --overwrite replaces only mesh folders, "
-                "choose a new folder"
-            )
-        shutil.rmtree(folder)
-    elif ours:
-        if dataset_meta(stage.run_group()).get("fingerprint") != fingerprint(stage, stage.layout()):
-            raise UserError(f"{folder} holds meshes made by another command; pass --overwrite to replace them")
-    elif any(folder.iterdir()):
-        raise UserError(f"{folder} already exists; pass --overwrite to replace it")
-
-
 def make_meshes(
     stage: MeshStage,
     workers: int = 1,
@@ -216,20 +188,18 @@ def make_meshes(
     progress: bool = True,
     launcher: Launcher | None = None,
 ) -> MeshResult:
-    """The `mesh` command: run (or resume) `stage`, then write `neuroglancer/info` and `summary.json`."""
-    if workers < 1:
-        raise UserError(f"--workers {workers}: need at least one worker")
+    """The `mesh` command: run (or resume) `stage`, then write `neuroglancer/info` and `summary.json`. An existing
+    folder is replaced only with `overwrite`, and only if this command wrote it."""
     stage.layout()  # a bad input is named before anything is touched
     stage = stage.model_copy(
         update={"labels_run": dataset_meta(DatasetPath.parse(stage.labels)).get("fingerprint", "")}
     )
-    check_output_folder(stage, overwrite)
-    run = run_stage(stage, workers=workers, launcher=launcher, progress=progress)
+    run = run_stage(stage, workers=workers, overwrite=overwrite, launcher=launcher, progress=progress)
     summary_path = stage.folder / "summary.json"
     if run.get("already_complete") and summary_path.exists():
         return MeshResult(stage.folder, json.loads(summary_path.read_text()), None)
     id_parts, size_parts = [np.zeros(0, np.int64)], [np.zeros((0, 2), np.int64)]
-    for path in sorted((stage.run_group().group_path / "blocks").glob("b_*.npz")):
+    for path in sorted(stage.results_dir.glob("b_*.npz")):
         with np.load(path) as result:
             id_parts.append(result["ids"])
             size_parts.append(result["sizes"])

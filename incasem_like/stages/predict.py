@@ -34,11 +34,13 @@ import torch
 from daisy import Block, Context
 from pydantic import field_validator, model_validator
 
+from incasem_like.blockwise.outputs import DatasetOutput, StageOutput
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage, check_block
 from incasem_like.blockwise.volume_stage import requested_roi
-from incasem_like.core.errors import UserError
+from incasem_like.core.errors import FieldError, UserError
+from incasem_like.core.files import file_digest
 from incasem_like.core.geometry import Coordinate, Roi
-from incasem_like.nn.checkpoints import file_digest, load_checkpoint, model_from_checkpoint
+from incasem_like.nn.checkpoints import load_checkpoint, model_from_checkpoint
 from incasem_like.nn.inference import TtaMode, normalize, predict_region, raw_with_context, select_device, tta_variants
 from incasem_like.nn.model import NetworkConfig, Triple, inference_model
 from incasem_like.stages.threshold import CleanUp, Threshold, ThresholdStage, segment
@@ -125,9 +127,12 @@ class PredictStage(BlockwiseStage):
             data = {**data, "checkpoint_sha256": file_digest(data["checkpoint"])}
         return data
 
-    def output_paths(self) -> list[DatasetPath]:
+    def datasets(self) -> list[DatasetPath]:
         names = (PROBABILITIES, SEGMENTATION) if self.write_segmentation else (PROBABILITIES,)
         return [DatasetPath.parse(f"{self.output}/{name}") for name in names]
+
+    def outputs(self) -> list[StageOutput]:
+        return [DatasetOutput(path) for path in self.datasets()]
 
     def steps(self, network: NetworkConfig) -> Coordinate:
         """Output voxels each pass keeps per axis, checked against the network's downsampling factors."""
@@ -135,8 +140,8 @@ class PredictStage(BlockwiseStage):
         step = Coordinate(self.step or default_step(network, "cuda" if gpu else "cpu"))
         factors = network.total_factor()
         if any(s < f or s % f for s, f in zip(step, factors)):
-            raise UserError(
-                f"--step {' '.join(map(str, step))} must be positive multiples of {' '.join(map(str, factors))} "
+            raise FieldError(
+                f"{{step}} {' '.join(map(str, step))} must be positive multiples of {' '.join(map(str, factors))} "
                 "(the network's downsampling factor along z, y, x)"
             )
         return step
@@ -198,7 +203,7 @@ class PredictStage(BlockwiseStage):
         raw = self.open_raw()
         self.check_voxel_size(raw, state)
         self.check_preprocessing(state)
-        if DatasetPath.parse(self.raw) in self.output_paths():
+        if DatasetPath.parse(self.raw) in self.datasets():
             raise UserError(f"{self.output}: the output must not contain the raw dataset; choose another name")
         return BlockLayout(
             total_write_roi=requested_roi(raw, self.raw, self.roi_offset, self.roi_shape),
@@ -214,7 +219,7 @@ class PredictStage(BlockwiseStage):
         model, _ = model_from_checkpoint(self.checkpoint)
         tta = {"mode": self.tta, "variants": len(self.variants(model, self.open_raw()))}
         roi = layout.total_write_roi
-        for path, kind in zip(self.output_paths(), ("probabilities", "labels")):
+        for path, kind in zip(self.datasets(), ("probabilities", "labels")):
             create_dataset(
                 path,
                 shape=roi.shape / layout.voxel_size,
@@ -253,7 +258,7 @@ class PredictStage(BlockwiseStage):
         input_shape, output_shape, context = self.pass_shapes(model)
         model = inference_model(model).to(device).to(memory_format=torch.channels_last_3d)
         probabilities, *segmentation = (
-            open_dataset(path, mode="r+", require_complete=False) for path in self.output_paths()
+            open_dataset(path, mode="r+", require_complete=False) for path in self.datasets()
         )
         grid = PassGrid(
             anchor=probabilities.roi.begin,

@@ -1,10 +1,10 @@
 """Stage `threshold`: a stored probability map (uint8, 0..255 = 0..1) -> binary segmentation (uint8 0/1),
 optionally cleaned up: objects with fewer than N voxels removed, then holes with fewer than M voxels filled.
 
-`predict` writes its segmentation with the same rule (and runs this stage when it cleans up), so re-thresholding
-at the prediction's threshold reproduces it exactly and other thresholds need no second prediction. The clean-up
-is that of `labels clean` (face connectivity; see `incasem_like.stages.mask` for why components longer than `max_span`
-voxels are never small), so the blockwise result equals the whole volume's.
+`predict` writes its segmentation with the same rule (and runs this stage when it cleans up), so re-thresholding at
+the prediction's threshold reproduces it exactly and other thresholds need no second prediction. The clean-up is
+that of `labels clean` (face connectivity; see `incasem_like.ops.morphology` for why components longer than
+`max_span` voxels are never small), so the blockwise result equals the whole volume's.
 """
 
 from typing import Annotated
@@ -14,13 +14,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, NonNegativeInt, Posi
 
 from incasem_like.blockwise.volume_stage import VolumeStage
 from incasem_like.core.errors import UserError
-from incasem_like.stages.mask import DEFAULT_MAX_SPAN, blockwise_context, clean_components
+from incasem_like.ops.morphology import DEFAULT_MAX_SPAN, blockwise_context, clean_components, segment
 from incasem_like.store.datasets import DatasetPath, Volume, dataset_meta
-
-
-def segment(probabilities: np.ndarray, threshold: float) -> np.ndarray:
-    """uint8 probabilities q (q / 255 = p) -> uint8 1 where q / 255 > threshold, else 0."""
-    return (probabilities > threshold * 255).astype(np.uint8)
 
 
 def _check_threshold(value: float) -> float:

@@ -23,7 +23,6 @@ from incasem_like.blockwise.lock import LOCK, RunLock, remove_all_but_lock
 from incasem_like.core.errors import UserError
 from incasem_like.core.files import write_atomically
 from incasem_like.core.geometry import Coordinate
-from incasem_like.evaluation.metrics import EXCLUSION_ZONE, overlap_scores, threshold_counts, value_histograms
 from incasem_like.nn.checkpoints import checkpoints, load_checkpoint, save_checkpoint
 from incasem_like.nn.inference import (
     autocast,
@@ -34,6 +33,7 @@ from incasem_like.nn.inference import (
     select_device,
 )
 from incasem_like.nn.model import UNet3D, inference_model
+from incasem_like.ops.metrics import EXCLUSION_ZONE, overlap_scores, threshold_counts, value_histograms
 from incasem_like.store.datasets import (
     RUN_DIR,
     DatasetPath,

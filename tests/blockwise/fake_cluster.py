@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from incasem_like.blockwise.runner import RUN_DIR
 from incasem_like.blockwise.stage import BlockwiseStage
 from tests.toy_stages import BoxSumStage, SlowBlocks
 
@@ -210,7 +209,7 @@ class SlowBoxSumStage(SlowBlocks, BoxSumStage):
 
 def done_blocks(stage: BlockwiseStage) -> int:
     """Blocks of `stage`'s run recorded as done so far."""
-    done = stage.output_paths()[0].group_path / RUN_DIR / "tracking" / "done"
+    done = stage.outputs()[0].run_dir / "tracking" / "done"
     return int(np.count_nonzero(zarr.open_array(done, mode="r")[:])) if done.exists() else 0
 
 

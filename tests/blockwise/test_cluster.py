@@ -15,10 +15,10 @@ from scipy.ndimage import correlate
 
 from incasem_like.blockwise.cluster import cluster_settings
 from incasem_like.blockwise.launchers import JobResources, LsfLauncher, worker_command
-from incasem_like.blockwise.runner import RUN_DIR, run_stage
+from incasem_like.blockwise.runner import run_stage
 from incasem_like.cli.main import main
 from incasem_like.core.errors import BlockwiseRunFailed
-from incasem_like.store.datasets import DatasetPath, create_dataset, open_dataset, update_dataset_meta
+from incasem_like.store.datasets import RUN_DIR, DatasetPath, create_dataset, open_dataset, update_dataset_meta
 from tests.blockwise.fake_cluster import FakeCluster, SlowBoxSumStage, kill_first_job
 from tests.conftest import REPO, read_dataset, run_cli, write_dataset, write_slices
 from tests.toy_stages import BoxSumStage

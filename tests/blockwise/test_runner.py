@@ -9,10 +9,17 @@ import pytest
 from scipy.ndimage import correlate
 
 from incasem_like.blockwise.launchers import LocalLauncher
-from incasem_like.blockwise.runner import RUN_DIR, run_stage
+from incasem_like.blockwise.runner import run_stage
 from incasem_like.blockwise.worker import SAME_ERROR_BLOCKS
 from incasem_like.core.errors import BlockwiseRunFailed, UserError
-from incasem_like.store.datasets import DatasetPath, create_dataset, dataset_meta, open_dataset, update_dataset_meta
+from incasem_like.store.datasets import (
+    RUN_DIR,
+    DatasetPath,
+    create_dataset,
+    dataset_meta,
+    open_dataset,
+    update_dataset_meta,
+)
 from tests.toy_stages import (
     BoxSumStage,
     SlowBoxSumStage,

@@ -11,8 +11,8 @@ from incasem_like.cli.main import main
 from incasem_like.core.errors import UserError
 from incasem_like.core.geometry import Roi
 from incasem_like.evaluation.evaluate import evaluation_blocks, parse_thresholds
-from incasem_like.evaluation.metrics import overlap_scores, threshold_counts, value_histograms
-from incasem_like.stages.labels import metric_mask
+from incasem_like.ops.metrics import overlap_scores, threshold_counts, value_histograms
+from incasem_like.ops.morphology import metric_mask
 from incasem_like.store.datasets import DatasetPath, create_dataset, update_dataset_meta
 from tests import conftest
 from tests.conftest import read_dataset, run_cli

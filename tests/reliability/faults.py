@@ -54,7 +54,7 @@ class StallingBlocks:
 
     def block_processor(self) -> Callable[[Block], None]:
         process = super().block_processor()
-        outputs = [open_dataset(path, mode="r+", require_complete=False) for path in self.output_paths()]
+        outputs = [open_dataset(output.path, mode="r+", require_complete=False) for output in self.outputs()]
 
         def stalling(block: Block) -> None:
             if is_faulty(block) and not Path(os.environ[FAULT_LOG]).exists():

@@ -24,14 +24,16 @@ import pytest
 import torch
 import zarr
 
-from incasem_like.blockwise.runner import RUN_DIR, lock_path, run_stage
+from incasem_like.blockwise.outputs import DatasetOutput
+from incasem_like.blockwise.runner import run_stage
 from incasem_like.cli.main import main
 from incasem_like.nn.checkpoints import save_checkpoint
 from incasem_like.nn.inference import normalize
 from incasem_like.nn.model import NetworkConfig, UNet3D
 from incasem_like.stages.clahe import ClaheStage
 from incasem_like.stages.predict import PredictStage
-from incasem_like.store.datasets import DatasetPath, dataset_meta, open_dataset
+from incasem_like.store.datasets import RUN_DIR, open_dataset
+from incasem_like.workflow import steps
 from tests.conftest import REPO, run_cli, write_dataset
 from tests.predict_stages import SlowPredictStage
 from tests.reliability.faults import FAULT_AT, FAULT_LOG, FailingClaheStage, StallingClaheStage
@@ -56,8 +58,8 @@ class Case:
     stalling: type
     fault_at: tuple[int, int, int]
 
-    def output_names(self, out: Path) -> list[DatasetPath]:
-        return self.stage(**self.fields(out)).output_paths()
+    def output_names(self, out: Path) -> list[DatasetOutput]:
+        return self.stage(**self.fields(out)).outputs()
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +150,7 @@ def reference(cases, tmp_path_factory) -> Callable[[str, int], list[np.ndarray]]
 
 def read_outputs(case: Case, out: Path) -> list[np.ndarray]:
     """All outputs of a complete run."""
-    volumes = [open_dataset(path) for path in case.output_names(out)]
+    volumes = [open_dataset(output.path) for output in case.output_names(out)]
     return [volume[volume.roi] for volume in volumes]
 
 
@@ -159,7 +161,7 @@ def assert_bit_identical(case: Case, out: Path, reference: list[np.ndarray]) -> 
 
 def done_blocks(case: Case, out: Path) -> int:
     """Blocks the run's tracking records as done."""
-    done = case.output_names(out)[0].group_path / RUN_DIR / "tracking" / "done"
+    done = case.output_names(out)[0].run_dir / "tracking" / "done"
     return int(np.count_nonzero(zarr.open_array(done, mode="r")[:])) if done.exists() else 0
 
 
@@ -218,14 +220,14 @@ def test_whole_job_killed_half_way_resumes_redoing_only_unfinished_blocks(name, 
     kill_midway(case.slow(**case.fields(out)), done_blocks=BLOCKS // 2, seconds_per_block=0.2)
     done = done_blocks(case, out)
     assert BLOCKS // 2 <= done < BLOCKS
-    assert lock_path(case.output_names(out)[0]).exists()  # the killed run's lock stayed behind
+    assert case.output_names(out)[0].lock.exists()  # the killed run's lock stayed behind
 
     result = run_cli(*case.argv(out), cwd=REPO)
 
     assert result.returncode == 0, result.stderr
     assert blocks_reported(result.stdout) == (BLOCKS - done, done)
     assert "taking over the lock of a run that is gone" in result.stderr
-    assert not lock_path(case.output_names(out)[0]).exists()
+    assert not case.output_names(out)[0].lock.exists()
     assert_bit_identical(case, out, reference(name, workers=1))
 
 
@@ -235,22 +237,25 @@ def test_block_failing_every_time_fails_the_run_and_a_fixed_rerun_completes_it(
 ):
     case = cases[name]
     out = tmp_path / "out.zarr/volumes/result"
-    # the command builds the failing stage; its workers inject the failure
-    monkeypatch.setattr(sys.modules[case.stage.__module__], case.stage.__name__, case.failing)
+    # the command's step builds the failing stage; its workers inject the failure
+    monkeypatch.setattr(steps, case.stage.__name__, case.failing)
+    for step in steps.STEP_TYPES.values():
+        if getattr(step, "stage_class", None) is case.stage:
+            monkeypatch.setattr(step, "stage_class", case.failing)
     monkeypatch.setenv(FAULT_AT, ",".join(map(str, case.fault_at)))
 
     code = main(case.argv(out))
 
     error = capsys.readouterr().err
     assert code == 1 and error.count("\n") == 1 and error.startswith("incasem-like: failed: "), error
-    failed = json.loads((case.output_names(out)[0].group_path / RUN_DIR / "summary.json").read_text())
+    failed = json.loads((case.output_names(out)[0].run_dir / "summary.json").read_text())
     block_id, write_roi = failed["failed_blocks"][0]["block_id"], failed["failed_blocks"][0]["write_roi"]
     assert f"1 of {BLOCKS} blocks failed ({block_id} {write_roi})" in error
     assert f"first error: RuntimeError: injected failure in block {block_id}" in error
     assert len(fault_log.read_text().split()) == 3  # the first try and the 2 retries
-    for path in case.output_names(out):
-        assert dataset_meta(path)["complete"] is False
-    assert not lock_path(case.output_names(out)[0]).exists()
+    for output in case.output_names(out):
+        assert output.meta()["complete"] is False
+    assert not case.output_names(out)[0].lock.exists()
 
     monkeypatch.undo()  # the cause is fixed
     code = main(case.argv(out))
@@ -293,7 +298,7 @@ def test_second_run_on_the_same_output_is_refused_and_the_first_completes_intact
         holder = f"is locked by another run (pid {first.pid} on "
         for error in errors:
             assert error.startswith(f"incasem-like: error: {case.output_names(out)[0]} {holder}"), error
-            assert f"delete {lock_path(case.output_names(out)[0])} and rerun" in error
+            assert f"delete {case.output_names(out)[0].lock} and rerun" in error
         assert len(errors) == 2
     finally:
         assert first.wait(timeout=120) == 0
@@ -303,7 +308,7 @@ def test_second_run_on_the_same_output_is_refused_and_the_first_completes_intact
 def test_lock_held_from_another_host_is_never_taken_over(cases, tmp_path, capsys):
     case = cases["clahe"]
     out = tmp_path / "out.zarr/volumes/result"
-    lock = lock_path(case.output_names(out)[0])
+    lock = case.output_names(out)[0].lock
     lock.parent.mkdir(parents=True)
     holder = {"host": "node17", "pid": os.getpid(), "started": "2026-11-22 08:00:00", "command": "incasem-like clahe"}
     lock.write_text(json.dumps(holder))

@@ -6,11 +6,10 @@ import os
 
 import torch
 
-from incasem_like.blockwise.runner import RUN_DIR
 from incasem_like.cli.main import main
 from incasem_like.nn.checkpoints import save_checkpoint
 from incasem_like.nn.model import NetworkConfig, UNet3D
-from incasem_like.store.datasets import DatasetPath, dataset_meta
+from incasem_like.store.datasets import RUN_DIR, DatasetPath, dataset_meta
 from tests.blockwise.fake_cluster import FakeCluster
 from tests.conftest import write_dataset
 from tests.training_data import sample_stack

@@ -132,7 +132,8 @@ def test_overwrite_replaces_a_previous_export(tmp_path, volume, capsys):
     names, slices = read_slices(tmp_path / "tiffs")
     assert names == slice_names(3)
     np.testing.assert_array_equal(slices, volume[:3] // 2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr", "tiffs"]  # no temporary folders left
+    # no temporary folders left; beside the slices only the hidden record of the step that wrote them
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tiffs.incasem_step.json", "c.zarr", "tiffs"]
 
 
 def test_a_damaged_chunk_fails_the_export_in_one_line_and_keeps_the_old_output(tmp_path, volume):

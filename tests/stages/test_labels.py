@@ -4,19 +4,11 @@ from functools import partial
 import numpy as np
 import pytest
 from scipy import ndimage
-from skimage.morphology import ball
 
 from incasem_like.cli.main import main
 from incasem_like.core.errors import UserError
-from incasem_like.stages.labels import (
-    CleanLabelsStage,
-    clean_labels,
-    dilate_labels,
-    known_organelles,
-    load_organelle,
-    metric_mask,
-    organelle_config_dir,
-)
+from incasem_like.ops.morphology import clean_labels, dilate_labels, metric_mask
+from incasem_like.stages.labels import CleanLabelsStage, known_organelles, load_organelle, organelle_config_dir
 from incasem_like.store.datasets import DatasetPath, dataset_meta, open_dataset
 from tests import conftest
 from tests.conftest import SHARED_DATA, run_cli, run_cli_in_process
@@ -138,37 +130,6 @@ def test_bad_config_fails_the_command_with_one_line(tmp_path, monkeypatch):
     assert result.returncode == 2
     assert f"{folder / 'mito.yaml'}: metric_mask.erosion_voxels = [4]" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "c.zarr/volumes/metric_masks").exists()
-
-
-def test_clean_removes_small_objects_and_fills_small_holes():
-    labels = np.zeros((40, 40, 40), np.uint8)
-    labels[5:8, 5:8, 5:8] = 1  # 27 voxels: kept (objects smaller than 27 go)
-    labels[5:8, 20:23, 5:7] = 1  # 18 voxels: removed
-    labels[0:2, 30:33, 30:33] = 1  # 18 voxels on the border: may continue outside, kept
-    labels[15:35, 15:35, 15:35] = 3  # non-binary labels: foreground is labels > 0
-    labels[20:23, 20:23, 20:23] = 0  # a 27-voxel hole
-    labels[28:30, 28:30, 28:30] = 0  # an 8-voxel hole
-
-    cleaned = clean_labels(labels, min_object_voxels=27, min_hole_voxels=27, max_span=5)  # holes: 6 layers in
-
-    assert cleaned.dtype == np.uint8 and set(np.unique(cleaned)) == {0, 1}
-    expected = labels > 0
-    expected[5:8, 20:23, 5:7] = False
-    expected[28:30, 28:30, 28:30] = True
-    np.testing.assert_array_equal(cleaned, expected)
-    np.testing.assert_array_equal(clean_labels(labels), labels > 0)  # 0: steps off
-    assert clean_labels(labels, min_hole_voxels=28)[21, 21, 21] == 1
-
-
-@pytest.mark.parametrize("radius", [0, 1, 3])
-def test_dilation_and_metric_mask_use_skimage_balls(radius):
-    labels = (ndimage.gaussian_filter(np.random.default_rng(radius).random((20, 24, 28)), 1.5) > 0.55) * 7
-    structure = ball(radius).astype(bool)
-    dilated = ndimage.binary_dilation(labels > 0, structure) if radius else labels > 0
-    eroded = ndimage.binary_erosion(labels > 0, ball(1).astype(bool), border_value=0)
-    np.testing.assert_array_equal(dilate_labels(labels.astype(np.int32), radius), dilated)
-    np.testing.assert_array_equal(metric_mask(labels.astype(np.uint32), radius, 1), ~(dilated & ~eroded))
-    assert metric_mask(labels.astype(np.uint8), 0, 0).all()
 
 
 @pytest.mark.parametrize("operation", sorted(OPERATIONS))

@@ -4,21 +4,14 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 from scipy import ndimage
-from skimage.morphology import ball
 
 from incasem_like.core.errors import UserError
-from incasem_like.stages.mask import (
-    MaskStage,
-    cell_mask,
-    cell_mask_context,
-    dilate,
-    erode,
-    small_components,
-    span_limit,
-)
+from incasem_like.ops.morphology import cell_mask, cell_mask_context
+from incasem_like.stages.mask import MaskStage
 from incasem_like.store.datasets import DatasetPath, dataset_meta, open_dataset
 from tests import conftest
 from tests.conftest import SHARED_DATA, run_cli, run_cli_in_process
+from tests.ops.test_morphology import put_ball
 from tests.toy_stages import SlowMaskStage, kill_midway
 
 #: small-volume parameters: the method's radii, size thresholds and span limit scaled down to the test volume
@@ -30,11 +23,6 @@ write_dataset = partial(conftest.write_dataset, offset=(50, 0, 100), chunk=16)
 
 
 read = conftest.read_dataset
-
-
-def put_ball(volume: np.ndarray, centre, radius: int, value) -> None:
-    region = tuple(slice(c - radius, c + radius + 1) for c in centre)
-    volume[region][ball(radius).astype(bool)] = value
 
 
 def synthetic_raw(seed=0) -> np.ndarray:
@@ -58,63 +46,9 @@ def whole_volume(raw: np.ndarray, **params) -> np.ndarray:
     return cell_mask(np.pad(raw, context), **params)[inner]
 
 
-@pytest.mark.parametrize("radius", [0, 1, 2, 3, 4])
-def test_ball_morphology_equals_scipy_with_skimage_ball(radius):
-    mask = ndimage.gaussian_filter(np.random.default_rng(radius).random((23, 31, 29)), 1.5) > 0.5
-    structure = ball(radius).astype(bool)
-    np.testing.assert_array_equal(erode(mask, radius), ndimage.binary_erosion(mask, structure, border_value=0))
-    np.testing.assert_array_equal(dilate(mask, radius), ndimage.binary_dilation(mask, structure))
-
-
-def test_cell_mask_window_morphology_holes_and_objects():
-    raw = np.full((96, 96, 96), 230, np.uint8)
-    raw[12:52, 12:52, 12:32] = 2  # the window is inclusive: 2 and 180 are cell
-    raw[12:52, 12:52, 32:52] = 180
-    put_ball(raw, (32, 32, 32), 3, 181)  # a hole
-    raw[20, 20, 14:30] = 1  # a one-voxel dark line through the cell: closed
-    put_ball(raw, (30, 66, 30), 2, 100)  # a blob thinner than the opening ball: opened away
-    put_ball(raw, (30, 30, 66), 4, 100)  # a small object
-    put_ball(raw, (30, 30, 84), 4, 100)  # the same object near the border: may continue outside, kept
-    span = dict(max_span=10)  # objects are judged 10 + 10 + 1 voxels away from the border
-
-    steps_off = cell_mask(raw, min_hole_voxels=0, min_object_voxels=0)
-    result = cell_mask(raw, min_hole_voxels=300, min_object_voxels=300, **span)
-
-    assert result.dtype == np.uint8 and set(np.unique(result)) == {0, 1}
-    around_hole, cell, small_box = (slice(26, 39),) * 3, (slice(12, 52),) * 3, np.s_[24:37, 24:37, 60:73]
-    hole, small_object = int((steps_off[around_hole] == 0).sum()), int(steps_off[small_box].sum())
-    assert 50 < hole < 300 and 50 < small_object < 300 and steps_off[20, 20, 14:30].all()
-    filled = steps_off.copy()
-    filled[around_hole] = 1
-    np.testing.assert_array_equal(result[cell], filled[cell])  # hole filled, nothing else changed
-    assert not result[small_box].any()  # small object removed
-    assert not steps_off[24:37, 60:73, 24:37].any()  # thin blob opened away
-    assert result[24:37, 24:37, 78:91].sum() == small_object  # the object near the border stays
-    assert result.sum() == filled[cell].sum() + small_object
-    holes_only, objects_only = dict(min_object_voxels=0, **span), dict(min_hole_voxels=0, **span)
-    assert cell_mask(raw, min_hole_voxels=hole, **holes_only)[32, 32, 32] == 0  # "smaller than N": N is not
-    assert cell_mask(raw, min_hole_voxels=hole + 1, **holes_only)[32, 32, 32] == 1
-    assert cell_mask(raw, min_object_voxels=small_object, **objects_only)[30, 30, 66] == 1
-    assert cell_mask(raw, min_object_voxels=small_object + 1, **objects_only)[30, 30, 66] == 0
-    assert cell_mask(raw, min_hole_voxels=300, max_span=6)[32, 32, 32] == 0  # the hole spans 7: not small
-
-
-def test_small_means_few_voxels_short_and_clear_of_the_border():
-    line = np.zeros((30, 30, 30), bool)
-    line[15, 15, 5:25] = True  # 20 voxels in a row
-    assert small_components(line, 21, max_span=20).sum() == 20
-    assert not small_components(line, 20, max_span=20).any()  # not fewer than 20 voxels
-    assert not small_components(line, 21, max_span=19).any()  # longer than 19
-    assert not small_components(line, 21, max_span=20, band=6).any()  # reaches into the outer 6 layers
-    assert small_components(line, 21, max_span=20, band=5).sum() == 20
-
-
-def test_default_context_makes_the_method_defaults_exact():
-    stage = MaskStage(input="c.zarr/volumes/raw", output="c.zarr/volumes/masks/cell")
-    assert stage.context_voxels() == cell_mask_context() == 2 * (3 + 2) + 64 + 64
-    assert [span_limit(n, 64) for n in (0, 1, 2, 27, 65, 66, 100000)] == [0, 0, 1, 26, 64, 64, 64]
-    assert cell_mask_context(min_hole_voxels=0, min_object_voxels=27) == 10 + 26
-    assert cell_mask_context(1, 0, min_hole_voxels=300, min_object_voxels=300, max_span=12) == 2 + 12 + 12
+def test_the_stage_reads_the_context_its_mask_needs():
+    stage = MaskStage(input="c.zarr/volumes/raw", output="c.zarr/volumes/masks/cell", opening_radius=1, max_span=12)
+    assert stage.context_voxels() == cell_mask_context(1, 2, max_span=12)
 
 
 def test_blocks_of_any_size_give_the_whole_volume_result_also_after_a_resume(tmp_path):
@@ -182,8 +116,8 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, setup, extra
 @pytest.mark.parametrize(
     "params, message",
     [
-        (dict(gray_min=100, gray_max=50), "--gray 100 50: MIN is above MAX"),
-        (dict(gray_min=0), "MIN must be at least 1"),
+        (dict(gray=(100, 50)), "gray 100 50: MIN is above MAX"),
+        (dict(gray=(0, 180)), "MIN must be at least 1"),
         (dict(max_span=0), "max_span"),
         (dict(opening_radius=-1), "greater than or equal to 0"),
     ],

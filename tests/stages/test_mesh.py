@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from incasem_like.cli.main import main
+from incasem_like.ops.surfaces import signed_volume, surface_area
 from incasem_like.review.view import view_state
-from incasem_like.stages.objects import find_objects, signed_volume, surface_area
+from incasem_like.stages.objects import find_objects
 from tests.conftest import run_cli
-from tests.stages.test_objects import is_closed_and_oriented, shapes_volume, write_volume
+from tests.ops.test_surfaces import is_closed_and_oriented
+from tests.stages.test_objects import shapes_volume, write_volume
 
 VOXEL_SIZE, OFFSET = np.array([8, 5, 5]), np.array([800, -50, 100])
 
@@ -102,7 +104,7 @@ def test_raw_coarse_ply_meshes_are_closed_and_in_place(objects, capsys):
     result = run_cli("mesh", labels, out, "--formats", "ply", "--smooth", 0, "--step-size", 2, "--quiet")
 
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == [".incasem_mesh", "ply", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".incasem_run", "ply", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["step_size"] == 2 and summary["smooth_iterations"] == 0 and summary["smaller_than_step_size"] == 0
     ball = max(rows, key=lambda i: float(rows[i]["axis_minor_nm"]))
@@ -118,7 +120,7 @@ def test_raw_coarse_ply_meshes_are_closed_and_in_place(objects, capsys):
     before = snapshot(out)
     code = main(["mesh", labels, str(out), "--formats", "ply", "--smooth", "3", "--step-size", "2"])
     stderr = capsys.readouterr().err
-    assert code == 2 and "holds meshes made by another command; pass --overwrite" in stderr
+    assert code == 2 and "already exists and was not written by this exact command; pass --overwrite" in stderr
     assert len(stderr.strip().splitlines()) == 1 and snapshot(out) == before
 
 
@@ -126,8 +128,8 @@ def test_raw_coarse_ply_meshes_are_closed_and_in_place(objects, capsys):
     "setup, extra, message",
     [
         ("binary", [], "no object table"),
-        ("foreign folder", [], "already exists; pass --overwrite"),
-        ("foreign folder", ["--overwrite"], "not written by incasem-like mesh; --overwrite replaces only mesh"),
+        ("foreign folder", [], "already exists and was not written by this exact command; pass --overwrite"),
+        ("foreign folder", ["--overwrite"], "a folder incasem-like did not write; --overwrite replaces only folders"),
         ("none", ["--step-size", "0"], "--step-size 0: "),
         ("none", ["--workers", "0"], "--workers 0: need at least one worker"),
     ],

@@ -12,8 +12,9 @@ import zarr
 from incasem_like.nn.checkpoints import export_weights, save_checkpoint
 from incasem_like.nn.inference import normalize, predict_region, tta_variants
 from incasem_like.nn.model import NetworkConfig, UNet3D, inference_model
+from incasem_like.ops.morphology import segment
 from incasem_like.stages.predict import PredictStage
-from incasem_like.stages.threshold import CleanUp, segment
+from incasem_like.stages.threshold import CleanUp
 from incasem_like.store.datasets import DatasetPath, dataset_meta, open_dataset, update_dataset_meta
 from tests.conftest import read_dataset, run_cli, run_cli_in_process, write_dataset
 from tests.nn.test_model import OPTION_NETWORKS as ONE_OPTION_NETWORKS

@@ -17,7 +17,7 @@ from incasem_like.cli.main import main
 from incasem_like.core.errors import UserError
 from incasem_like.nn.models import bundled_model
 from incasem_like.store.datasets import DatasetPath, is_complete, remove_dataset, update_dataset_meta
-from incasem_like.workflow.demo import SAMPLE
+from incasem_like.workflow.demo import SAMPLE, demo_pipeline
 from incasem_like.workflow.pipeline import load_pipeline, plan
 from tests.conftest import REPO, read_dataset, run_cli, write_slices
 from tests.review.test_view import fetch
@@ -80,7 +80,9 @@ def test_predict_cell_runs_skips_what_is_complete_and_reruns_only_what_is_missin
     assert rows["predict_er"][1] == "--set er_checkpoint=... to run it"
     assert rows["predict_mito"][1] == "cell.zarr/volumes/predictions/run1/mito"
     # a progress line per stage, naming the command it runs
-    assert "[4/9] predict_mito: running: incasem-like predict --checkpoint bundled:mito " in first.stdout
+    assert (
+        "[4/9] predict_mito: running: predict checkpoint=bundled:mito raw=cell.zarr/volumes/raw_clahe " in first.stdout
+    )
     assert "neuroglancer: not served; rerun with --serve" in first.stdout.splitlines()[-1]
     container = tmp_path / "cell.zarr"
     segmentation = read_dataset(container / "volumes/predictions/run1/mito/segmentation")
@@ -146,23 +148,24 @@ def test_predict_cell_runs_skips_what_is_complete_and_reruns_only_what_is_missin
 # --- small pipelines on synthetic data: failures, changes, --force --------------------------------------------------
 SMALL = {
     "name": "small",
-    "variables": {"tiffs": {"required": True}, "kernel": 8},
+    "variables": {"tiffs": {"required": True}, "kernel": 8, "block": 16},
     "stages": [
         {
             "command": "convert",
-            "options": {"src": "${tiffs}", "out": "c.zarr/volumes/raw", "voxel-size": [5, 5, 5], "chunk": 16},
+            "source": "${tiffs}",
+            "output": "c.zarr/volumes/raw",
+            "voxel_size": [5, 5, 5],
+            "chunk": 16,
         },
         {
             "command": "clahe",
-            "options": {
-                "input": "${convert.output}",
-                "output": "c.zarr/volumes/raw_clahe",
-                "kernel": "${kernel}",
-                "chunk": 16,
-                "block": 16,
-            },
+            "input": "${convert.output}",
+            "output": "c.zarr/volumes/raw_clahe",
+            "kernel": "${kernel}",
+            "chunk": 16,
+            "block": "${block}",
         },
-        {"command": "export", "options": {"dataset": "${clahe.output}", "out_dir": "slices"}},
+        {"command": "export", "dataset": "${clahe.output}", "out_dir": "slices"},
     ],
 }
 
@@ -184,7 +187,7 @@ def small(tmp_path, monkeypatch, rng) -> Path:
 
 
 def test_a_failing_stage_stops_the_run_and_a_rerun_resumes_from_it(small, capsys):
-    code, out, err = run_in_process(capsys, small, "--set", "tiffs=tiffs", "--set", "kernel=0")
+    code, out, err = run_in_process(capsys, small, "--set", "tiffs=tiffs", "--set", "block=20")
     assert code == 2
     assert {stage: status for stage, (status, _) in summary(out).items()} == {
         "convert": "ran",
@@ -192,7 +195,7 @@ def test_a_failing_stage_stops_the_run_and_a_rerun_resumes_from_it(small, capsys
         "export": "not run",
     }
     assert err.count("\n") == 1 and err.startswith(
-        "incasem-like: error: stage 2 (clahe) failed: kernel 0: must be at least 2"
+        "incasem-like: error: stage 2 (clahe) failed: block 20 must be a positive multiple of chunk 16"
     )
     assert "rerunning the pipeline resumes from there" in err
     code, out, _ = run_in_process(capsys, small, "--set", "tiffs=tiffs")
@@ -208,8 +211,7 @@ def test_changed_options_rerun_the_stage_and_the_stages_reading_its_output(small
 
     code, out, _ = run_in_process(capsys, small, "--set", "tiffs=tiffs", "--set", "kernel=16")
     assert code == 0
-    assert "[2/3] clahe: running again (options changed: kernel 8 -> 16): incasem-like clahe " in out
-    assert "--overwrite" in out.splitlines()[1]
+    assert "[2/3] clahe: running again (options changed: kernel 8 -> 16): clahe input=c.zarr/volumes/raw " in out
     assert "[3/3] export: running again (clahe rewrites its input " in out
     assert [status for status, _ in summary(out).values()] == ["skipped", "ran", "ran"]
     assert not np.array_equal(read_dataset("c.zarr/volumes/raw_clahe"), first)
@@ -220,11 +222,11 @@ def test_changed_options_rerun_the_stage_and_the_stages_reading_its_output(small
     )
     assert code == 0
     assert [status for status, _ in summary(out).values()] == ["would run"] * 3
-    assert "[1/3] convert: running again (--force): incasem-like convert tiffs c.zarr/volumes/raw " in out
+    assert "[1/3] convert: running again (--force): convert source=tiffs output=c.zarr/volumes/raw " in out
     assert files(Path("c.zarr/volumes/raw")) == raw_files  # a dry run runs nothing
 
 
-def test_outputs_record_their_options_so_any_working_directory_sees_a_change(small, tmp_path, monkeypatch, capsys):
+def test_outputs_record_their_step_so_any_working_directory_sees_a_change(small, tmp_path, monkeypatch, capsys):
     anywhere = yaml.safe_dump(SMALL, sort_keys=False).replace("c.zarr", "${pipeline_dir}/c.zarr")
     small.write_text(anywhere.replace("out_dir: slices", "out_dir: ${pipeline_dir}/slices"))
     tiffs = f"tiffs={tmp_path / 'tiffs'}"
@@ -243,15 +245,41 @@ def test_outputs_record_their_options_so_any_working_directory_sees_a_change(sma
         status for status, _ in summary(run_in_process(capsys, small, "--set", tiffs, "--set", "kernel=16")[1]).values()
     ] == ["skipped"] * 3
 
-    update_dataset_meta(DatasetPath.parse(tmp_path / "c.zarr/volumes/raw_clahe"), incasem_stage=None)
-    (tmp_path / ".slices.incasem_stage.json").unlink()
+    update_dataset_meta(DatasetPath.parse(tmp_path / "c.zarr/volumes/raw_clahe"), incasem_step=None)
+    (tmp_path / ".slices.incasem_step.json").unlink()
     code, out, _ = run_in_process(capsys, small, "--set", tiffs, "--set", "kernel=16")
     assert code == 0
-    assert (
-        f"[2/3] clahe: running again ({tmp_path}/c.zarr/volumes/raw_clahe records no pipeline stage that wrote it)"
-        in out
-    )
+    assert f"[2/3] clahe: running again ({tmp_path}/c.zarr/volumes/raw_clahe records no step that wrote it)" in out
     assert [status for status, _ in summary(out).values()] == ["skipped", "ran", "ran"]
+
+
+def test_a_stage_its_command_already_ran_by_hand_is_up_to_date(small, capsys):
+    """The command line and the pipeline file make the same step, so an output of either is the other's."""
+    assert (
+        main(["convert", "tiffs", "c.zarr/volumes/raw", "--voxel-size", "5", "5", "5", "--chunk", "16", "--quiet"]) == 0
+    )
+    capsys.readouterr()
+    code, out, _ = run_in_process(capsys, small, "--set", "tiffs=tiffs")
+    assert code == 0
+    assert [status for status, _ in summary(out).values()] == ["skipped", "ran", "ran"]
+    clahe = ["clahe", "c.zarr/volumes/raw", "c.zarr/volumes/raw_clahe", "--kernel", "16", "--block", "16"]
+    assert main([*clahe, "--chunk", "16", "--overwrite", "--quiet"]) == 0  # by hand, with another kernel
+    capsys.readouterr()
+    code, out, _ = run_in_process(capsys, small, "--set", "tiffs=tiffs")
+    assert "[2/3] clahe: running again (options changed: kernel 16 -> 8)" in out
+
+
+def test_the_demo_is_a_pipeline_of_steps(tmp_path):
+    pipeline = demo_pipeline(tmp_path)
+    assert [stage.command for stage in pipeline.stages] == [
+        "convert",
+        "convert",
+        "clahe",
+        "labels metric-mask",
+        "predict",
+        "evaluate",
+    ]
+    assert [item.action for item in plan(pipeline)] == ["run"] * 6  # its inputs exist or come from earlier stages
 
 
 def test_stages_not_requested_and_the_stages_using_their_output(small, capsys):
@@ -271,7 +299,7 @@ def test_stages_not_requested_and_the_stages_using_their_output(small, capsys):
 
 
 def test_a_view_stage_with_a_base_url_ends_the_run_with_its_link(small, capsys):
-    view = {"command": "view", "options": {"container": "c.zarr", "base-url": "${url}", "state-file": "state.json"}}
+    view = {"command": "view", "container": "c.zarr", "base_url": "${url}", "state_file": "state.json"}
     content = {**SMALL, "variables": {**SMALL["variables"], "url": None}, "stages": [SMALL["stages"][0], view]}
     small.write_text(yaml.safe_dump(content, sort_keys=False))
 
@@ -284,13 +312,13 @@ def test_a_view_stage_with_a_base_url_ends_the_run_with_its_link(small, capsys):
     # without the URL the option is left out: the container would be served locally (--serve), so not here
     code, out, _ = run_in_process(capsys, small, "--set", "tiffs=tiffs")
     assert code == 0
-    assert "[2/2] view: running (it writes no file to check): incasem-like view c.zarr --state-file state.json" in out
+    assert "[2/2] view: running (it writes no file to check): view container=c.zarr state_file=state.json" in out
     assert out.splitlines()[-1].startswith("neuroglancer: not served; rerun with --serve")
 
 
 # --- bad pipelines: one line, exit 2, nothing written ---------------------------------------------------------------
-def stage_with(**options) -> dict:
-    return {**SMALL, "stages": [SMALL["stages"][0], {"command": "clahe", "options": options}]}
+def stage_with(**fields) -> dict:
+    return {**SMALL, "stages": [SMALL["stages"][0], {"command": "clahe", **fields}]}
 
 
 TIFFS = ["--set", "tiffs=tiffs"]
@@ -298,47 +326,54 @@ BAD = {
     "unknown command": (
         {**SMALL, "stages": [SMALL["stages"][0], {"command": "clahee"}]},
         TIFFS,
-        "stage 2 (clahee): command 'clahee' is not a command (did you mean clahe?); stages run: convert, clahe,",
+        "stage 2 (clahee): command 'clahee' is not a stage (did you mean clahe?); stages run: convert, clahe,",
     ),
-    "not a stage": ({**SMALL, "stages": [{"command": "demo"}]}, TIFFS, "command 'demo' cannot be a pipeline stage"),
+    "not a stage": ({**SMALL, "stages": [{"command": "demo"}]}, TIFFS, "command 'demo' is not a stage; stages run:"),
     "labels without operation": (
         {**SMALL, "stages": [{"command": "labels"}]},
         TIFFS,
-        "command 'labels' needs an operation: labels clean, labels dilate, labels metric-mask",
+        "command 'labels' is not a stage (did you mean labels clean?)",
     ),
-    "unknown option": (
+    "unknown field": (
         stage_with(input="c.zarr/volumes/raw", output="c.zarr/volumes/x", kernal=64),
         TIFFS,
-        "stage 2 (clahe): options.kernal: clahe has no such option (did you mean kernel?)",
+        "stage 2 (clahe): kernal: no such field (did you mean kernel?)",
     ),
     "wrong type": (
         stage_with(input="c.zarr/volumes/raw", output="c.zarr/volumes/x", workers="many"),
         TIFFS,
-        "stage 2 (clahe): options.workers: invalid int value: 'many'",
+        "stage 2 (clahe): workers = 'many': Input should be a valid integer",
     ),
     "list for one value": (
         stage_with(input="c.zarr/volumes/raw", output="c.zarr/volumes/x", kernel=[1, 2]),
         TIFFS,
-        "stage 2 (clahe): options.kernel = [1, 2]: takes one value, not a list",
+        "stage 2 (clahe): kernel = [1, 2]: Input should be a valid integer",
     ),
-    "missing option": (
-        stage_with(input="c.zarr/volumes/raw"),
+    "missing field": (stage_with(input="c.zarr/volumes/raw"), TIFFS, "stage 2 (clahe): output missing; add it"),
+    "options of the old format": (
+        {**SMALL, "stages": [{"command": "clahe", "options": {"input": "x"}}]},
         TIFFS,
-        "stage 2 (clahe): options: output missing; add it under options",
+        "stage 1 (clahe): options: stages no longer nest their options; write the step's fields beside command",
     ),
-    "options beside the command": (
-        {**SMALL, "stages": [{"command": "clahe", "input": "x"}]},
+    "organelle or parameters": (
+        {**SMALL, "stages": [{"command": "labels dilate", "input": "c.zarr/volumes/l", "output": "c.zarr/volumes/d"}]},
         TIFFS,
-        "stage 1: input: unknown key; allowed: name, command, options, when_set (a command's options go under options)",
+        "stage 1 (labels_dilate): labels dilate: give organelle NAME (known: ccp, er, golgi, mito, nuclear_pore) or "
+        "voxels",
+    ),
+    "bad cluster setting": (
+        stage_with(input="c.zarr/volumes/raw", output="c.zarr/volumes/x", cluster="slurm", memory="lots"),
+        TIFFS,
+        "stage 2 (clahe): memory 'lots': give a size such as 16G",
     ),
     "unknown variable": (
         stage_with(input="${container}/volumes/raw", output="c.zarr/volumes/x"),
         TIFFS,
-        "stage 2 (clahe): options.input: ${container} is not a variable of this pipeline; variables: ${tiffs}, "
-        "${kernel}, ${pipeline_dir}",
+        "stage 2 (clahe): input: ${container} is not a variable of this pipeline; variables: ${tiffs}, "
+        "${kernel}, ${block}, ${pipeline_dir}",
     ),
     "missing variable": (SMALL, [], "variable tiffs is required: pass --set tiffs=VALUE"),
-    "unknown --set key": (SMALL, ["--set", "tiff=x"], "--set tiff: no such variable; variables: tiffs, kernel"),
+    "unknown --set key": (SMALL, ["--set", "tiff=x"], "--set tiff: no such variable; variables: tiffs, kernel, block"),
     "--set without =": (SMALL, ["--set", "tiffs"], "--set tiffs: write KEY=VALUE"),
     "missing input": (
         SMALL,
@@ -410,10 +445,10 @@ def test_the_shipped_pipelines_check_out_on_the_sample(tmp_path, monkeypatch):
         *((f"predict_{o}", "predict", "not requested") for o in ORGANELLES[2:]),
         ("view", "view", "run"),
     ]
-    assert steps[3].stage.argv[:2] == ["--checkpoint", "bundled:mito"]
+    assert steps[3].stage.step.checkpoint == "bundled:mito"
 
     steps = shipped("prepare_training", raw_tiffs=raw, labels_tiffs=mito, organelle="er")
-    assert [(s.stage.command, s.stage.io.shown) for s in steps] == [
+    assert [(s.stage.command, s.stage.step.shown()) for s in steps] == [
         ("convert", "cell.zarr/volumes/raw"),
         ("convert", "cell.zarr/volumes/labels/er_annotation"),
         ("clahe", "cell.zarr/volumes/raw_clahe"),
@@ -422,7 +457,7 @@ def test_the_shipped_pipelines_check_out_on_the_sample(tmp_path, monkeypatch):
         ("labels dilate", "cell.zarr/volumes/labels/er"),
         ("labels metric-mask", "cell.zarr/volumes/metric_masks/er"),
     ]
-    assert "--organelle er" in steps[-1].stage.command_line()
+    assert steps[-1].stage.step.organelle == "er" and steps[-1].stage.step.dilation_voxels == 1  # er's default
 
     steps = shipped("finetune_cell", raw_tiffs=raw, labels_tiffs=mito)
     assert [s.stage.command for s in steps] == [
@@ -436,11 +471,13 @@ def test_the_shipped_pipelines_check_out_on_the_sample(tmp_path, monkeypatch):
         "view",
     ]
     finetune, predict, evaluate = (s.stage for s in steps[4:7])
-    assert finetune.args.config == str(REPO / "configs/training/finetune_cell_mito.yaml")
-    assert predict.args.checkpoint == "runs/finetune_cell_mito"  # the run folder: its best checkpoint
-    assert evaluate.args.roi == [30, 0, 0, 10, 384, 384]
+    assert finetune.step.config == str(REPO / "configs/training/finetune_cell_mito.yaml")
+    assert predict.step.checkpoint == "runs/finetune_cell_mito"  # the run folder: its best checkpoint
+    assert (evaluate.step.roi_offset, evaluate.step.roi_shape) == ((30, 0, 0), (10, 384, 384))
     # the finetune stage reads what the stages before it write, so it is checked against them
-    assert {"naive_cell.zarr/volumes/raw_clahe", "naive_cell.zarr/volumes/metric_masks/mito"} <= set(finetune.io.inputs)
+    assert {"naive_cell.zarr/volumes/raw_clahe", "naive_cell.zarr/volumes/metric_masks/mito"} <= set(
+        finetune.step.reads()
+    )
 
 
 # --- slow: the training pipelines on the whole sample --------------------------------------------------------------

@@ -97,24 +97,23 @@ def add_block_options(parser: argparse.ArgumentParser, block: int = 256, of: str
     )
 
 
-def run_and_report(stage, args: argparse.Namespace, launcher=None) -> dict:
-    """Run a blockwise stage with the shared options (`launcher`: the one they describe, if already made) and
-    print what it wrote."""
-    from incasem_like.blockwise.runner import run_stage
-    from incasem_like.store.datasets import open_dataset
+def execution_from_args(args: argparse.Namespace):
+    """How the command runs: the blockwise options it has (workers, cluster, threads), --overwrite, --resume and
+    --quiet."""
+    from incasem_like.workflow.step import Execution
 
-    launcher = launcher or launcher_from_args(args)
-    summary = run_stage(
-        stage, workers=args.workers, overwrite=args.overwrite, launcher=launcher, progress=not args.quiet
+    return Execution(
+        workers=getattr(args, "workers", None),
+        launcher=launcher_from_args(args) if hasattr(args, "cluster") else None,
+        threads=getattr(args, "threads", None),
+        overwrite=getattr(args, "overwrite", False),
+        resume=getattr(args, "resume", False),
+        progress=not getattr(args, "quiet", False),
     )
-    if summary.get("already_complete"):
-        print(f"{summary['output']} is already complete (same command, same parameters); nothing to do")
-        return summary
-    array = open_dataset(summary["output"])
-    print(
-        f"wrote {summary['output']}: {tuple(array.shape)} {array.dtype}, voxel size {tuple(array.voxel_size)} nm, "
-        f"offset {tuple(array.offset)} nm\n"
-        f"  {summary['blocks_processed']} blocks processed, {summary['blocks_skipped']} skipped (already done), "
-        f"{summary['seconds']:.1f} s, {summary['voxels_per_second'] / 1e6:.1f} M voxels/s"
-    )
-    return summary
+
+
+def run_command(step, args: argparse.Namespace) -> None:
+    """Run the command's step as its options say, recording it with its outputs (see `workflow.step`)."""
+    from incasem_like.workflow.step import run_step
+
+    run_step(step, execution_from_args(args))

@@ -9,7 +9,7 @@ from incasem_like.cli.commands import (
     add_roi_option,
     formatter,
     roi_arguments,
-    run_and_report,
+    run_command,
 )
 
 #: ClaheStage's default block (kept here so `--help` does not import skimage; a test checks they agree)
@@ -55,9 +55,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from incasem_like.stages.clahe import ClaheStage
+    from incasem_like.workflow.steps import ClaheStep
 
-    stage = ClaheStage(
+    step = ClaheStep(
         input=args.input,
         output=args.output,
         kernel=args.kernel,
@@ -68,4 +68,4 @@ def run(args: argparse.Namespace) -> None:
         chunk=args.chunk,
         **roi_arguments(args),
     )
-    run_and_report(stage, args)
+    run_command(step, args)

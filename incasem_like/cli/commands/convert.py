@@ -3,7 +3,7 @@
 import argparse
 import textwrap
 
-from incasem_like.cli.commands import add_blockwise_options, add_roi_option, formatter, roi_arguments, run_and_report
+from incasem_like.cli.commands import add_blockwise_options, add_roi_option, formatter, roi_arguments, run_command
 
 
 def register(subparsers) -> None:
@@ -49,18 +49,15 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from incasem_like.core.errors import UserError
-    from incasem_like.stages.convert import ConvertStage, TiffStack, label_mode_for
+    from incasem_like.workflow.steps import ConvertStep
 
-    if min(args.voxel_size) < 1:
-        raise UserError(f"--voxel-size {' '.join(map(str, args.voxel_size))}: every edge must be at least 1 nm")
-    stage = ConvertStage(
+    step = ConvertStep(
         source=args.src,
         output=args.out,
         voxel_size=tuple(args.voxel_size),
         offset=tuple(args.offset),
         chunk=args.chunk,
-        label_mode=label_mode_for(TiffStack.locate(args.src)) if args.labels else "image",
+        label_mode="labels" if args.labels else "image",
         **roi_arguments(args),
     )
-    run_and_report(stage, args)
+    run_command(step, args)

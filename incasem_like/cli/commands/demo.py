@@ -50,16 +50,7 @@ def run(args: argparse.Namespace) -> None:
     )
     print(f"the sample cell and its prediction are in {result['container']}", flush=True)
     if not args.no_view:
-        from incasem_like.cli.commands.view import serve
+        from incasem_like.workflow.step import Execution, run_step
+        from incasem_like.workflow.steps import ViewStep
 
-        serve(
-            argparse.Namespace(
-                container=str(result["container"]),
-                datasets=[],
-                port=None,
-                bind=None,
-                client_url=None,
-                state_file=None,
-                open=False,
-            )
-        )
+        run_step(ViewStep(container=str(result["container"])), Execution())

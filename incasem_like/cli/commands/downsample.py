@@ -3,7 +3,7 @@
 import argparse
 import textwrap
 
-from incasem_like.cli.commands import add_block_options, add_blockwise_options, formatter, run_and_report
+from incasem_like.cli.commands import add_block_options, add_blockwise_options, formatter, run_command
 
 
 def add_kind_options(parser: argparse.ArgumentParser) -> None:
@@ -54,18 +54,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from incasem_like.stages.downsample import DownsampleStage, parse_int, resolve_kind
-    from incasem_like.store.datasets import DatasetPath, open_dataset
+    from incasem_like.stages.downsample import parse_int
+    from incasem_like.store.datasets import open_dataset
+    from incasem_like.workflow.steps import DownsampleStep
 
     factor = parse_int(args.factor, "--factor", minimum=2)
-    source = DatasetPath.parse(args.input)
-    open_dataset(source)  # a missing or incomplete input is named before anything else
-    stage = DownsampleStage(
-        input=args.input,
-        output=args.output,
-        factor=factor,
-        kind=resolve_kind(source, args.kind),
-        block=args.block,
-        chunk=args.chunk,
+    open_dataset(args.input)  # a missing or incomplete input is named before anything else
+    step = DownsampleStep(
+        input=args.input, output=args.output, factor=factor, kind=args.kind, block=args.block, chunk=args.chunk
     )
-    run_and_report(stage, args)
+    run_command(step, args)

@@ -4,7 +4,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from incasem_like.cli.commands import add_roi_option, formatter
+from incasem_like.cli.commands import add_roi_option, formatter, roi_arguments, run_command
 
 
 def register(subparsers) -> None:
@@ -55,25 +55,20 @@ def register(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--threads", type=int, default=0, metavar="N", help="reading threads (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, field_flags={"json_file": "--json"})
 
 
 def run(args: argparse.Namespace) -> None:
-    from incasem_like.evaluation.evaluate import (
-        check_json_output,
-        evaluate,
-        format_report,
-        open_inputs,
-        parse_thresholds,
-        write_json,
-    )
+    from incasem_like.workflow.steps import EvaluateStep
 
-    thresholds = parse_thresholds(args.thresholds) if args.thresholds is not None else None
-    if args.json is not None:
-        check_json_output(args.json, args.overwrite)
-    inputs = open_inputs(args.prediction, args.labels, args.metric_mask, args.mask, args.roi, args.probabilities)
-    result = evaluate(inputs, thresholds, threads=args.threads, progress=not args.quiet)
-    print(format_report(result))
-    if args.json is not None:
-        write_json(args.json, result)
-        print(f"results: {args.json}")
+    step = EvaluateStep(
+        prediction=args.prediction,
+        labels=args.labels,
+        metric_mask=args.metric_mask,
+        mask=args.mask,
+        probabilities=args.probabilities,
+        thresholds=args.thresholds,
+        json_file=args.json and str(args.json),
+        **roi_arguments(args),
+    )
+    run_command(step, args)

@@ -4,7 +4,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from incasem_like.cli.commands import formatter
+from incasem_like.cli.commands import formatter, run_command
 
 
 def register(subparsers) -> None:
@@ -55,21 +55,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from incasem_like.core.errors import UserError
-    from incasem_like.stages.export import check_output_dir, export, plan_export
+    from incasem_like.workflow.steps import ExportStep
 
     if args.threads < 1:
         raise UserError(f"--threads {args.threads}: need at least one thread")
-    check_output_dir(args.out_dir, args.overwrite)
-    plan = plan_export(args.dataset, args.uncrop, args.keep_values, args.threads)
-    summary = export(plan, args.out_dir, threads=args.threads, progress=not args.quiet)
-    names, volume = summary["names"], plan.volume
-    values = ", 0/1 written as 0/255" if plan.scale_binary else ""
-    print(
-        f"wrote {args.out_dir}: {len(names)} slices {names[0]} .. {names[-1]}, "
-        f"{' x '.join(map(str, plan.frame_shape[1:]))} {volume.dtype}{values}; {summary['seconds']:.1f} s"
-    )
-    if args.uncrop:
-        ranges = ", ".join(
-            f"{axis} {begin}..{begin + size - 1}" for axis, begin, size in zip("zyx", plan.placement, volume.shape)
-        )
-        print(f"  original frame {tuple(plan.frame_shape)} voxels: the data fill {ranges}; 0 elsewhere")
+    step = ExportStep(dataset=args.dataset, out_dir=str(args.out_dir), uncrop=args.uncrop, keep_values=args.keep_values)
+    run_command(step, args)

@@ -3,8 +3,8 @@
 import argparse
 import textwrap
 
-from incasem_like.cli.commands import formatter
-from incasem_like.cli.commands.train import add_training_options, load, report
+from incasem_like.cli.commands import formatter, run_command
+from incasem_like.cli.commands.train import add_training_options
 
 
 def register(subparsers) -> None:
@@ -42,11 +42,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from incasem_like.nn.checkpoints import resolve_checkpoint
-    from incasem_like.training.train import finetune
+    from incasem_like.workflow.steps import FinetuneStep
 
-    checkpoint = str(resolve_checkpoint(args.checkpoint))
-    summary = finetune(load(args), checkpoint, args.with_optimizer, args.overwrite, not args.quiet)
-    report(summary)
-    result = summary["finetune"]
-    print(f"validation F1 before {result['f1_before']:.3f}, after {result['f1_after']:.3f}")
+    step = FinetuneStep(
+        config=args.config, iterations=args.iterations, checkpoint=args.checkpoint, with_optimizer=args.with_optimizer
+    )
+    run_command(step, args)

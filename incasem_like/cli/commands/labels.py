@@ -8,7 +8,7 @@ from incasem_like.cli.commands import (
     add_roi_option,
     formatter,
     roi_arguments,
-    run_and_report,
+    run_command,
 )
 from incasem_like.cli.commands.mask import add_max_span_option
 
@@ -89,7 +89,7 @@ def register(subparsers) -> None:
         add_block_options(sub)
         add_roi_option(sub, "process only this region")
         add_blockwise_options(sub)
-        sub.set_defaults(run=run, operation=name)
+        sub.set_defaults(run=run, operation=name, field_flags=PARAMETERS[name])
 
 
 def _examples_for(name: str) -> str:
@@ -111,45 +111,22 @@ PARAMETERS = {
 }
 
 
-def _parameters(args: argparse.Namespace) -> dict:
-    """The operation's parameters: the organelle's defaults, replaced by the options given."""
-    from incasem_like.core.errors import UserError
-    from incasem_like.stages.labels import known_organelles, load_organelle
+def run(args: argparse.Namespace) -> None:
+    from incasem_like.workflow.steps import STEP_TYPES
 
     options = PARAMETERS[args.operation]
-    given = {key: getattr(args, option.removeprefix("--").replace("-", "_")) for key, option in options.items()}
-    if args.organelle is None:
-        missing = [options[key] for key, value in given.items() if value is None]
-        if missing:
-            raise UserError(
-                f"labels {args.operation}: give --organelle NAME (known: {', '.join(known_organelles())}) "
-                f"or {' and '.join(missing)}"
-            )
-        return given
-    config = load_organelle(args.organelle)
-    defaults = {
-        "clean": config.clean.model_dump(),
-        "dilate": {"voxels": config.dilate_voxels},
-        "metric-mask": config.metric_mask.model_dump(),
-    }[args.operation]
-    return {key: defaults[key] if value is None else value for key, value in given.items()}
-
-
-def run(args: argparse.Namespace) -> None:
-    from incasem_like.stages.labels import CleanLabelsStage, DilateLabelsStage, MetricMaskStage
-
-    stage_class = {"clean": CleanLabelsStage, "dilate": DilateLabelsStage, "metric-mask": MetricMaskStage}[
-        args.operation
-    ]
+    parameters = {field: getattr(args, flag.removeprefix("--").replace("-", "_")) for field, flag in options.items()}
     extra = {"max_span": args.max_span} if args.operation == "clean" else {}
-    stage = stage_class(
-        input=args.input,
-        output=args.output,
-        organelle=args.organelle,
-        **_parameters(args),
-        **extra,
-        block=args.block,
-        chunk=args.chunk,
-        **roi_arguments(args),
+    step = STEP_TYPES[f"labels {args.operation}"].model_validate(
+        {
+            "input": args.input,
+            "output": args.output,
+            "organelle": args.organelle,
+            **parameters,
+            **extra,
+            "block": args.block,
+            "chunk": args.chunk,
+            **roi_arguments(args),
+        }
     )
-    run_and_report(stage, args)
+    run_command(step, args)

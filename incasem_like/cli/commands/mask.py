@@ -9,7 +9,7 @@ from incasem_like.cli.commands import (
     add_roi_option,
     formatter,
     roi_arguments,
-    run_and_report,
+    run_command,
 )
 
 
@@ -76,18 +76,17 @@ def register(subparsers) -> None:
     add_block_options(parser)
     add_roi_option(parser, "mask only this region")
     add_blockwise_options(parser)
-    flags = {"gray_min": "--gray", "gray_max": "--gray", "opening_radius": "--opening", "closing_radius": "--closing"}
+    flags = {"opening_radius": "--opening", "closing_radius": "--closing"}
     parser.set_defaults(run=run, field_flags=flags)
 
 
 def run(args: argparse.Namespace) -> None:
-    from incasem_like.stages.mask import MaskStage
+    from incasem_like.workflow.steps import MaskStep
 
-    stage = MaskStage(
+    step = MaskStep(
         input=args.input,
         output=args.output,
-        gray_min=args.gray[0],
-        gray_max=args.gray[1],
+        gray=tuple(args.gray),
         opening_radius=args.opening,
         closing_radius=args.closing,
         min_hole_voxels=args.min_hole_voxels,
@@ -97,4 +96,4 @@ def run(args: argparse.Namespace) -> None:
         chunk=args.chunk,
         **roi_arguments(args),
     )
-    run_and_report(stage, args)
+    run_command(step, args)

@@ -2,9 +2,8 @@
 
 import argparse
 import textwrap
-from typing import Any
 
-from incasem_like.cli.commands import add_blockwise_options, formatter, launcher_from_args
+from incasem_like.cli.commands import add_blockwise_options, formatter, run_command
 
 
 def register(subparsers) -> None:
@@ -60,25 +59,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from incasem_like.stages.mesh import MeshStage, make_meshes
+    from incasem_like.workflow.steps import MeshStep
 
-    options: dict[str, Any] = {"formats": tuple(dict.fromkeys(args.formats))} if args.formats else {}
-    if args.smooth is not None:
-        options["smooth"] = args.smooth
-    stage = MeshStage(labels=args.labels, output=args.output, step_size=args.step_size, block=args.block, **options)
-    launcher = launcher_from_args(args)
-    result = make_meshes(
-        stage, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet, launcher=launcher
+    given = {"formats": args.formats, "smooth": args.smooth}
+    step = MeshStep(
+        labels=args.labels,
+        output=args.output,
+        step_size=args.step_size,
+        block=args.block,
+        **{field: value for field, value in given.items() if value is not None},
     )
-    summary = result.summary
-    if result.run is None:
-        print(f"{result.folder} is already complete (same command, same parameters)")
-    else:
-        print(
-            f"wrote {result.folder}: {summary['meshes']} meshes of {summary['objects']} objects "
-            f"({summary['vertices']} vertices, {summary['triangles']} triangles; {', '.join(summary['formats'])})\n"
-            f"  {result.run['blocks_processed']} blocks processed, {result.run['blocks_skipped']} skipped, "
-            f"{result.run['seconds']:.1f} s"
-        )
-    if "neuroglancer" in summary["formats"]:
-        print(f"  neuroglancer: add precomputed://<URL of {result.folder / 'neuroglancer'}> to the segmentation layer")
+    run_command(step, args)

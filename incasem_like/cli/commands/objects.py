@@ -3,7 +3,7 @@
 import argparse
 import textwrap
 
-from incasem_like.cli.commands import add_block_options, add_blockwise_options, formatter, launcher_from_args
+from incasem_like.cli.commands import add_block_options, add_blockwise_options, formatter, run_command
 
 
 def register(subparsers) -> None:
@@ -46,30 +46,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from incasem_like.stages.objects import find_objects
+    from incasem_like.workflow.steps import ObjectsStep
 
-    labels = args.labels_out or str(args.segmentation).rstrip("/") + "_objects"
-    launcher = launcher_from_args(args)
-    result = find_objects(
-        args.segmentation,
-        args.csv,
-        labels,
-        block=args.block,
-        chunk=args.chunk,
-        workers=args.workers,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        launcher=launcher,
+    step = ObjectsStep(
+        segmentation=args.segmentation, csv=args.csv, labels_out=args.labels_out, block=args.block, chunk=args.chunk
     )
-    if not result.summaries:
-        print(f"{result.labels} is already complete (same command, same parameters)")
-    else:
-        steps = "; ".join(
-            f"{step}: {s['blocks_processed']} blocks processed, {s['blocks_skipped']} skipped"
-            for step, s in result.summaries.items()
-        )
-        print(f"wrote {result.labels}: {result.objects} objects (6-connected)\n  {steps}; {result.seconds:.1f} s")
-    if result.csv_written:
-        print(f"wrote {result.csv}: {result.objects} rows (lengths in nm, volumes in nm^3, areas in nm^2)")
-    else:
-        print(f"{result.csv} already holds this table; nothing to do")
+    run_command(step, args)

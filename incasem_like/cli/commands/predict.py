@@ -3,8 +3,15 @@
 import argparse
 import textwrap
 
-from incasem_like.cli.commands import add_block_options, add_blockwise_options, add_roi_option, formatter, roi_arguments
-from incasem_like.cli.commands.threshold import add_clean_up_options, clean_up_arguments
+from incasem_like.cli.commands import (
+    add_block_options,
+    add_blockwise_options,
+    add_roi_option,
+    formatter,
+    roi_arguments,
+    run_command,
+)
+from incasem_like.cli.commands.threshold import add_clean_up_options
 
 
 def register(subparsers) -> None:
@@ -94,82 +101,24 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run, field_flags={"output": "--out"})
 
 
-def _prepare_clean_up_output(stages: list, overwrite: bool) -> None:
-    """Nothing is predicted if the clean-up would then refuse its output; with --overwrite, an existing
-    segmentation goes now (it belongs to the probabilities about to be replaced, so must not look complete)."""
-    from incasem_like.blockwise.runner import check_writable, refuse_if_running
-    from incasem_like.core.errors import UserError
-    from incasem_like.store.datasets import DatasetPath, remove_dataset
-
-    threshold = stages[1]
-    segmentation = DatasetPath.parse(threshold.output)
-    if not segmentation.exists():
-        return
-    if overwrite:
-        refuse_if_running(segmentation, str(segmentation))
-        remove_dataset(segmentation)
-    elif DatasetPath.parse(threshold.input).exists():
-        check_writable(threshold)  # a resumable clean-up of this command passes
-    else:
-        raise UserError(
-            f"{segmentation} already exists and was not written by this exact command; pass --overwrite to replace it"
-        )
-
-
 def run(args: argparse.Namespace) -> None:
-    import torch
+    from incasem_like.workflow.steps import PredictStep
 
-    from incasem_like.blockwise.launchers import LocalLauncher
-    from incasem_like.cli.commands import launcher_from_args, run_and_report
-    from incasem_like.core.errors import UserError
-    from incasem_like.nn.checkpoints import resolve_checkpoint
-    from incasem_like.nn.inference import select_device
-    from incasem_like.stages.predict import (
-        PredictStage,
-        default_precision,
-        prediction_stages,
-        recommended_settings,
-    )
-
-    checkpoint = str(resolve_checkpoint(args.checkpoint))
-    launcher = launcher_from_args(args)
-    # cluster jobs decide `auto` on their nodes: this machine's GPUs say nothing about theirs
-    on_this_machine = isinstance(launcher, LocalLauncher)
-    device = select_device(args.device) if on_this_machine else args.device
-    precision = default_precision(device) if on_this_machine and args.precision == "auto" else args.precision
-    if args.step is not None and len(args.step) not in (1, 3):
-        raise UserError(f"--step {' '.join(map(str, args.step))}: give one edge or three (z y x)")
-    recommended = recommended_settings(checkpoint)
-    clean_up = clean_up_arguments(args, recommended["clean_up"])
-    stage = PredictStage(
-        checkpoint=checkpoint,
+    step = PredictStep(
+        checkpoint=args.checkpoint,
         raw=args.raw,
         output=args.out,
-        threshold=recommended["threshold"] if args.threshold is None else args.threshold,
+        threshold=args.threshold,
+        tta=args.tta,
+        min_object_voxels=args.min_object_voxels,
+        min_hole_voxels=args.min_hole_voxels,
+        max_span=args.max_span,
+        device=args.device,
+        precision=args.precision,
+        step=args.step,
+        strict=args.strict,
         block=args.block,
         chunk=args.chunk,
-        step=None if args.step is None else tuple(args.step * 3 if len(args.step) == 1 else args.step),
-        tta=recommended["tta"] if args.tta is None else args.tta,
-        device=device,
-        precision=precision,
-        strict=args.strict,
         **roi_arguments(args),
     )
-    if args.workers is None:  # one worker per visible GPU, else one using all cores (one job on a cluster)
-        args.workers = torch.cuda.device_count() if on_this_machine and device == "cuda" else 1
-    stages = prediction_stages(stage, clean_up)
-    if len(stages) > 1:
-        _prepare_clean_up_output(stages, args.overwrite)
-    for part in stages:
-        run_and_report(part, args, launcher)
-    print(
-        f"  segmentation: {args.out.rstrip('/')}/segmentation (threshold {stage.threshold:g}, test-time "
-        f"augmentation {stage.tta}"
-        + (
-            f", objects < {clean_up.min_object_voxels} removed, holes < {clean_up.min_hole_voxels} filled"
-            if clean_up.active()
-            else ""
-        )
-        + ")"
-        + (f"; checkpoint: {checkpoint}" if checkpoint != args.checkpoint else "")
-    )
+    run_command(step, args)

@@ -12,11 +12,13 @@ def register(subparsers) -> None:
         help="run a pipeline file (YAML): its stages in order, skipping finished ones",
         description=textwrap.dedent(
             """\
-            Run the stages a pipeline file lists (see pipelines/): each is one incasem-like command with its
-            options, run exactly as typed by hand. The whole file is checked first (commands, options, variables,
-            inputs); nothing runs if anything is wrong. Stages whose outputs are complete are skipped, stages
-            left incomplete resume, and a stage reruns (replacing its outputs) when --force names it, when its
-            options changed since it last ran, or when an earlier stage that writes its inputs reruns. A failing
+            Run the stages a pipeline file lists (see pipelines/): each is one incasem-like command's step, its
+            fields named as in docs/usage/pipelines.md, run as the command runs it. The whole file is checked
+            first (commands, fields, variables, inputs); nothing runs if anything is wrong. Stages whose outputs
+            are complete and record this stage's step are skipped (also when the command was typed by hand),
+            stages left incomplete resume, and a stage reruns (replacing its outputs) when --force names it, when
+            its outputs record another step (changed fields, checkpoint or config) or none, or when an earlier
+            stage that writes its inputs reruns. A failing
             stage stops the run; rerunning resumes from it. At the end a table summarises every stage, followed
             by the neuroglancer link of the view stage (with --serve its container is served until Ctrl-C)."""
         ),
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> None:
     from incasem_like.workflow.pipeline import load_pipeline, plan, run_pipeline
 
     pipeline = load_pipeline(args.pipeline, args.assignments)
-    steps = plan(pipeline, args.force, args.quiet)
-    if args.serve and not any(step.stage.command == "view" and step.action == "run" for step in steps):
+    plans = plan(pipeline, args.force, args.quiet)
+    if args.serve and not any(item.stage.command == "view" and item.action == "run" for item in plans):
         raise UserError(f"--serve: {args.pipeline} has no view stage that runs; add one (command: view)")
-    run_pipeline(pipeline, steps, dry_run=args.dry_run, serve=args.serve)
+    run_pipeline(pipeline, plans, dry_run=args.dry_run, serve=args.serve)

@@ -9,7 +9,7 @@ from incasem_like.cli.commands import (
     add_roi_option,
     formatter,
     roi_arguments,
-    run_and_report,
+    run_command,
 )
 from incasem_like.cli.commands.mask import add_max_span_option
 
@@ -23,18 +23,6 @@ def add_clean_up_options(parser: argparse.ArgumentParser, from_model: bool = Fal
             option, type=int, default=default, metavar="N", help=f"{what} smaller than N voxels (default: {note})"
         )
     add_max_span_option(parser)
-
-
-def clean_up_arguments(args: argparse.Namespace, recommended=None):
-    """The `CleanUp` the options of `add_clean_up_options` ask for; an option left out takes `recommended`'s."""
-    from incasem_like.stages.threshold import CleanUp
-
-    recommended = recommended or CleanUp()
-    return CleanUp(
-        min_object_voxels=recommended.min_object_voxels if args.min_object_voxels is None else args.min_object_voxels,
-        min_hole_voxels=recommended.min_hole_voxels if args.min_hole_voxels is None else args.min_hole_voxels,
-        max_span=args.max_span,
-    )
 
 
 def register(subparsers) -> None:
@@ -72,15 +60,18 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from incasem_like.stages.threshold import ThresholdStage
+    from incasem_like.stages.threshold import CleanUp
+    from incasem_like.workflow.steps import ThresholdStep
 
-    stage = ThresholdStage(
+    step = ThresholdStep(
         input=args.input,
         output=args.output,
         threshold=args.threshold,
-        clean_up=clean_up_arguments(args),
+        clean_up=CleanUp(
+            min_object_voxels=args.min_object_voxels, min_hole_voxels=args.min_hole_voxels, max_span=args.max_span
+        ),
         block=args.block,
         chunk=args.chunk,
         **roi_arguments(args),
     )
-    run_and_report(stage, args)
+    run_command(step, args)

@@ -3,7 +3,7 @@
 import argparse
 import textwrap
 
-from incasem_like.cli.commands import formatter
+from incasem_like.cli.commands import formatter, run_command
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -41,40 +41,7 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def load(args: argparse.Namespace):
-    from incasem_like.training.config import load_config
-
-    return load_config(args.config, {"iterations": args.iterations} if args.iterations else None)
-
-
-def report(summary: dict) -> None:
-    best = summary["best"]
-    timing = summary["timing"]
-    print(
-        f"trained {summary['organelle']} to iteration {summary['iterations']} on {summary['device']} in "
-        f"{timing['wall_seconds'] / 60:.1f} min ({timing['iterations_per_second']} it/s, waiting for data "
-        f"{timing['data_wait_fraction']:.0%})"
-    )
-    if timing["stopped_at_time_limit"]:
-        print(
-            "stopped at the time limit (max_minutes or time_budget_minutes); --resume continues towards the "
-            "configured iterations"
-        )
-    if best:
-        print(
-            f"best validation F1 {best['f1']:.3f} (threshold {summary['threshold']}) at iteration {best['iteration']}: "
-            f"{best['checkpoint']}"
-        )
-        swept = summary["best_at_swept_threshold"]
-        print(f"  best over thresholds: F1 {swept['f1']:.3f} at {swept['threshold']} (iteration {swept['iteration']})")
-    print(f"summary: {summary['run_dir']}/summary.json")
-
-
 def run(args: argparse.Namespace) -> None:
-    from incasem_like.training.train import train
+    from incasem_like.workflow.steps import TrainStep
 
-    if args.resume and args.overwrite:
-        from incasem_like.core.errors import UserError
-
-        raise UserError("--resume and --overwrite exclude each other: continue the run or replace it")
-    report(train(load(args), resume=args.resume, overwrite=args.overwrite, progress=not args.quiet))
+    run_command(TrainStep(config=args.config, iterations=args.iterations), args)

@@ -25,7 +25,7 @@ from incasem_like.blockwise.launchers import (
     SlurmLauncher,
 )
 from incasem_like.core.config_files import read_yaml_mapping
-from incasem_like.core.errors import FieldError, UserError
+from incasem_like.core.errors import FieldError, UserError, describe_validation_error
 
 SUBMIT_PROGRAMS = {"slurm": "sbatch", "lsf": "bsub"}
 #: settings that only cluster jobs have
@@ -152,10 +152,8 @@ def cluster_settings(options: dict, config_file: str | None = None) -> ClusterSe
     try:
         settings = ClusterSettings.model_validate({**from_file, **given})
     except ValidationError as error:
-        first = error.errors()[0]
-        key = str(first["loc"][0])
-        message = first["msg"].removeprefix("Value error, ")
-        raise FieldError(f"{source(key)} {first['input']!r}: {message}") from None
+        flags = {key: source(key) for key in ClusterSettings.model_fields}
+        raise FieldError(describe_validation_error(error, ClusterSettings, flags)) from None
     if settings.cluster == "local":
         for key in JOB_SETTINGS:
             if getattr(settings, key) is not None:

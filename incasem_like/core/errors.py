@@ -32,10 +32,17 @@ def describe_validation_error(
     error: ValidationError, model: type[BaseModel] | None = None, flags: typing.Mapping[str, str] | None = None
 ) -> str:
     """One line for a pydantic validation error: the offending key, its value and what is wrong; an unknown key of
-    `model` (the validated class) gets the closest known keys as suggestions. Validators speak of the value only
-    ("must be at least 2"); `flags` (field name -> command-line option) names a field by the option that sets it."""
+    `model` (the validated class) gets the closest known keys as suggestions, missing keys are listed together.
+    Validators speak of the value only ("must be at least 2"); `flags` (field name -> command-line option) names a
+    field by the option that sets it. The one formatter of validation errors: config files, pipeline files, stage
+    and step fields, cluster settings."""
     first = main_problem(error)
     key = location(first["loc"])
+    if first["type"] == "missing":
+        missing = [location(problem["loc"]) for problem in error.errors() if problem["type"] == "missing"]
+        named = [flags.get(name, name) if flags else name for name in missing]
+        one = len(named) == 1
+        return f"{', '.join(named)} {'is' if one else 'are'} missing; add {'it' if one else 'them'}"
     others = error.error_count() - 1
     more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
     if first["type"] == "extra_forbidden":

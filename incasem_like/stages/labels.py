@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, Validat
 
 from incasem_like.blockwise.volume_stage import VolumeStage
 from incasem_like.core.config_files import read_yaml_mapping
-from incasem_like.core.errors import UserError, describe_validation_error, location, main_problem
+from incasem_like.core.errors import UserError, describe_validation_error
 from incasem_like.ops.morphology import (
     DEFAULT_MAX_SPAN,
     blockwise_context,
@@ -107,20 +107,10 @@ def load_organelle(name: str, config_dir: Path | None = None) -> OrganelleConfig
     try:
         config = OrganelleConfig.model_validate(content)
     except ValidationError as error:
-        raise UserError(f"{path}: {_describe(error)}") from None
+        raise UserError(f"{path}: {describe_validation_error(error, OrganelleConfig)}") from None
     if config.organelle != name:
         raise UserError(f"{path}: organelle = {config.organelle!r} does not match the file name; write {name!r}")
     return config
-
-
-def _describe(error: ValidationError) -> str:
-    """One line for a config's validation error: the key and what is wrong with it."""
-    first = main_problem(error)
-    key = location(first["loc"])
-    more = f" (and {error.error_count() - 1} more problems)" if error.error_count() > 1 else ""
-    if first["type"] == "missing":
-        return f"{key} is missing{more}"
-    return describe_validation_error(error, OrganelleConfig)
 
 
 # --- stages ----------------------------------------------------------------------------------------------------

@@ -46,10 +46,7 @@ class MaskStage(VolumeStage):
         source = super().open_input()
         top = np.iinfo(source.dtype).max
         if self.gray[1] > top:
-            raise FieldError(
-                f"{{gray}} {self.gray[0]} {self.gray[1]}: {self.input} is {source.dtype} "
-                f"(at most {top})"
-            )
+            raise FieldError(f"{{gray}} {self.gray[0]} {self.gray[1]}: {self.input} is {source.dtype} (at most {top})")
         return source
 
     def output_dtype(self, input_dtype: np.dtype) -> np.dtype:

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from incasem_like.core.config_files import read_yaml_mapping
-from incasem_like.core.errors import UserError, describe_validation_error, location, main_problem
+from incasem_like.core.errors import UserError, describe_validation_error
 from incasem_like.core.geometry import Coordinate, Roi, roi_from_voxels
 from incasem_like.nn.model import NetworkConfig
 from incasem_like.store.datasets import DatasetPath, Volume, open_dataset
@@ -204,11 +204,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     try:
         return TrainConfig.model_validate({**content, **(overrides or {})})
     except ValidationError as error:
-        first = main_problem(error)
-        if first["type"] == "missing":
-            key = location(first["loc"])
-            raise UserError(f"{path}: {key} is missing; add it (see configs/training/ for examples)") from None
-        raise UserError(f"{path}: {describe_validation_error(error, TrainConfig)}") from None
+        raise UserError(f"{path}: {describe_validation_error(error, TrainConfig)} (see configs/training/)") from None
 
 
 class CellVolumes:

@@ -85,12 +85,9 @@ def _describe(error: ValidationError) -> str:
         return f"stage {int(loc[1]) + 1}: a stage is a mapping of command, its fields, name and when_set"
     else:
         where, rest, model = "", loc, PipelineSpec
-    key = ".".join(map(str, rest))
-    if first["type"] == "missing":
-        return f"{where}{key} is missing; add it"
     if first["type"] == "extra_forbidden":
-        return f"{where}{key}: unknown key; allowed: {', '.join(model.model_fields)}"
-    return where + describe_validation_error(error)
+        return f"{where}{'.'.join(map(str, rest))}: unknown key; allowed: {', '.join(model.model_fields)}"
+    return where + describe_validation_error(error, model)
 
 
 # --- the pipeline as a value ---------------------------------------------------------------------------------------
@@ -241,29 +238,11 @@ def _parse_stage(stage: Stage, entry: dict, pipeline: PipelineSpec, values: dict
         execution = ExecutionSpec.model_validate(how)
         stage.step = step_type.model_validate(fields)
     except ValidationError as error:
-        raise UserError(_describe_step_error(error, step_type)) from None
+        raise UserError(describe_validation_error(error, step_type)) from None
     stage.execution = execution.execution()
     for output in stage.step.writes():
         if output.dataset:
             DatasetPath.parse(output.path)  # a path that names no dataset is refused before anything runs
-
-
-def _describe_step_error(error: ValidationError, step_type: type[Step]) -> str:
-    first = error.errors()[0]
-    if first["type"] == "missing":
-        missing = [str(problem["loc"][0]) for problem in error.errors() if problem["type"] == "missing"]
-        return f"{', '.join(missing)} missing; add {'it' if len(missing) == 1 else 'them'}"
-    if first["type"] == "extra_forbidden":
-        key = str(first["loc"][0])
-        known = [name for name in step_type.model_fields if name != "command"] + [*STAGE_KEYS, "workers"]
-        guess = difflib.get_close_matches(key, known, n=1)
-        hint = (
-            f"did you mean {guess[0]}?"
-            if guess
-            else f"{step_type.model_fields['command'].default} takes: {', '.join(known)}"
-        )
-        return f"{key}: no such field ({hint})"
-    return describe_validation_error(error, step_type)
 
 
 def _substitute(value: Any, values: dict, outputs: dict, where: str) -> Any:

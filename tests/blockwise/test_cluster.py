@@ -225,12 +225,12 @@ CONFIGS = {
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--cluster", "pbs"], "--cluster 'pbs': Input should be 'local', 'slurm' or 'lsf'"),
-        (["--cluster", "slurm", "--gpus", "two"], "--gpus 'two': Input should be a valid integer"),
-        (["--cluster", "lsf", "--memory", "lots"], "--memory 'lots': give a size such as 16G"),
-        (["--cluster", "slurm", "--time-limit", "2:00"], "--time-limit '2:00': give minutes (90) or [D-]H:MM:SS"),
-        (["--cluster", "slurm", "--scheduler-args", "--qos 'high"], '--scheduler-args "--qos \'high": cannot split'),
-        (["--cluster", "lsf", "--max-restarts", "-1"], "--max-restarts '-1': Input should be greater than or equal"),
+        (["--cluster", "pbs"], "--cluster pbs: Input should be 'local', 'slurm' or 'lsf'"),
+        (["--cluster", "slurm", "--gpus", "two"], "--gpus two: Input should be a valid integer"),
+        (["--cluster", "lsf", "--memory", "lots"], "--memory lots: give a size such as 16G"),
+        (["--cluster", "slurm", "--time-limit", "2:00"], "--time-limit 2:00: give minutes (90) or [D-]H:MM:SS"),
+        (["--cluster", "slurm", "--scheduler-args", "--qos 'high"], "--scheduler-args --qos 'high: cannot split"),
+        (["--cluster", "lsf", "--max-restarts", "-1"], "--max-restarts -1: Input should be greater than or equal"),
         (["--cpus", "4"], "--cpus applies to cluster jobs only; add --cluster slurm or --cluster lsf"),
         (["--cluster", "slurm"], "--cluster slurm: sbatch is not on PATH"),
         (["--cluster-config", "missing.yaml"], "--cluster-config missing.yaml: no such file"),

@@ -337,7 +337,7 @@ BAD = {
     "unknown field": (
         stage_with(input="c.zarr/volumes/raw", output="c.zarr/volumes/x", kernal=64),
         TIFFS,
-        "stage 2 (clahe): kernal: no such field (did you mean kernel?)",
+        "stage 2 (clahe): kernal: unknown key; did you mean 'kernel'?",
     ),
     "wrong type": (
         stage_with(input="c.zarr/volumes/raw", output="c.zarr/volumes/x", workers="many"),
@@ -349,7 +349,7 @@ BAD = {
         TIFFS,
         "stage 2 (clahe): kernel = [1, 2]: Input should be a valid integer",
     ),
-    "missing field": (stage_with(input="c.zarr/volumes/raw"), TIFFS, "stage 2 (clahe): output missing; add it"),
+    "missing field": (stage_with(input="c.zarr/volumes/raw"), TIFFS, "stage 2 (clahe): output is missing; add it"),
     "options of the old format": (
         {**SMALL, "stages": [{"command": "clahe", "options": {"input": "x"}}]},
         TIFFS,
@@ -364,7 +364,7 @@ BAD = {
     "bad cluster setting": (
         stage_with(input="c.zarr/volumes/raw", output="c.zarr/volumes/x", cluster="slurm", memory="lots"),
         TIFFS,
-        "stage 2 (clahe): memory 'lots': give a size such as 16G",
+        "stage 2 (clahe): memory lots: give a size such as 16G",
     ),
     "unknown variable": (
         stage_with(input="${container}/volumes/raw", output="c.zarr/volumes/x"),

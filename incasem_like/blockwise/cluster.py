@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from incasem_like.blockwise.launchers import (
     DEFAULT_MAX_RESTARTS,
@@ -24,6 +24,7 @@ from incasem_like.blockwise.launchers import (
     LsfLauncher,
     SlurmLauncher,
 )
+from incasem_like.core.bounds import STRICT
 from incasem_like.core.config_files import read_yaml_mapping
 from incasem_like.core.errors import FieldError, UserError, describe_validation_error
 
@@ -38,18 +39,18 @@ ROUTE_PROBE = ("203.0.113.1", 9)
 class ClusterSettings(BaseModel):
     """Where workers run and what each worker job asks for (memory in MB, time limit in minutes)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     cluster: Literal["local", "slurm", "lsf"] = "local"
-    gpus: int | None = Field(None, ge=0)
-    cpus: int | None = Field(None, ge=1)
-    memory: int | None = Field(None, ge=1)
-    time_limit: int | None = Field(None, ge=1)
+    gpus: int | None = Field(None, ge=0, le=1024)
+    cpus: int | None = Field(None, ge=1, le=4096)
+    memory: int | None = Field(None, ge=1, le=2**30)
+    time_limit: int | None = Field(None, ge=1, le=10**7)
     queue: str | None = Field(None, min_length=1)
     account: str | None = Field(None, min_length=1)
     scheduler_args: list[str] | None = None
     scheduler_host: str | None = Field(None, min_length=1)
-    max_restarts: int = Field(DEFAULT_MAX_RESTARTS, ge=0)
+    max_restarts: int = Field(DEFAULT_MAX_RESTARTS, ge=0, le=10**6)
 
     @field_validator("memory", mode="before")
     @classmethod

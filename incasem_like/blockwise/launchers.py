@@ -17,10 +17,12 @@ unpickles `WorkerSpawner` in a process of its own for every worker.
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -86,6 +88,8 @@ class LocalLauncher:
     def run_worker(self, job: WorkerJob) -> None:
         """Its output goes to the daisy worker log (inherited streams)."""
         code = subprocess.run(list(job.command), env={**os.environ, **job.env}, stdin=subprocess.DEVNULL).returncode
+        if code == INTERRUPTED:  # Ctrl-C: the run ends, quietly
+            raise SystemExit(code)
         if code != 0:
             raise RuntimeError(f"worker exited with code {code}")
 
@@ -151,7 +155,23 @@ class SlurmLauncher:
             temporary.write_text(SLURM_JOB_SCRIPT)
             temporary.chmod(0o755)
             temporary.replace(script)
-        _submit(self.submit_command(job, script), job, r"Submitted batch job (\d+)", "scancel")
+        _submit(self.submit_command(job, script), job, r"Submitted batch job (\d+)", "scancel", self.job_end)
+
+    def job_end(self, job: WorkerJob, job_id: str) -> str | None:
+        """What ended a job early, as slurmstepd wrote it into the job's log (sbatch --wait may not know: without
+        accounting it loses track of a job that ended while it waited, and exits 0)."""
+        log = job.log_dir / f"{job.name}-{job_id}.out"
+        found = (
+            re.search(r"\*\*\* JOB \d+ ON \S+ CANCELLED AT \S+ (.*?)\s*\*\*\*", log.read_text(errors="replace"))
+            if log.is_file()
+            else None
+        )
+        if found is None:
+            return None
+        if "TIME LIMIT" in found[1]:
+            limit = f"{self.resources.time_minutes} min" if self.resources.time_minutes else "the partition's"
+            return f"job {job_id} hit its time limit ({limit}); raise --time-limit"
+        return f"job {job_id} was cancelled ({found[1] or 'scancel'}); its blocks go to another job"
 
 
 @dataclass(frozen=True)
@@ -192,10 +212,16 @@ class LsfLauncher:
         _submit(self.submit_command(job), job, r"Job <(\d+)>", "bkill")
 
 
-def _submit(command: list[str], job: WorkerJob, job_id_pattern: str, cancel_program: str) -> None:
+def _submit(
+    command: list[str],
+    job: WorkerJob,
+    job_id_pattern: str,
+    cancel_program: str,
+    job_end: Callable[[WorkerJob, str], str | None] | None = None,
+) -> None:
     """Run a blocking submission (its output goes to the daisy worker log). Once the scheduler stops listening
     (the run is over) its job is cancelled, which ends it cleanly; otherwise a failure raises with the submitting
-    program's last complaint, e.g. a refused partition."""
+    program's last complaint, e.g. a refused partition, or with what `job_end` finds ended the job early."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         submission = subprocess.Popen(
             command, env={**os.environ, **job.env}, stdin=subprocess.DEVNULL, stdout=out, stderr=err
@@ -214,9 +240,14 @@ def _submit(command: list[str], job: WorkerJob, job_id_pattern: str, cancel_prog
                         cancelled = True
         out.seek(0)
         err.seek(0)
-        sys.stdout.write(out.read().decode(errors="replace"))
+        submitted = out.read().decode(errors="replace")
+        sys.stdout.write(submitted)
         complaint = err.read().decode(errors="replace")
         sys.stderr.write(complaint)
+    job_id = re.search(job_id_pattern, submitted)
+    ended = job_end(job, job_id[1]) if job_end and job_id and not cancelled else None
+    if ended:
+        raise RuntimeError(ended)
     if code != 0 and not cancelled:
         last = complaint.strip().splitlines()[-1:] or ["the job failed, was killed or lost its node"]
         raise RuntimeError(f"{command[0]} exited with code {code}: {last[0]}")
@@ -231,6 +262,15 @@ def _listening(address: tuple[str, int]) -> bool:
         return False
     except OSError:  # unreachable for now is not gone
         return True
+
+
+#: the exit code of a worker stopped by Ctrl-C (SIGINT), as a shell reports it
+INTERRUPTED = 130
+
+
+def _wait_for_the_worker(signum, frame) -> None:
+    """SIGINT in the process that waits for a worker: nothing to do (a Python handler, so the worker, started
+    after it is set, gets the default one back)."""
 
 
 def worker_command(spec_path: Path) -> list[str]:
@@ -253,6 +293,8 @@ class WorkerSpawner:
     stop_file: Path
 
     def __call__(self, *, context) -> None:
+        # Ctrl-C reaches the whole process group: this process goes on waiting for its worker, which ends itself
+        signal.signal(signal.SIGINT, _wait_for_the_worker)
         if self.stop_file.exists():
             raise RuntimeError(f"the run stopped ({self.stop_file}): no worker started")
         threads = {name: str(self.threads) for name in (WORKER_THREADS_ENV, *NUMERIC_THREADS_ENV)}

@@ -13,6 +13,7 @@ import shlex
 import shutil
 import socket
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -55,8 +56,20 @@ def describe(holder: dict) -> str:
     return f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}: {holder.get('command')}"
 
 
+#: the locks this thread holds (resolved paths): a command holds its outputs while its stages take them again
+_held = threading.local()
+
+
+def _held_here() -> set[Path]:
+    if not hasattr(_held, "paths"):
+        _held.paths = set()
+    return _held.paths
+
+
 def refuse_if_locked(path: Path, subject: str) -> None:
-    """`UserError` naming the holder if a live run holds the lock at `path` (reads only)."""
+    """`UserError` naming the holder if another live run holds the lock at `path` (reads only)."""
+    if Path(path).resolve() in _held_here():
+        return
     holder = read_holder(path)
     if holder is not None and is_alive(holder):
         raise UserError(
@@ -82,7 +95,8 @@ class RunLock:
     """Held while a run writes `subject`: `with RunLock(path, subject): ...`.
 
     Folders it creates for the lock are removed again on release if they are left empty, so a run refused after
-    taking the lock leaves nothing behind. A folder that cannot be written is a `UserError` naming it.
+    taking the lock leaves nothing behind. A folder that cannot be written is a `UserError` naming it. A lock this
+    thread already holds is entered again without taking it (and left to its first holder to release).
     """
 
     def __init__(self, path: Path, subject: str):
@@ -91,9 +105,13 @@ class RunLock:
         self.created: list[Path] = []
 
     def __enter__(self) -> "RunLock":
+        self.nested = self.path.resolve() in _held_here()
+        if self.nested:
+            return self
         try:
             self._make_folders()
             self._acquire()
+            _held_here().add(self.path.resolve())
         except BaseException as error:
             self._remove_created_folders()
             if isinstance(error, OSError):
@@ -105,6 +123,9 @@ class RunLock:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        if self.nested:
+            return
+        _held_here().discard(self.path.resolve())
         if (read_holder(self.path) or {}).get("token") == self.token:
             self.path.unlink()
         self._remove_created_folders()

@@ -16,7 +16,7 @@ from typing import Any
 from incasem_like.blockwise.lock import LOCK, remove_all_but_lock
 from incasem_like.core.errors import UserError
 from incasem_like.core.files import write_atomically
-from incasem_like.store.datasets import RUN_DIR, DatasetPath, dataset_meta, update_dataset_meta
+from incasem_like.store.datasets import FULL_RESOLUTION, RUN_DIR, DatasetPath, dataset_meta, update_dataset_meta
 
 
 class StageOutput(ABC):
@@ -81,11 +81,27 @@ class DatasetOutput(StageOutput):
     def update_meta(self, **values: Any) -> None:
         update_dataset_meta(self.path, **values)
 
+    def check_replaceable(self) -> None:
+        """Only a dataset this product wrote is replaced: never a group holding datasets, a folder that is no
+        dataset, or a dataset of another tool."""
+        group = self.path.group_path
+        inner = [entry for entry in group.rglob("zarr.json") if entry.parent != group] if group.is_dir() else []
+        if any((entry.parent / FULL_RESOLUTION).is_dir() for entry in inner):
+            raise UserError(
+                f"{self.path} holds datasets; --overwrite replaces one dataset, never a group of them: "
+                "name the dataset to write"
+            )
+        if not self.path.array_path.is_dir() or not self.meta():
+            raise UserError(
+                f"{self.path} exists and is not a dataset incasem-like wrote; --overwrite replaces only those: "
+                "remove it yourself or choose another output"
+            )
+
     def remove(self) -> None:
+        if self.exists():
+            self.check_replaceable()
         if self.path.group_path.is_dir():
             remove_all_but_lock(self.path.group_path, self.lock)
-        elif self.path.group_path.exists():
-            self.path.group_path.unlink()
 
     def __str__(self) -> str:
         return str(self.path)

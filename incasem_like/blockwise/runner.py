@@ -16,8 +16,11 @@ Guarantees every stage inherits from here:
 
 import hashlib
 import json
+import os
+import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import daisy.logging
@@ -33,6 +36,8 @@ from incasem_like.core.errors import BlockwiseRunFailed, UserError
 
 #: bump when the meaning of the tracking store or the block layout changes
 RUN_FORMAT = 1
+#: the scheduler's and the workers' error stream, in the run's logs
+SCHEDULER_LOG = "scheduler.log"
 
 
 def fingerprint(stage: BlockwiseStage, layout: BlockLayout) -> str:
@@ -152,7 +157,8 @@ def _run(stage, layout, outputs, run_dir, run_id, workers, launcher, max_retries
     )
     start = time.perf_counter()
     # the Server returns the task's state even when daisy abandons it (every worker lost, restarts used up)
-    states = daisy_v2.Server().run_blockwise(task, progress=progress, summary=False, host=launcher.scheduler_host)
+    with stderr_to(run_dir / "logs" / SCHEDULER_LOG):
+        states = daisy_v2.Server().run_blockwise(task, progress=progress, summary=False, host=launcher.scheduler_host)
     seconds = time.perf_counter() - start
 
     summary = _summarize(stage, layout, outputs[0], run_id, workers, seconds, task, states[stage.task_name])
@@ -167,6 +173,29 @@ def _run(stage, layout, outputs, run_dir, run_id, workers, launcher, max_retries
     for output in outputs:
         output.update_meta(complete=True)
     return summary
+
+
+@contextmanager
+def stderr_to(path: Path) -> Iterator[None]:
+    """While the scheduler runs, what the processes write to the error stream (the scheduler's own messages, the
+    workers', a stopped run's tracebacks) goes to the log at `path`; Python's own writes (the progress bar) still
+    reach the console, so a failure or Ctrl-C ends in the command's one line."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = os.dup(2)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 2)
+    os.close(log)
+    console, previous = os.fdopen(os.dup(saved), "w", buffering=1), sys.stderr
+    sys.stderr = console
+    try:
+        yield
+    finally:
+        sys.stderr = previous
+        console.close()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _is_resumable(outputs: list[StageOutput], run_dir: Path, run_id: str, overwrite: bool) -> bool:

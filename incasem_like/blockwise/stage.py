@@ -19,6 +19,7 @@ from daisy import Block
 from pydantic import BaseModel, ConfigDict
 
 from incasem_like.blockwise.outputs import StageOutput
+from incasem_like.core.bounds import STRICT
 from incasem_like.core.errors import FieldError, UserError
 from incasem_like.core.geometry import Coordinate, Roi
 
@@ -66,7 +67,7 @@ class BlockwiseStage(BaseModel):
     """Base class of all blockwise stages. Subclasses add their fields and implement the four abstract methods;
     a stage whose block function holds files or pools also overrides `worker` to close them."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(**STRICT, frozen=True)
 
     #: short name used for the daisy task, logs and the fingerprint ("convert", "clahe", ...)
     task_name: ClassVar[str]

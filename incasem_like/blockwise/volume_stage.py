@@ -13,6 +13,7 @@ from daisy import Block
 
 from incasem_like.blockwise.outputs import DatasetOutput, StageOutput
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage, check_block
+from incasem_like.core.bounds import Edges, VoxelOffsets, Voxels
 from incasem_like.core.errors import FieldError, UserError
 from incasem_like.core.geometry import Coordinate, Roi, roi_from_voxels
 from incasem_like.store.datasets import DEFAULT_CHUNK, DatasetPath, Volume, create_dataset, open_dataset
@@ -47,10 +48,10 @@ class VolumeStage(BlockwiseStage):
 
     input: str
     output: str
-    block: int = DEFAULT_BLOCK
-    chunk: int = DEFAULT_CHUNK
-    roi_offset: tuple[int, int, int] | None = None
-    roi_shape: tuple[int, int, int] | None = None
+    block: Voxels = DEFAULT_BLOCK
+    chunk: Voxels = DEFAULT_CHUNK
+    roi_offset: VoxelOffsets | None = None
+    roi_shape: Edges | None = None
 
     # --- what subclasses define ---------------------------------------------------------------------------
     def context_voxels(self) -> int:
@@ -69,8 +70,6 @@ class VolumeStage(BlockwiseStage):
         return [DatasetOutput.parse(self.output)]
 
     def open_input(self) -> Volume:
-        if DatasetPath.parse(self.input) == DatasetPath.parse(self.output):
-            raise UserError(f"{self.output}: the output must differ from the input; choose another dataset name")
         source = open_dataset(self.input)
         if self.input_dtypes and source.dtype.name not in self.input_dtypes:
             raise UserError(

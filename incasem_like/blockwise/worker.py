@@ -4,7 +4,7 @@ Rebuilds the stage from the run's spec file, sets it up once (`BlockwiseStage.wo
 when the worker ends), then processes blocks from the daisy
 scheduler (address in `DAISY_CONTEXT`) until none are left. A block that raises is reported to the scheduler
 as failed (it retries it, possibly elsewhere) and the worker goes on with the next one; a worker whose scheduler
-is gone exits instead of asking again forever. Once `SAME_ERROR_BLOCKS` blocks failed with the same error (a
+is gone exits instead of asking again forever. Once `SAME_ERROR_BLOCKS` block tries failed with the same error (a
 deterministic bug, not a flaky block), the worker writes the run's stop file naming the error and exits; every
 worker of the run stops before its next block and no replacement starts (see `WorkerSpawner`).
 
@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import zarr
 from daisy import Client
 
-from incasem_like.blockwise.launchers import STOP_FILE, WORKER_THREADS_ENV
+from incasem_like.blockwise.launchers import INTERRUPTED, STOP_FILE, WORKER_THREADS_ENV
 from incasem_like.blockwise.stage import BlockwiseStage
 from incasem_like.core.files import write_atomically
 
@@ -47,6 +48,8 @@ def load_stage(spec: dict) -> BlockwiseStage:
 
 
 def run_worker(spec_path: Path) -> None:
+    # Ctrl-C: end at once and quietly; the block in progress stays unfinished, so a rerun redoes it
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(INTERRUPTED))
     spec = json.loads(spec_path.read_text())
     stop_file = spec_path.parent / STOP_FILE
     if WORKER_THREADS_ENV in os.environ:  # before any zarr call sizes its pool
@@ -58,7 +61,8 @@ def run_worker(spec_path: Path) -> None:
 def _process_blocks(process_block, stop_file: Path) -> None:
     """Blocks from the scheduler until none are left, the scheduler is gone or the run stopped."""
     client = Client()
-    failed_blocks: defaultdict[str, set[int]] = defaultdict(set)  # error signature -> the blocks it failed
+    # error signature -> the blocks it failed, once per try: a retried block failing again counts again
+    failed_blocks: defaultdict[str, list[int]] = defaultdict(list)
     while not stop_file.exists():
         block_id = None
         try:
@@ -73,7 +77,7 @@ def _process_blocks(process_block, stop_file: Path) -> None:
                 sys.exit(1)
             logger.warning("block failed: %r", error)  # already reported to the scheduler by acquire_block
             blocks = failed_blocks[error_signature(error)]
-            blocks.add(block_id)
+            blocks.append(block_id)
             if len(blocks) >= SAME_ERROR_BLOCKS:
                 message = f"{type(error).__name__}: {error}"
                 stop = {"error": message, "blocks": sorted(blocks)}

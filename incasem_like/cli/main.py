@@ -7,6 +7,7 @@ are imported only when their command runs, so `--help` stays fast.
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 import warnings
 
@@ -83,7 +84,16 @@ def field_flags(command: argparse.ArgumentParser) -> dict[str, str]:
     return {**flags, **(command.get_default("field_flags") or {})}
 
 
+def rerun(argv: list[str], args: argparse.Namespace) -> str:
+    """The command line that resumes an interrupted command: the same, with the option its command needs for it
+    (`train --resume`; `finetune --overwrite` starts over)."""
+    option = args.resume_option if hasattr(args, "resume_option") else None
+    extra = [option] if option and option not in argv else []
+    return shlex.join(["incasem-like", *argv, *extra])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -98,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     except BlockwiseRunFailed as error:
         message, code = f"incasem-like: failed: {error}", 1
     except KeyboardInterrupt:
-        message, code = "incasem-like: interrupted; rerun the same command to resume", 130
+        message, code = f"incasem-like: interrupted; resume with: {rerun(argv, args)}", 130
+    except OSError as error:  # no space left, a vanished file, a failing disk: what the system said, then resume
+        where = f" ({error.filename})" if error.filename else ""
+        what = error.strerror or type(error).__name__
+        message, code = f"incasem-like: failed: {what}{where}; fix that, then resume with: {rerun(argv, args)}", 1
     # a failed zarr read abandons the request's other chunk reads, which asyncio (tasks destroyed) and the garbage
     # collector (coroutines never awaited) would report one by one at exit
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)

@@ -52,11 +52,35 @@ def describe_validation_error(
         listing = f" (the keys here: {', '.join(known)})" if known and not close else ""
         return f"{key or 'config'}: unknown key{hint}{listing}{more}"
     message = first["msg"].removeprefix("Value error, ")
-    value = first.get("input")
+    raw = first.get("input")
+    value = _Quoted(raw)
     if flags and key in flags:
-        shown = " ".join(map(str, value)) if isinstance(value, list | tuple) else value
+        shown = _Quoted(" ".join(map(str, raw))) if isinstance(raw, list | tuple) else value
         return f"{flags[key]} {shown}: {message}{more}"
-    return f"{key or 'config'} = {value!r}: {message}{more}"
+    parent, index = first["loc"][:-1], (first["loc"] or [None])[-1]
+    if flags and isinstance(index, int) and location(parent) in flags:  # one value of an option taking several
+        return f"{flags[location(parent)]} value {index + 1} = {value}: {message}{more}"
+    if not key:  # a rule over several keys: its message names them
+        return f"{message}{more}"
+    return f"{key} = {value!r}: {message}{more}"
+
+
+class _Quoted:
+    """A value as an error message quotes it: at most a few hundred characters of it."""
+
+    LIMIT = 200
+
+    def __init__(self, value: object):
+        self.value = value
+
+    def _cut(self, text: str) -> str:
+        return text if len(text) <= self.LIMIT else f"{text[: self.LIMIT]}... ({len(text)} characters)"
+
+    def __repr__(self) -> str:
+        return self._cut(repr(self.value))
+
+    def __str__(self) -> str:
+        return self._cut(str(self.value))
 
 
 def main_problem(error: ValidationError) -> ErrorDetails:
@@ -66,8 +90,10 @@ def main_problem(error: ValidationError) -> ErrorDetails:
 
 
 def location(loc: tuple) -> str:
-    """`training[0].labels` for the location ("training", 0, "labels")."""
-    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    """`training[0].labels` for the location ("training", 0, "labels"); the names pydantic gives the members of a
+    union (`constrained-float`, `tuple[...]`) are no keys and are left out."""
+    keys = [part for part in loc if isinstance(part, int) or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part))]
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in keys).lstrip(".")
 
 
 def _keys_at(model: type[BaseModel] | None, loc: tuple) -> list[str]:

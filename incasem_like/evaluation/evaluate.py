@@ -285,6 +285,12 @@ def format_report(result: dict) -> str:
             f"{'threshold':>9} {'precision':>9} {'recall':>7} {'F1':>7} {'IoU':>7} {'Dice':>7} "
             f"{'TP':>14} {'FP':>14} {'FN':>14}",
         ]
+        if foreground == 0:
+            lines.insert(
+                -1,
+                "  note: the labels hold no foreground here, so recall and F1 are 1 only where nothing is predicted "
+                "and mean nothing about detection; evaluate a region with the organelle",
+            )
         for row in scored["results"]:
             threshold = "-" if row["threshold"] is None else f"{row['threshold']:g}"
             best = "  <- best F1" if row is scored["best"] and len(scored["results"]) > 1 else ""

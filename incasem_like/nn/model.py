@@ -21,12 +21,13 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from torch import nn
 
+from incasem_like.core.bounds import STRICT, Edges
 from incasem_like.core.errors import UserError
 
-Triple = tuple[int, int, int]
+Triple = Edges
 
 
 def triple(values) -> Triple:
@@ -42,10 +43,10 @@ PER_TILE_NORMALIZATIONS = ("instance", "group", "layer")
 class NetworkConfig(BaseModel):
     """Architecture; the defaults are the method's network. Per-level lists run from the top level down."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    feature_maps: int = Field(32, ge=1, description="feature maps at the top level")
-    feature_map_factor: int = Field(2, ge=1, description="feature maps multiply by this per level")
+    feature_maps: int = Field(32, ge=1, le=4096, description="feature maps at the top level")
+    feature_map_factor: int = Field(2, ge=1, le=16, description="feature maps multiply by this per level")
     downsamplings: int = Field(3, ge=0, le=6, description="max-pool downsamplings")
     downsample_factors: list[Triple] | None = Field(
         None, description="per downsampling, the pooling factor per axis (z, y, x); default 2, 2, 2 each"
@@ -58,7 +59,9 @@ class NetworkConfig(BaseModel):
         "none", description="none (the method) or batch: batch norm, its statistics frozen at inference"
     )
     residual: bool = Field(False, description="each level's two convolutions as a residual block")
-    input_slices: int = Field(1, ge=1, description="z slices the first convolution sees beyond its kernel (odd)")
+    input_slices: int = Field(
+        1, ge=1, le=255, description="z slices the first convolution sees beyond its kernel (odd)"
+    )
     padding: Literal["valid"] = "valid"
     input_shape: Triple = (204, 204, 204)
 

@@ -12,12 +12,17 @@ A cube of 3 x 3 x 3 voxels of 2 nm (216 nm^2, 216 nm^3 as voxels; marching cubes
 (170.8, 185.3)
 """
 
+from typing import Annotated
+
 import numpy as np
+from pydantic import Field
 from scipy import sparse
 from skimage.measure import marching_cubes
 
 #: Taubin smoothing of marching-cubes surfaces (iterations; lambda and mu of Taubin 1995)
 SMOOTH_ITERATIONS = 10
+#: smoothing iterations a config may ask for
+Iterations = Annotated[int, Field(ge=0, le=1000)]
 TAUBIN_LAMBDA, TAUBIN_MU = 0.5, -0.53
 
 

@@ -276,19 +276,25 @@ def container_file(root: Path, target: str) -> Path:
         raise Refused(HTTPStatus.BAD_REQUEST, "path must name a file inside the container")
     if any(segment.startswith(".") and segment not in ZARR_V2_METADATA for segment in segments):
         raise Refused(HTTPStatus.FORBIDDEN, "hidden files and folders (run state) are not served")
-    resolved = root.joinpath(*segments).resolve()
-    if not resolved.is_relative_to(root):
-        raise Refused(HTTPStatus.FORBIDDEN, "path leads outside the container")
-    if not resolved.is_file():
-        raise Refused(HTTPStatus.NOT_FOUND, "no such file")
+    try:
+        resolved = root.joinpath(*segments).resolve()
+        if not resolved.is_relative_to(root):
+            raise Refused(HTTPStatus.FORBIDDEN, "path leads outside the container")
+        if not resolved.is_file():
+            raise Refused(HTTPStatus.NOT_FOUND, "no such file")
+    except (RuntimeError, OSError) as error:  # a link loop, a name too long for the file system
+        raise Refused(HTTPStatus.NOT_FOUND, f"no such file ({type(error).__name__})") from None
     return resolved
 
 
-_BYTE_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+#: a single byte range; more than 18 digits is no file this server holds (and Python refuses to parse 4300+ digits)
+_BYTE_RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})")
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """(first, last) byte of a single-range `Range` header for a file of `size` bytes; None to send it whole."""
+    if header and header.startswith("bytes=") and _BYTE_RANGE.fullmatch(header) is None and "," not in header:
+        raise Refused(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, f"range outside the file's {size} bytes")
     match = _BYTE_RANGE.fullmatch(header or "")
     if match is None or match.groups() == ("", ""):
         return None

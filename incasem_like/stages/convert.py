@@ -4,7 +4,10 @@ Workers read slabs of z slices (one output chunk thick, the full y-x extent) and
 stack is never loaded at once and peak memory does not grow with the number of slices.
 """
 
+import logging
+import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, reduce
@@ -15,17 +18,43 @@ import numpy as np
 import tifffile
 from daisy import Block
 from natsort import natsorted
-from pydantic import field_validator
 
 from incasem_like.blockwise.outputs import DatasetOutput, StageOutput
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
+from incasem_like.core.bounds import Edges, Nanometres, VoxelOffsets, Voxels, WorldOffset
 from incasem_like.core.errors import FieldError, UserError
 from incasem_like.core.geometry import Coordinate, Roi, roi_from_voxels
-from incasem_like.store.datasets import DEFAULT_CHUNK, DatasetPath, create_dataset, open_dataset
+from incasem_like.store.datasets import DEFAULT_CHUNK, DatasetPath, bit_depth, create_dataset, open_dataset
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_DTYPES = (np.dtype("uint8"), np.dtype("uint16"))
 LabelMode = Literal["image", "binary_labels", "labels"]
+
+
+def _kind_of(entry: Path) -> str:
+    return "a folder" if entry.is_dir() else "a special file (FIFO, socket or device)"
+
+
+def check_numbering(files: list[Path]) -> None:
+    """Slices numbered in their names must number every slice once: the last number in each name, consecutive,
+    none twice (slice_0010.tif and slice_010.tif are one slice twice). Names without a number are not checked."""
+    numbers = [int(found[-1]) for path in files if (found := re.findall(r"\d+", path.stem))]
+    if len(numbers) != len(files):
+        return
+    seen: dict[int, Path] = {}
+    for number, path in zip(numbers, files):
+        if number in seen:
+            raise UserError(
+                f"{path}: slice number {number} twice (also {seen[number].name}); keep one of them in the folder"
+            )
+        seen[number] = path
+    gaps = sorted(set(range(min(numbers), max(numbers) + 1)) - set(numbers))
+    if gaps:
+        more = f" (and {len(gaps) - 1} more)" if len(gaps) > 1 else ""
+        raise UserError(
+            f"{files[0].parent}: slice number {gaps[0]}{more} is missing between {min(numbers)} and {max(numbers)}; "
+            "every z would shift: restore the slice or crop the stack with --roi after converting it whole"
+        )
 
 
 @dataclass
@@ -40,7 +69,14 @@ class TiffStack:
         """List the slices (natural sort of the file names: slice_2 before slice_10) without reading them."""
         source = Path(source)
         if source.is_dir():
-            visible = [p for p in source.iterdir() if p.is_file() and not p.name.startswith(".")]
+            visible = sorted(p for p in source.iterdir() if not p.name.startswith("."))
+            for entry in visible:
+                if not entry.is_file() or entry.is_symlink() and not entry.exists():
+                    what = "a dangling link" if entry.is_symlink() and not entry.exists() else _kind_of(entry)
+                    raise UserError(
+                        f"{entry}: {what}, not a slice file, among the slices; move it out of the folder, so no slice "
+                        "is missing or left over unnoticed"
+                    )
             files = natsorted((p for p in visible if p.suffix.lower() in TIFF_SUFFIXES), key=lambda p: p.name)
             if not files:
                 raise UserError(f"{source}: no .tif/.tiff files in this directory; point SRC at the slice folder")
@@ -51,6 +87,7 @@ class TiffStack:
                     f"{f' (and {len(others) - 1} more such files)' if len(others) > 1 else ''}; "
                     "move it out of the folder, so no slice is missing or left over unnoticed"
                 )
+            check_numbering(files)
             return cls(source, files)
         if source.is_file():
             if source.suffix.lower() not in TIFF_SUFFIXES:
@@ -126,7 +163,12 @@ class TiffStack:
 
 
 def _checked_pages(path: Path):
-    """The pages of one TIFF file, refusing unreadable, truncated or empty files."""
+    """The pages of one TIFF file, refusing unreadable, truncated or empty files and headers that claim more
+    pixels than the file holds (tifffile would pad them with zeros). tifffile's own warnings about a damaged header
+    are kept out of the one-line error (the check names the damage)."""
+    tifffile_logger = logging.getLogger("tifffile")
+    level = tifffile_logger.level
+    tifffile_logger.setLevel(logging.ERROR)
     try:
         with tifffile.TiffFile(path) as tif:
             if not tif.pages:
@@ -136,6 +178,13 @@ def _checked_pages(path: Path):
                 ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
                 if ends and max(ends) > size:
                     raise UserError(f"{path}: truncated (image data runs past the end of the file); re-export it")
+                layout = page if isinstance(page, tifffile.TiffPage) else page.keyframe
+                claimed = math.prod(page.shape) * np.dtype(page.dtype).itemsize
+                if layout is not None and layout.compression == 1 and sum(page.databytecounts) < claimed:
+                    raise UserError(
+                        f"{path}: its header declares {' x '.join(map(str, page.shape))} pixels ({claimed} bytes) but "
+                        f"the file holds {sum(page.databytecounts)} bytes of image data; re-export it"
+                    )
                 layout = page if isinstance(page, tifffile.TiffPage) else page.keyframe  # a frame: its key page's
                 samples = layout.samplesperpixel if layout is not None else 1
                 if samples != 1:
@@ -143,6 +192,8 @@ def _checked_pages(path: Path):
                 yield page
     except (tifffile.TiffFileError, OSError, ValueError) as error:
         raise UserError(f"{path}: not a readable TIFF ({error}); re-export or remove it") from None
+    finally:
+        tifffile_logger.setLevel(level)
 
 
 def label_mode_for(stack: TiffStack) -> LabelMode:
@@ -168,26 +219,12 @@ class ConvertStage(BlockwiseStage):
 
     source: str
     output: str
-    voxel_size: tuple[int, int, int]
-    offset: tuple[int, int, int] = (0, 0, 0)
-    chunk: int = DEFAULT_CHUNK
+    voxel_size: tuple[Nanometres, Nanometres, Nanometres]
+    offset: tuple[WorldOffset, WorldOffset, WorldOffset] = (0, 0, 0)
+    chunk: Voxels = DEFAULT_CHUNK
     label_mode: LabelMode = "image"
-    roi_offset: tuple[int, int, int] | None = None
-    roi_shape: tuple[int, int, int] | None = None
-
-    @field_validator("chunk")
-    @classmethod
-    def _positive_chunk(cls, chunk: int) -> int:
-        if chunk < 1:
-            raise ValueError("must be at least 1 voxel")
-        return chunk
-
-    @field_validator("voxel_size")
-    @classmethod
-    def _positive_voxel_size(cls, voxel_size: tuple[int, int, int]) -> tuple[int, int, int]:
-        if min(voxel_size) < 1:
-            raise ValueError("every edge must be at least 1 nm")
-        return voxel_size
+    roi_offset: VoxelOffsets | None = None
+    roi_shape: Edges | None = None
 
     def outputs(self) -> list[StageOutput]:
         return [DatasetOutput.parse(self.output)]
@@ -251,9 +288,18 @@ class ConvertStage(BlockwiseStage):
                     "crop_shape_voxels": list(crop_shape),
                     "frame_offset_nm": list(self.offset),
                     "label_mode": self.label_mode,
+                    **({"value_bits": self._value_bits(dtype)} if self.label_mode == "image" else {}),
                 },
             },
         )
+
+    def _value_bits(self, dtype: np.dtype) -> int:
+        """The bit depth the image uses (`bit_depth` of the largest value in 8 slices spread over the stack): 12-bit
+        camera data in uint16 is normalized by 4095, not 65535, wherever it is read."""
+        stack = TiffStack.locate(self.source)
+        count = len(stack._multipage_file.pages) if stack.multipage else len(stack.files)
+        slices = sorted({int(z) for z in np.linspace(0, count - 1, 8)})
+        return bit_depth(max(int(stack.read(z, z + 1, (slice(None), slice(None))).max()) for z in slices), dtype)
 
     def block_processor(self) -> Callable[[Block], None]:
         stack = TiffStack.locate(self.source)

@@ -24,17 +24,18 @@ looks complete to neuroglancer.
 
 import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import zarr
 from daisy import Block
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from incasem_like.blockwise.launchers import Launcher
 from incasem_like.blockwise.outputs import DatasetOutput, LevelOutput, StageOutput
 from incasem_like.blockwise.runner import check_writable, refuse_if_running, run_stage
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage, check_block
+from incasem_like.core.bounds import Voxels
 from incasem_like.core.errors import UserError
 from incasem_like.core.geometry import Coordinate, Roi
 from incasem_like.ops.downsample import downsample, output_shape
@@ -45,6 +46,7 @@ from incasem_like.store.datasets import (
     create_dataset,
     create_level,
     dataset_meta,
+    open_array,
     open_dataset,
     set_levels,
 )
@@ -104,8 +106,8 @@ class _DownsampleBlocks(BlockwiseStage):
     """Shared part: blocks on the output grid, each reading the same world ROI from the source."""
 
     kind: Kind
-    block: int = DEFAULT_BLOCK
-    chunk: int = DEFAULT_CHUNK
+    block: Voxels = DEFAULT_BLOCK
+    chunk: Voxels = DEFAULT_CHUNK
 
     @property
     def scale_factor(self) -> int:
@@ -147,7 +149,7 @@ class DownsampleStage(_DownsampleBlocks):
 
     input: str
     output: str
-    factor: int = 2
+    factor: Annotated[int, Field(ge=2, le=1024)] = 2
 
     @property
     def scale_factor(self) -> int:
@@ -164,10 +166,7 @@ class DownsampleStage(_DownsampleBlocks):
         return [DatasetOutput.parse(self.output)]
 
     def open_source(self) -> Volume:
-        source_path, output_path = DatasetPath.parse(self.input), DatasetPath.parse(self.output)
-        inside = (source_path.group_path.resolve(), output_path.group_path.resolve())
-        if inside[0] == inside[1] or inside[0] in inside[1].parents or inside[1] in inside[0].parents:
-            raise UserError(f"{self.output}: the output must be a dataset apart from the input {self.input}")
+        source_path = DatasetPath.parse(self.input)
         source = open_dataset(source_path)
         check_dtype(source_path, source.dtype, self.kind)
         _check_offset(source_path, source.offset, source.voxel_size * self.factor, f"{self.factor}x")
@@ -229,14 +228,14 @@ def open_level(path: DatasetPath, level: int, mode: str = "r") -> Volume:
     array_path = path.group_path / f"s{level}"
     if not array_path.exists():
         raise UserError(f"{path}: has no pyramid level s{level}; run incasem-like pyramid {path} --levels {level}")
-    return Volume(zarr.open_array(array_path, mode=mode), base.voxel_size * 2**level, base.offset, f"{path}/s{level}")
+    return Volume(open_array(array_path, mode=mode), base.voxel_size * 2**level, base.offset, f"{path}/s{level}")
 
 
 class PyramidLevelStage(_DownsampleBlocks):
     """Level `s{level}` of `dataset`'s pyramid from level `s{level - 1}` (2x); `block`/`chunk` in level voxels."""
 
     dataset: str
-    level: int
+    level: Annotated[int, Field(ge=1, le=64)]
 
     @property
     def task_name(self) -> str:  # type: ignore[override]  # per level: the progress bar and the logs name it

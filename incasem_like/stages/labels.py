@@ -20,9 +20,10 @@ from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from incasem_like.blockwise.volume_stage import VolumeStage
+from incasem_like.core.bounds import STRICT, Radius, VoxelCount, Voxels
 from incasem_like.core.config_files import read_yaml_mapping
 from incasem_like.core.errors import UserError, describe_validation_error
 from incasem_like.ops.morphology import (
@@ -42,17 +43,17 @@ CONFIG_ENV = "INCASEM_LIKE_CONFIGS"
 
 # --- per-organelle defaults ------------------------------------------------------------------------------------
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(**STRICT, frozen=True)
 
 
 class CleanDefaults(_Section):
-    min_object_voxels: NonNegativeInt
-    min_hole_voxels: NonNegativeInt
+    min_object_voxels: VoxelCount
+    min_hole_voxels: VoxelCount
 
 
 class MetricMaskDefaults(_Section):
-    dilation_voxels: NonNegativeInt
-    erosion_voxels: NonNegativeInt
+    dilation_voxels: Radius
+    erosion_voxels: Radius
 
 
 class OrganelleConfig(_Section):
@@ -60,7 +61,7 @@ class OrganelleConfig(_Section):
 
     organelle: str
     clean: CleanDefaults
-    dilate_voxels: NonNegativeInt
+    dilate_voxels: Radius
     metric_mask: MetricMaskDefaults
 
 
@@ -132,9 +133,9 @@ class CleanLabelsStage(LabelsStage):
 
     task_name = "labels_clean"
 
-    min_object_voxels: NonNegativeInt = 0
-    min_hole_voxels: NonNegativeInt = 0
-    max_span: PositiveInt = DEFAULT_MAX_SPAN
+    min_object_voxels: VoxelCount = 0
+    min_hole_voxels: VoxelCount = 0
+    max_span: Voxels = DEFAULT_MAX_SPAN
 
     def context_voxels(self) -> int:
         return blockwise_context(clean_steps(self.min_object_voxels, self.min_hole_voxels), self.max_span)
@@ -146,7 +147,7 @@ class CleanLabelsStage(LabelsStage):
 class DilateLabelsStage(LabelsStage):
     task_name = "labels_dilate"
 
-    voxels: NonNegativeInt = 0
+    voxels: Radius = 0
 
     def context_voxels(self) -> int:
         return self.voxels
@@ -159,8 +160,8 @@ class MetricMaskStage(LabelsStage):
     task_name = "labels_metric_mask"
     output_kind = "mask"
 
-    dilation_voxels: NonNegativeInt = 0
-    erosion_voxels: NonNegativeInt = 0
+    dilation_voxels: Radius = 0
+    erosion_voxels: Radius = 0
 
     def context_voxels(self) -> int:
         return max(self.dilation_voxels, self.erosion_voxels)

@@ -2,15 +2,20 @@
 makes it equal to one call on the whole volume (`incasem_like.ops.morphology.cell_mask`, whose docstring says why).
 """
 
+from typing import Annotated
+
 import numpy as np
-from pydantic import NonNegativeInt, PositiveInt, model_validator
+from pydantic import Field, model_validator
 
 from incasem_like.blockwise.volume_stage import VolumeStage
+from incasem_like.core.bounds import Radius, VoxelCount, Voxels
 from incasem_like.core.errors import FieldError
 from incasem_like.ops.morphology import DEFAULT_MAX_SPAN, cell_mask, cell_mask_context
 
+#: a raw intensity (uint8 or uint16)
+Gray16 = Annotated[int, Field(ge=0, le=65535)]
 
-# --- the stage -------------------------------------------------------------------------------------------------
+
 class MaskStage(VolumeStage):
     """Raw (uint8/uint16) -> coarse cell mask (uint8 0/1), blockwise with `cell_mask_context` voxels of context."""
 
@@ -19,12 +24,12 @@ class MaskStage(VolumeStage):
     output_kind = "mask"
 
     #: intensity window counted as cell (MIN, MAX), inclusive
-    gray: tuple[NonNegativeInt, NonNegativeInt] = (2, 180)
-    opening_radius: NonNegativeInt = 3
-    closing_radius: NonNegativeInt = 2
-    min_hole_voxels: NonNegativeInt = 100000
-    min_object_voxels: NonNegativeInt = 100000
-    max_span: PositiveInt = DEFAULT_MAX_SPAN
+    gray: tuple[Gray16, Gray16] = (2, 180)
+    opening_radius: Radius = 3
+    closing_radius: Radius = 2
+    min_hole_voxels: VoxelCount = 100000
+    min_object_voxels: VoxelCount = 100000
+    max_span: Voxels = DEFAULT_MAX_SPAN
 
     @model_validator(mode="after")
     def _check(self) -> "MaskStage":

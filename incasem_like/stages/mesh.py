@@ -36,16 +36,16 @@ from typing import Literal
 
 import numpy as np
 from daisy import Block
-from pydantic import NonNegativeInt, PositiveInt
 
 from incasem_like.blockwise.launchers import Launcher
 from incasem_like.blockwise.outputs import FolderOutput, StageOutput
 from incasem_like.blockwise.runner import run_stage
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
+from incasem_like.core.bounds import Voxels
 from incasem_like.core.errors import FieldError
 from incasem_like.core.files import write_atomically
 from incasem_like.core.geometry import Coordinate, Roi
-from incasem_like.ops.surfaces import SMOOTH_ITERATIONS, object_mesh
+from incasem_like.ops.surfaces import SMOOTH_ITERATIONS, Iterations, object_mesh
 from incasem_like.stages.objects import DEFAULT_BLOCK, crops_reach, load_object_table
 from incasem_like.store.datasets import DatasetPath, dataset_meta, update_dataset_meta
 from incasem_like.store.object_table import save_npz
@@ -105,9 +105,9 @@ class MeshStage(BlockwiseStage):
     labels_run: str = ""
     output: str
     formats: tuple[Format, ...] = DEFAULT_FORMATS
-    step_size: PositiveInt = 1
-    smooth: NonNegativeInt = SMOOTH_ITERATIONS
-    block: PositiveInt = DEFAULT_BLOCK
+    step_size: Voxels = 1
+    smooth: Iterations = SMOOTH_ITERATIONS
+    block: Voxels = DEFAULT_BLOCK
 
     @property
     def folder(self) -> Path:

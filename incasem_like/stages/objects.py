@@ -50,7 +50,8 @@ from incasem_like.blockwise.launchers import Launcher
 from incasem_like.blockwise.outputs import DatasetOutput, StageOutput
 from incasem_like.blockwise.runner import is_resumable, run_stage
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage, check_block
-from incasem_like.core.errors import FieldError, UserError
+from incasem_like.core.bounds import Voxels
+from incasem_like.core.errors import UserError
 from incasem_like.core.files import write_atomically
 from incasem_like.core.geometry import Coordinate, Roi
 from incasem_like.ops.components import STAT_KEYS, block_fragments, boundary, merge_fragments, touching_pairs
@@ -61,6 +62,7 @@ from incasem_like.store.datasets import (
     DatasetPath,
     Volume,
     create_dataset,
+    dataset_meta,
     open_dataset,
     update_dataset_meta,
 )
@@ -83,7 +85,15 @@ def ids_dtype(shape) -> np.dtype:
 
 
 def open_segmentation(path: str) -> Volume:
+    """A segmentation or labels dataset; probabilities and images (by the kind their writer recorded) are refused:
+    their connected components would be the whole volume or noise."""
     segmentation = open_dataset(path)
+    kind = dataset_meta(DatasetPath.parse(path)).get("kind")
+    if kind in ("probabilities", "image"):
+        fix = "threshold them first (incasem-like threshold)" if kind == "probabilities" else "segment it first"
+        raise UserError(
+            f"{path} holds {'probabilities' if kind == 'probabilities' else 'an image'}, not a segmentation; {fix}"
+        )
     if segmentation.dtype.name not in SEGMENTATION_DTYPES:
         raise UserError(
             f"{path}: dtype {segmentation.dtype} is not a segmentation (needs an integer dtype: 0 = background, "
@@ -98,8 +108,8 @@ class ObjectsBlocks(BlockwiseStage):
 
     segmentation: str
     labels: str
-    block: int = DEFAULT_BLOCK
-    chunk: int = DEFAULT_CHUNK
+    block: Voxels = DEFAULT_BLOCK
+    chunk: Voxels = DEFAULT_CHUNK
 
     #: the step's name (its scratch folder)
     step: ClassVar[str] = ""
@@ -282,9 +292,6 @@ class ObjectsResult:
 def check_inputs(fragments: FragmentsStage, csv_path: Path) -> None:
     """Validate everything (segmentation, block layout, output names); writes nothing."""
     fragments.layout()
-    source, labels = (DatasetPath.parse(p).group_path.resolve() for p in (fragments.segmentation, fragments.labels))
-    if source == labels or source in labels.parents or labels in source.parents:
-        raise FieldError(f"{{labels_out}} {fragments.labels}: must be a dataset apart from the segmentation")
     if csv_path.suffix.lower() != ".csv":
         raise UserError(f"{csv_path}: the statistics table must be a .csv file, e.g. mito_objects.csv")
     if csv_path.is_dir():

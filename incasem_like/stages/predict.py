@@ -37,6 +37,7 @@ from pydantic import field_validator, model_validator
 from incasem_like.blockwise.outputs import DatasetOutput, StageOutput
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage, check_block
 from incasem_like.blockwise.volume_stage import requested_roi
+from incasem_like.core.bounds import Edges, VoxelOffsets, Voxels
 from incasem_like.core.errors import FieldError, UserError
 from incasem_like.core.files import file_digest
 from incasem_like.core.geometry import Coordinate, Roi
@@ -51,6 +52,7 @@ from incasem_like.store.datasets import (
     create_dataset,
     open_dataset,
     recorded_preprocessing,
+    value_max,
 )
 
 logger = logging.getLogger(__name__)
@@ -102,11 +104,11 @@ class PredictStage(BlockwiseStage):
     checkpoint_sha256: str = ""
     raw: str
     output: str
-    roi_offset: tuple[int, int, int] | None = None
-    roi_shape: tuple[int, int, int] | None = None
+    roi_offset: VoxelOffsets | None = None
+    roi_shape: Edges | None = None
     threshold: Threshold = 0.5
-    block: int = 256
-    chunk: int = DEFAULT_CHUNK
+    block: Voxels = 256
+    chunk: Voxels = DEFAULT_CHUNK
     step: Triple | None = None
     tta: TtaMode = "none"
     write_segmentation: bool = True
@@ -266,9 +268,10 @@ class PredictStage(BlockwiseStage):
             output=output_shape * raw.voxel_size,
         )
         reader, writer = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
+        maximum = value_max(raw)
 
         def read(region: Roi) -> np.ndarray:
-            return normalize(raw_with_context(raw, region, context))
+            return normalize(raw_with_context(raw, region, context), maximum)
 
         def store(roi: Roi, result: np.ndarray) -> None:
             probabilities[roi] = result

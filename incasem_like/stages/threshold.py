@@ -10,31 +10,26 @@ that of `labels clean` (face connectivity; see `incasem_like.ops.morphology` for
 from typing import Annotated
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, NonNegativeInt, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from incasem_like.blockwise.volume_stage import VolumeStage
+from incasem_like.core.bounds import STRICT, VoxelCount, Voxels
 from incasem_like.core.errors import UserError
 from incasem_like.ops.morphology import DEFAULT_MAX_SPAN, blockwise_context, clean_components, segment
 from incasem_like.store.datasets import DatasetPath, Volume, dataset_meta
 
-
-def _check_threshold(value: float) -> float:
-    if not 0 <= value < 1:
-        raise ValueError("must be in [0, 1): voxels with probability above it are foreground")
-    return value
-
-
-Threshold = Annotated[float, AfterValidator(_check_threshold)]
+#: foreground: probability above it
+Threshold = Annotated[float, Field(ge=0, lt=1)]
 
 
 class CleanUp(BaseModel):
     """Post-processing of a segmentation: remove objects, then fill holes, smaller than these voxel counts."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(**STRICT, frozen=True)
 
-    min_object_voxels: NonNegativeInt = 0
-    min_hole_voxels: NonNegativeInt = 0
-    max_span: PositiveInt = DEFAULT_MAX_SPAN
+    min_object_voxels: VoxelCount = 0
+    min_hole_voxels: VoxelCount = 0
+    max_span: Voxels = DEFAULT_MAX_SPAN
 
     def steps(self) -> list[tuple[str, int]]:
         return [("objects", self.min_object_voxels), ("holes", self.min_hole_voxels)]

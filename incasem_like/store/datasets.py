@@ -14,7 +14,7 @@ each worker process a second).
 
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,10 @@ import numpy as np
 import numpy.typing as npt
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import LocalStore
 
+from incasem_like.core.bounds import MAX_OFFSET_NM, MAX_VOXEL_NM
 from incasem_like.core.errors import UserError
 from incasem_like.core.geometry import AXES, UNIT, Coordinate, Roi
 
@@ -53,6 +56,39 @@ DEFAULT_CHUNK = 128
 RUN_DIR = ".incasem_run"
 #: what reading a chunk raises when its bytes are damaged (codec errors) or cannot be read
 UNREADABLE_CHUNK_ERRORS = (RuntimeError, ValueError, OSError)
+#: what opening zarr metadata raises when it is missing, not JSON or not valid zarr
+DAMAGED_METADATA_ERRORS = (OSError, ValueError, KeyError, TypeError)
+
+
+class StrictLocalStore(LocalStore):
+    """zarr's local store, but a chunk path that is a folder (or runs through a file) is damage, not a missing chunk
+    read as the fill value (checked only when a chunk is missing, so reads cost nothing more)."""
+
+    async def get(self, key: str, prototype: BufferPrototype | None = None, byte_range=None) -> Buffer | None:
+        found = await super().get(key, prototype, byte_range)
+        if found is None:
+            self._check_missing(key)
+        return found
+
+    def get_sync(self, key: str, *, prototype: BufferPrototype | None = None, byte_range=None) -> Buffer | None:
+        found = super().get_sync(key, prototype=prototype, byte_range=byte_range)
+        if found is None:
+            self._check_missing(key)
+        return found
+
+    def _check_missing(self, key: str) -> None:
+        root = Path(self.root)
+        path = root / key
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder where a chunk file belongs")
+        for parent in path.relative_to(root).parents:
+            if (root / parent).is_file():
+                raise NotADirectoryError(f"{root / parent} is a file where a folder of chunks belongs")
+
+
+def open_array(path: Path, mode: str = "r") -> zarr.Array:
+    """The zarr array at `path` through `StrictLocalStore`."""
+    return zarr.open_array(StrictLocalStore(path, read_only=mode == "r"), mode=mode)
 
 
 #: zstd level 1 with byte shuffle: ~850 MB/s per core on FIB-SEM uint8 at the best ratio we measured (1.17);
@@ -154,12 +190,19 @@ def create_dataset(
         )
     if path.exists():
         raise UserError(f"{path} already exists; pass --overwrite to replace it")
-    root = zarr.open_group(path.container, mode="a")
-    group = root.require_group(path.name)
+    try:
+        root = zarr.open_group(path.container, mode="a")
+        group = root.require_group(path.name)
+    except DAMAGED_METADATA_ERRORS as error:
+        raise UserError(
+            f"{path}: cannot create it in {path.container} ({type(error).__name__}: {error}); the container's "
+            "metadata is damaged: restore it, or write to another container"
+        ) from None
+    array_record: dict[str, Any] = {"shape": [int(v) for v in shape], "dtype": np.dtype(dtype).name}
     group.attrs.update(
         {
             "ome": ome_multiscales(path.name, voxel_size, offset),
-            META_KEY: {"complete": False, **(attrs or {})},
+            META_KEY: {"complete": False, "array": array_record, **(attrs or {})},
         }
     )
     _create_level_array(group, FULL_RESOLUTION, shape, dtype, chunk_shape, voxel_size, offset)
@@ -199,6 +242,8 @@ class Volume:
     offset: Coordinate
     #: the dataset's name in messages
     name: str = ""
+    #: our bookkeeping attributes, as opened
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -263,11 +308,35 @@ def open_dataset(path: DatasetPath | str, mode: str = "r", require_complete: boo
     if not path.array_path.exists():
         hint = "; did you mean the dataset group above it?" if path.name.endswith(FULL_RESOLUTION) else ""
         raise UserError(f"{path}: no such dataset (expected an OME-Zarr group with {FULL_RESOLUTION}/){hint}")
-    group = zarr.open_group(path.group_path, mode="r")
-    voxel_size, offset = _ome_scale_and_translation(path, group.attrs.asdict())
+    try:
+        attrs = zarr.open_group(path.group_path, mode="r").attrs.asdict()
+        array = open_array(path.array_path, mode=mode)
+    except DAMAGED_METADATA_ERRORS as error:
+        raise UserError(
+            f"{path}: its zarr metadata is missing or damaged ({type(error).__name__}: {error}); restore it or "
+            "rerun the command that wrote the dataset"
+        ) from None
+    voxel_size, offset = _ome_scale_and_translation(path, attrs)
+    _check_record(path, array, _our_attributes_of(attrs).get("array"))
     if require_complete and not is_complete(path):
         raise UserError(f"{path} is incomplete (its writing run did not finish); rerun the command that writes it")
-    return Volume(zarr.open_array(path.array_path, mode=mode), voxel_size, offset, str(path))
+    return Volume(array, voxel_size, offset, str(path), _our_attributes_of(attrs))
+
+
+def _check_record(path: DatasetPath, array: zarr.Array, record: dict | None) -> None:
+    """The array's metadata must still say what the writer recorded (shape, dtype): edited metadata would make every
+    chunk read wrong."""
+    if not record:
+        return
+    now = {"shape": list(array.shape), "dtype": array.dtype.name}
+    changed = [
+        f"{key} {now[key]} (written as {record[key]})" for key in now if key in record and record[key] != now[key]
+    ]
+    if changed:
+        raise UserError(
+            f"{path}: its zarr metadata was changed since it was written: {', '.join(changed)}; restore the metadata "
+            "or rerun the command that wrote the dataset"
+        )
 
 
 def _ome_scale_and_translation(path: DatasetPath, attrs: dict) -> tuple[Coordinate, Coordinate]:
@@ -275,19 +344,33 @@ def _ome_scale_and_translation(path: DatasetPath, attrs: dict) -> tuple[Coordina
         multiscale = attrs["ome"]["multiscales"][0]
         s0 = next(d for d in multiscale["datasets"] if d["path"] == FULL_RESOLUTION)
         transforms = {t["type"]: t for t in s0["coordinateTransformations"]}
-        scale = transforms["scale"]["scale"]
-        translation = transforms.get("translation", {"translation": [0] * len(scale)})["translation"]
-    except (KeyError, IndexError, StopIteration) as error:
+        scale = list(transforms["scale"]["scale"])
+        translation = list(transforms.get("translation", {"translation": [0] * len(scale)})["translation"])
+        units = [axis.get("unit") for axis in multiscale.get("axes", [])]
+    except (KeyError, IndexError, StopIteration, TypeError, AttributeError) as error:  # missing, or of another shape
         raise UserError(
-            f"{path}: no OME-Zarr multiscales metadata for {FULL_RESOLUTION} ({error!r}); "
-            "write datasets with incasem-like convert or another OME-Zarr 0.5 writer"
+            f"{path}: no readable OME-Zarr multiscales metadata for {FULL_RESOLUTION} ({type(error).__name__}: "
+            f"{_short(error)}); write datasets with incasem-like convert or another OME-Zarr 0.5 writer"
         ) from None
-    if len(scale) != 3 or any(not isinstance(v, int | float) or v <= 0 for v in scale):
-        raise UserError(f"{path}: voxel size {scale} in its OME-Zarr metadata must be 3 positive numbers (nm)")
-    units = [axis.get("unit") for axis in multiscale.get("axes", [])]
+    if len(scale) != 3 or any(not isinstance(v, int | float) or not 0 < v <= MAX_VOXEL_NM for v in scale):
+        raise UserError(
+            f"{path}: voxel size {_short(scale)} in its OME-Zarr metadata must be 3 positive numbers up to "
+            f"{MAX_VOXEL_NM:g} (nm); restore the metadata"
+        )
+    if len(translation) != 3 or any(not isinstance(v, int | float) or abs(v) > MAX_OFFSET_NM for v in translation):
+        raise UserError(
+            f"{path}: translation {_short(translation)} in its OME-Zarr metadata must be 3 numbers within "
+            f"+-{MAX_OFFSET_NM:g} (nm); restore the metadata"
+        )
     if units and any(unit != UNIT for unit in units):
-        raise UserError(f"{path}: axis units {units} are not all '{UNIT}'; this tool works in nm")
+        raise UserError(f"{path}: axis units {_short(units)} are not all '{UNIT}'; this tool works in nm")
     return Coordinate(int(round(v)) for v in scale), Coordinate(map(_corner_offset, translation, scale))
+
+
+def _short(value: Any) -> str:
+    """A value for a one-line message: at most a few hundred characters of it."""
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _corner_offset(translation: float, scale: float) -> int:
@@ -307,12 +390,45 @@ def dataset_meta(path: DatasetPath) -> dict[str, Any]:
 
 
 def _our_attributes(group: zarr.Group) -> dict[str, Any]:
-    value = group.attrs.get(META_KEY, {})
+    return _our_attributes_of(group.attrs.asdict())
+
+
+def _our_attributes_of(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    value = attrs.get(META_KEY, {})
     return dict(value) if isinstance(value, Mapping) else {}
 
 
 #: the CLAHE parameters that change an image (the preprocessing a model's checkpoint records for its input)
 CLAHE_PARAMETERS = ("kernel", "clip_limit", "nbins", "intensity_range")
+
+
+#: bit depths raw data may use of a 16-bit dtype (cameras write 10, 12 or 14 bits into uint16)
+BIT_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def bit_depth(largest: int, dtype: npt.DTypeLike) -> int:
+    """The fewest of `BIT_DEPTHS` bits that hold `largest` in an unsigned `dtype` (its own bits for uint8).
+
+    >>> bit_depth(4000, np.uint16), bit_depth(60000, np.uint16), bit_depth(100, np.uint8)
+    (12, 16, 8)
+    """
+    bits = np.iinfo(np.dtype(dtype)).bits
+    return bits if bits <= 8 else next(b for b in BIT_DEPTHS if largest < 2**b or b >= bits)
+
+
+def value_max(volume: "Volume") -> int:
+    """The value that normalizes a raw volume to 1: 2^bits - 1 of the bit depth its converter recorded, else of the
+    largest value in a few chunk-thick slabs spread over it (so 12-bit data in uint16 is not read as nearly black).
+    The same for every block, worker and run of a dataset."""
+    if volume.dtype.itemsize == 1:
+        return 255
+    recorded = volume.meta.get("source", {}).get("value_bits")
+    if recorded is None:
+        depth = max(1, volume.data.chunks[0])
+        starts = sorted({int(z) for z in np.linspace(0, max(0, volume.shape[0] - depth), 8)})
+        slabs = (volume.read((slice(z, z + depth), slice(None), slice(None))) for z in starts)
+        recorded = bit_depth(max(int(slab.max()) for slab in slabs), volume.dtype)
+    return 2**recorded - 1
 
 
 def recorded_preprocessing(path: DatasetPath) -> dict[str, Any]:

@@ -6,10 +6,11 @@ first voxel of the raw dataset (as `--roi` elsewhere); `null` means the whole da
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from incasem_like.core.bounds import STRICT, Count, Edges, Minutes, Seed, VoxelOffsets, Voxels
 from incasem_like.core.config_files import read_yaml_mapping
 from incasem_like.core.errors import UserError, describe_validation_error
 from incasem_like.core.geometry import Coordinate, Roi, roi_from_voxels
@@ -18,12 +19,12 @@ from incasem_like.store.datasets import DatasetPath, Volume, open_dataset
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
 
 class VoxelRoi(_Section):
-    offset: tuple[int, int, int] = (0, 0, 0)
-    shape: tuple[int, int, int]
+    offset: VoxelOffsets = (0, 0, 0)
+    shape: Edges
 
     @field_validator("shape")
     @classmethod
@@ -56,16 +57,24 @@ class Sampling(_Section):
     max_outside_mask: float = Field(0.25, ge=0, le=1, description="reject blocks with more outside the cell mask")
     min_foreground: float = Field(0.05, ge=0, le=1, description="blocks with less foreground are rejected ...")
     reject_probability: float = Field(0.9, ge=0, le=1, description="... with this probability")
-    max_attempts: int = Field(10000, ge=1, description="rejected locations in a row after which training stops")
+    max_attempts: Count = Field(10000, description="rejected locations in a row after which training stops")
+
+
+#: an elastic jitter, voxels
+Jitter = Annotated[float, Field(ge=0, le=1000)]
+#: an intensity scale factor
+Scale = Annotated[float, Field(ge=0, le=100)]
+#: an intensity shift, in units of the whole range
+Shift = Annotated[float, Field(ge=-100, le=100)]
 
 
 class Elastic(_Section):
     """Control points every `control_point_spacing` voxels, jittered by `jitter_sigma` voxels (one value for all
     axes, or z, y, x: a slice-wise network wants no z jitter, e.g. spacing [1, 32, 32] and jitter [0, 2, 2])."""
 
-    control_point_spacing: int | tuple[int, int, int] = 32
-    jitter_sigma: float | tuple[float, float, float] = 2.0
-    subsample: int = Field(4, ge=1)
+    control_point_spacing: Voxels | Edges = 32
+    jitter_sigma: Jitter | tuple[Jitter, Jitter, Jitter] = 2.0
+    subsample: Annotated[int, Field(ge=1, le=64)] = 4
     rotate_xy: bool = True
     probability: float = Field(
         1.0, ge=0, le=1, description="share of samples deformed (the others keep their voxels uninterpolated)"
@@ -95,8 +104,8 @@ class Elastic(_Section):
 
 
 class Intensity(_Section):
-    scale: tuple[float, float] = (0.85, 1.15)
-    shift: tuple[float, float] = (-0.15, 0.15)
+    scale: tuple[Scale, Scale] = (0.85, 1.15)
+    shift: tuple[Shift, Shift] = (-0.15, 0.15)
 
 
 class Noise(_Section):
@@ -114,12 +123,12 @@ class Augmentation(_Section):
 
 
 class Optimizer(_Section):
-    learning_rate: float = Field(3e-5, gt=0)
-    weight_decay: float = Field(3e-5, ge=0)
+    learning_rate: float = Field(3e-5, gt=0, le=10)
+    weight_decay: float = Field(3e-5, ge=0, le=10)
     schedule: Literal["constant", "cosine"] = Field(
         "constant", description="cosine: from learning_rate down to final_learning_rate at the last iteration"
     )
-    final_learning_rate: float = Field(0.0, ge=0, description="the cosine schedule's rate at the last iteration")
+    final_learning_rate: float = Field(0.0, ge=0, le=10, description="the cosine schedule's rate at the last iteration")
 
     @model_validator(mode="after")
     def _final_below_start(self) -> "Optimizer":
@@ -153,38 +162,39 @@ class TrainConfig(_Section):
         description="balanced_bce: the method's class-balanced binary cross-entropy; bce_dice: binary cross-entropy "
         "plus soft Dice, both over the voxels that count",
     )
-    max_class_ratio: float = Field(100.0, ge=1, description="class weights are clipped at 1:max_class_ratio")
-    batch_size: int = Field(1, ge=1, description="samples per iteration, each drawn and augmented on its own")
+    max_class_ratio: float = Field(100.0, ge=1, le=10**9, description="class weights are clipped at 1:max_class_ratio")
+    batch_size: int = Field(1, ge=1, le=4096, description="samples per iteration, each drawn and augmented on its own")
     optimizer: Optimizer = Optimizer()
-    iterations: int = Field(40000, ge=1)
-    max_minutes: float | None = Field(
+    iterations: Count = 40000
+    max_minutes: Minutes | None = Field(
         None,
-        gt=0,
         description="stop earlier, with a last checkpoint and validation, so the run ends within this wall time "
         "(e.g. a cluster job's limit); --resume continues it",
     )
-    time_budget_minutes: float | None = Field(
+    time_budget_minutes: Minutes | None = Field(
         None,
-        gt=0,
         description="the run's whole training time over all its invocations (--resume included): it stops, with a "
         "last checkpoint and validation, once this is spent",
     )
     batch_norm_calibration: int = Field(
         8,
         ge=0,
+        le=10**6,
         description="with batch norm: before each checkpoint its statistics are recomputed with the current weights "
         "over this many batches of the training data without elastic and intensity augmentation (the running "
         "averages lag behind fast-changing weights and follow the smoothed, augmented images); 0 keeps the running "
         "averages",
     )
-    checkpoint_every: int = Field(1000, ge=1)
-    validate_every: int = Field(1000, ge=1)
-    snapshot_every: int = Field(1000, ge=1)
-    data_workers: int = Field(4, ge=0, description="processes preparing batches ahead (0: in the training process)")
-    seed: int = 0
+    checkpoint_every: Count = 1000
+    validate_every: Count = 1000
+    snapshot_every: Count = 1000
+    data_workers: int = Field(
+        4, ge=0, le=256, description="processes preparing batches ahead (0: in the training process)"
+    )
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threshold: float = Field(0.5, gt=0, lt=1, description="probability threshold for validation F1")
-    validation_input_shape: tuple[int, int, int] | None = Field(
+    validation_input_shape: Edges | None = Field(
         None, description="network input of validation passes: larger tiles waste less context (default: training's)"
     )
 

@@ -26,6 +26,7 @@ from funlib.persistence import Array, open_ds
 
 from incasem_like.core.errors import UserError
 from incasem_like.core.geometry import Coordinate, Roi
+from incasem_like.store.datasets import value_max
 from incasem_like.training.config import CellVolumes, TrainConfig, open_cells
 from incasem_like.training.loss import loss_weights
 
@@ -186,7 +187,8 @@ def cell_pipeline(cell: CellVolumes, config: TrainConfig, output_shape: Coordina
     """Sources of one cell, cut to its ROI, padded, at random locations, with rejection."""
     voxel_size = cell.voxel_size
     pad = (output_shape // 2) * voxel_size
-    sources = [_array_source(RAW, cell, "raw", True) + gp.Normalize(RAW) + gp.Pad(RAW, None, mode="reflect")]
+    normalize = gp.Normalize(RAW, factor=1.0 / value_max(cell.volumes["raw"]))  # as `predict` normalizes it
+    sources = [_array_source(RAW, cell, "raw", True) + normalize + gp.Pad(RAW, None, mode="reflect")]
     for key, role in ((LABELS, "labels"), (MASK, "mask"), (METRIC_MASK, "metric_mask")):
         if role in cell.volumes:
             source = _array_source(key, cell, role, False) + Binarize(key) + gp.Crop(key, cell.roi)

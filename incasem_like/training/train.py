@@ -8,6 +8,7 @@ metric on these ROIs, so a figure reported for them is optimistic: report on dat
 """
 
 import json
+import logging
 import math
 import shutil
 import time
@@ -40,6 +41,7 @@ from incasem_like.store.datasets import (
     create_dataset,
     recorded_preprocessing,
     update_dataset_meta,
+    value_max,
 )
 from incasem_like.training.config import CellVolumes, TrainConfig, open_cells
 from incasem_like.training.loss import loss_weights, training_loss
@@ -54,6 +56,8 @@ from incasem_like.training.pipeline import (
 
 SUMMARY = "summary.json"
 HISTORY = "history.json"
+
+logger = logging.getLogger(__name__)
 
 
 def _write_json(path: Path, content) -> None:
@@ -75,6 +79,8 @@ class ValidationCell:
     raw: np.ndarray
     labels: np.ndarray
     counted: np.ndarray
+    #: the raw value normalized to 1 (`value_max`)
+    raw_max: int
 
     @classmethod
     def load(cls, cell: CellVolumes, context) -> "ValidationCell":
@@ -83,7 +89,8 @@ class ValidationCell:
         for role in ("mask", "metric_mask"):
             if role in cell.volumes:
                 counted &= cell.volumes[role][cell.roi] > 0
-        return cls(cell.key, raw_with_context(cell.volumes["raw"], cell.roi, context), labels, counted)
+        raw = cell.volumes["raw"]
+        return cls(cell.key, raw_with_context(raw, cell.roi, context), labels, counted, value_max(raw))
 
 
 #: thresholds of the validation sweep (the best one is reported beside the F1 at the configured threshold)
@@ -114,7 +121,7 @@ def validate(
     histograms = {"all": np.zeros((2, 256), np.int64), EXCLUSION_ZONE: np.zeros((2, 256), np.int64)}
     network = inference_model(model)
     for cell in cells:
-        logits = predict_region(network, normalize(cell.raw), input_shape, device, uses_bf16(device))
+        logits = predict_region(network, normalize(cell.raw, cell.raw_max), input_shape, device, uses_bf16(device))
         weights = loss_weights(loss, cell.labels, cell.counted, config.max_class_ratio)
         value = float(training_loss(loss, *(torch.from_numpy(a)[None, None] for a in (logits, cell.labels, weights))))
         quantized = np.round(probabilities(logits) * 255).astype(np.uint8)
@@ -170,6 +177,12 @@ class Run:
         check_trainable(config, self.training)
         context = Coordinate(config.network.context())
         self.validation = [ValidationCell.load(cell, context) for cell in validation]
+        for cell in self.validation:
+            if not cell.labels[cell.counted].any():
+                raise UserError(
+                    f"validation ROI {cell.key}: its labels hold no foreground where voxels count, so its F1 would "
+                    "read 1.000 for predicting nothing; choose a validation ROI that shows the organelle"
+                )
         self.validation_input_shape = config.validation_input_shape or config.network.input_shape
         config.network.output_shape(self.validation_input_shape)  # UserError naming valid edges if it does not fit
         torch.manual_seed(config.seed)
@@ -195,9 +208,10 @@ class Run:
         """Reuse or (re)fill the run directory, which holds this run's lock; returns the iteration to continue
         from."""
         existing = checkpoints(self.dir)
+        if resume and not existing:  # stopped before its first checkpoint: nothing to continue, so it starts over
+            logger.warning("%s: no checkpoint yet, so the run starts from iteration 0", self.dir)
+            resume, overwrite = False, True
         if resume:
-            if not existing:
-                raise UserError(f"{self.dir}: no checkpoint to resume from; run without --resume to start")
             iteration, path = list(existing.items())[-1]
             state = load_checkpoint(path, self.config.network)
             self.model.load_state_dict(state["model"])
@@ -250,43 +264,47 @@ class Run:
         bar = tqdm(total=config.iterations, initial=start, disable=not progress, unit="it", dynamic_ncols=True)
         waited = time.perf_counter()
         iteration = start
-        for batch in stream:
-            iteration = batch["iteration"]
-            ready = time.perf_counter()
-            data_seconds += ready - waited
-            learning_rate = config.optimizer.learning_rate_at(iteration, config.iterations)
-            loss, logits = self.step(batch, learning_rate)
-            compute_seconds += time.perf_counter() - ready
-            writer.add_scalar("loss/train", loss, iteration)
-            writer.add_scalar("learning_rate", learning_rate, iteration)
-            bar.update()
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if iteration % config.snapshot_every == 0:
-                write_snapshot(self.dir, iteration, batch, logits, self.training[0].voxel_size)
-            step_seconds = time.perf_counter() - waited
-            last = iteration == config.iterations or time.perf_counter() + step_seconds + validation_seconds > deadline
-            validate_now = bool(self.validation) and (iteration % config.validate_every == 0 or last)
-            if validate_now or last or iteration % config.checkpoint_every == 0:  # every validated state is saved
-                self.calibrate_batch_norm(iteration)
-                save_checkpoint(
-                    self.dir,
-                    self.model,
-                    self.optimizer,
-                    iteration,
-                    config.organelle,
-                    self.training[0].voxel_size,
-                    run_seconds=round(self.previous_seconds + time.perf_counter() - started, 1),
-                    preprocessing=recorded_preprocessing(self.training[0].cell.path(self.training[0].cell.raw)),
-                )
-            if validate_now:
-                validation_seconds = self.record_validation(iteration, writer)
-            if last:
-                break
-            waited = time.perf_counter()
-        stream.close()
-        if self.calibration_source is not None:
-            self.calibration_source.close()
-            self.calibration_source = None
+        try:
+            for batch in stream:
+                iteration = batch["iteration"]
+                ready = time.perf_counter()
+                data_seconds += ready - waited
+                learning_rate = config.optimizer.learning_rate_at(iteration, config.iterations)
+                loss, logits = self.step(batch, learning_rate, iteration)
+                compute_seconds += time.perf_counter() - ready
+                writer.add_scalar("loss/train", loss, iteration)
+                writer.add_scalar("learning_rate", learning_rate, iteration)
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if iteration % config.snapshot_every == 0:
+                    write_snapshot(self.dir, iteration, batch, logits, self.training[0].voxel_size)
+                step_seconds = time.perf_counter() - waited
+                out_of_time = time.perf_counter() + step_seconds + validation_seconds > deadline
+                last = iteration == config.iterations or out_of_time
+                validate_now = bool(self.validation) and (iteration % config.validate_every == 0 or last)
+                if validate_now or last or iteration % config.checkpoint_every == 0:  # every validated state is saved
+                    self.check_weights(learning_rate)
+                    self.calibrate_batch_norm(iteration)
+                    save_checkpoint(
+                        self.dir,
+                        self.model,
+                        self.optimizer,
+                        iteration,
+                        config.organelle,
+                        self.training[0].voxel_size,
+                        run_seconds=round(self.previous_seconds + time.perf_counter() - started, 1),
+                        preprocessing=recorded_preprocessing(self.training[0].cell.path(self.training[0].cell.raw)),
+                    )
+                if validate_now:
+                    validation_seconds = self.record_validation(iteration, writer)
+                if last:
+                    break
+                waited = time.perf_counter()
+        finally:  # a stop on divergence or Ctrl-C also ends the data workers
+            stream.close()
+            if self.calibration_source is not None:
+                self.calibration_source.close()
+                self.calibration_source = None
         bar.close()
         writer.close()
         timing = {
@@ -299,7 +317,7 @@ class Run:
         }
         return self.write_summary(timing, extra_summary or {})
 
-    def step(self, batch: dict, learning_rate: float) -> tuple[float, np.ndarray]:
+    def step(self, batch: dict, learning_rate: float, iteration: int) -> tuple[float, np.ndarray]:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
@@ -310,10 +328,28 @@ class Run:
         with autocast(self.device, self.bf16):
             logits = self.model(raw)
         loss = training_loss(self.config.loss, logits, labels.to(self.device), weights.to(self.device))
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise self.diverged(f"at iteration {iteration}: the loss is {value}", learning_rate)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return float(loss.detach()), logits.detach().float().cpu().numpy()[:, 0]
+        return value, logits.detach().float().cpu().numpy()[:, 0]
+
+    def diverged(self, what: str, learning_rate: float) -> UserError:
+        """Training cannot go on: the loss or a weight is not finite (e.g. a learning rate far too high)."""
+        saved = checkpoints(self.dir)
+        resume = f"--resume from iteration {max(saved)}, or " if saved else ""
+        return UserError(
+            f"{self.dir}: training diverged {what} (learning rate {learning_rate:g}); lower "
+            f"optimizer.learning_rate and rerun with {resume}--overwrite"
+        )
+
+    def check_weights(self, learning_rate: float) -> None:
+        """No checkpoint is saved with an infinite or NaN weight."""
+        for name, parameter in self.model.named_parameters():
+            if not torch.isfinite(parameter).all():
+                raise self.diverged(f"before a checkpoint: weight {name} is not finite", learning_rate)
 
     def calibrate_batch_norm(self, iteration: int) -> None:
         """Batch-norm statistics of the current weights over `batch_norm_calibration` batches of unaugmented

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from incasem_like.core.config_files import read_yaml_mapping
+from incasem_like.blockwise.outputs import DatasetOutput
+from incasem_like.core.config_files import load_yaml, read_yaml_mapping
 from incasem_like.core.errors import BlockwiseRunFailed, FieldError, UserError, describe_validation_error
 from incasem_like.store.datasets import DatasetPath
 from incasem_like.workflow.step import EXECUTION_KEYS, Execution, ExecutionSpec, Step, run_step, stale
@@ -150,9 +150,25 @@ def load_pipeline(path: str | Path, assignments: Sequence[str] = ()) -> Pipeline
         stages: list[Stage] = []
         for index, entry in enumerate(spec.stages, 1):
             stages.append(_load_stage(index, entry, spec, values, stages))
+        check_one_writer(stages)
     except UserError as error:
         raise UserError(f"{path}: {error}") from None
     return Pipeline(spec.name, spec.description, stages, path)
+
+
+def check_one_writer(stages: list[Stage]) -> None:
+    """`UserError` if two stages write the same output (or one inside the other's): on every rerun each would
+    replace what the other wrote."""
+    written: list[tuple[Path, Stage]] = []
+    for stage in stages:
+        for output in stage.step.writes() if stage.step else []:
+            path = Path(output.path).resolve()
+            for other, writer in written:
+                if writer is not stage and _related(path, other):
+                    raise UserError(
+                        f"{stage.label} and {writer.label} both write {output.path}; give each stage its own output"
+                    )
+            written.append((path, stage))
 
 
 def _variable_values(spec: PipelineSpec, assignments: Sequence[str], path: Path) -> dict[str, Value]:
@@ -167,8 +183,8 @@ def _variable_values(spec: PipelineSpec, assignments: Sequence[str], path: Path)
         if key not in values:
             raise UserError(f"--set {key}: no such variable; variables: {', '.join(values) or 'none'}")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
+            value = load_yaml(text, f"--set {key}")
+        except UserError:
             value = text
         if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)):
             raise UserError(f"--set {assignment}: a value is a word, a number or a list of them")
@@ -186,18 +202,31 @@ def _variable_values(spec: PipelineSpec, assignments: Sequence[str], path: Path)
     return {**values, BUILTIN: pipeline_dir}
 
 
+class StageKeys(BaseModel):
+    """The keys of a pipeline stage besides its step's fields and how it runs."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str | None = Field(None, pattern=NAME)
+    command: str = ""
+    when_set: list[str] = Field([], description="variables that must be set for the stage to be requested")
+
+
 def _load_stage(index: int, entry: dict, pipeline: PipelineSpec, values: dict, earlier: list[Stage]) -> Stage:
     """A stage of the file, validated as its step unless it is not requested; errors name the stage."""
-    command = " ".join(str(entry.get("command", "")).split())
-    name = entry.get("name") or re.sub(r"[ -]", "_", command) or f"stage{index}"
-    stage = Stage(index, str(name), command)
+    try:
+        keys = StageKeys.model_validate(entry)
+    except ValidationError as error:
+        raise UserError(f"stage {index}: {describe_validation_error(error, StageKeys)}") from None
+    command = " ".join(keys.command.split())
+    stage = Stage(index, keys.name or re.sub(r"[ -]", "_", command) or f"stage{index}", command)
     try:
         if not re.match(NAME, stage.name):
             raise UserError(f"name {stage.name!r}: a stage's name has letters, digits and _ only")
         if stage.name in (s.name for s in earlier):
             raise UserError("an earlier stage has this name; give each stage its own name")
         outputs = {s.name: s.step.shown() if s.step else None for s in earlier}
-        _parse_stage(stage, entry, pipeline, values, outputs)
+        _parse_stage(stage, entry, keys.when_set, pipeline, values, outputs)
     except _UsesUnrequested as needed:
         stage.not_requested = f"uses the output of {needed}, which is not requested"
     except FieldError as error:
@@ -207,7 +236,9 @@ def _load_stage(index: int, entry: dict, pipeline: PipelineSpec, values: dict, e
     return stage
 
 
-def _parse_stage(stage: Stage, entry: dict, pipeline: PipelineSpec, values: dict, outputs: dict) -> None:
+def _parse_stage(
+    stage: Stage, entry: dict, when_set: list[str], pipeline: PipelineSpec, values: dict, outputs: dict
+) -> None:
     if "options" in entry:
         raise UserError(
             "options: stages no longer nest their options; write the step's fields beside command "
@@ -217,7 +248,6 @@ def _parse_stage(stage: Stage, entry: dict, pipeline: PipelineSpec, values: dict
         guess = difflib.get_close_matches(stage.command, STEP_TYPES, n=1)
         hint = f" (did you mean {guess[0]}?)" if guess else ""
         raise UserError(f"command {stage.command!r} is not a stage{hint}; stages run: {', '.join(STEP_TYPES)}")
-    when_set = entry.get("when_set", [])
     for variable in when_set:
         if variable not in pipeline.variables:
             raise UserError(f"when_set: {variable} is not a variable; variables: {', '.join(pipeline.variables)}")
@@ -331,6 +361,13 @@ def plan(pipeline: Pipeline, force: Sequence[str] = (), quiet: bool = False) -> 
                     "it; check the variables (--set) and the stage's fields"
                 )
         execution = replace(stage.execution, progress=not quiet, **_rerun(step, replace_outputs))
+        if execution.overwrite:  # what it would replace must be replaceable: refused now, before anything runs
+            for output in step.writes():
+                if output.dataset and output.exists():
+                    try:
+                        DatasetOutput.parse(output.path).check_replaceable()
+                    except UserError as error:
+                        raise UserError(f"{_where(pipeline)}{stage.label}: {error}") from None
         plans.append(Plan(stage, "run", reason, execution))
         written += outputs
         rewritten += [(path, stage) for path in outputs]
@@ -346,6 +383,8 @@ def _decide(stage: Stage, step: Step, forced: set[str], rewritten: list[tuple[Pa
     outputs = step.writes()
     inputs = [Path(path).resolve() for path in step.reads()]
     upstream = next(((s, path) for path in inputs for out, s in rewritten if _related(path, out)), None)
+    if isinstance(step, ViewStep):
+        return "run", "running (it shows the data)", True  # its state file is its own to replace
     if not outputs:
         return "run", "running (it writes no file to check)", False
     if not any(output.exists() for output in outputs):

@@ -17,19 +17,29 @@ import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from incasem_like.blockwise.cluster import ClusterSettings, cluster_settings
 from incasem_like.blockwise.launchers import Launcher
+from incasem_like.blockwise.lock import RunLock
+from incasem_like.blockwise.outputs import DatasetOutput
 from incasem_like.blockwise.runner import run_stage
 from incasem_like.blockwise.stage import BlockwiseStage
+from incasem_like.core.bounds import STRICT
 from incasem_like.core.errors import UserError
 from incasem_like.core.files import write_atomically
-from incasem_like.store.datasets import DatasetPath, dataset_meta, is_complete, open_dataset, update_dataset_meta
+from incasem_like.store.datasets import (
+    DatasetPath,
+    dataset_meta,
+    is_complete,
+    open_dataset,
+    update_dataset_meta,
+)
 
 #: the key of a dataset's attributes, and the suffix of the file beside any other output, holding its step record
 RECORD = "incasem_step"
@@ -94,10 +104,10 @@ class ExecutionSpec(BaseModel):
     """The execution keys of a pipeline stage (beside its step's fields): workers, threads and the cluster settings
     of `--cluster-config`'s file (the same keys)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    workers: PositiveInt | None = None
-    threads: PositiveInt | None = None
+    workers: Annotated[int, Field(ge=1, le=1024)] | None = None
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = None
     cluster_config: str | None = None
     #: `cluster: slurm`, `gpus: 1`, ...: flat keys of the stage, gathered here and checked by `cluster_settings`
     cluster_settings: dict[str, Any] = {}
@@ -122,7 +132,7 @@ EXECUTION_KEYS = ("workers", "threads", "cluster_config", *ClusterSettings.model
 class Step(BaseModel, ABC):
     """One command's config; subclasses set `command` (a literal: the union's discriminator) and the methods."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(**STRICT, frozen=True)
 
     command: str
 
@@ -180,9 +190,47 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+def check_apart(step: Step) -> None:
+    """`UserError` unless every output lies apart from every input (neither contains the other, links followed) and
+    none is reached through a link: a run must never write into what it reads or into another place than it
+    names."""
+    for output in step.writes():
+        written = Path(output.path)
+        for link in _links_on(output):
+            through = "" if link == written else f"{written}: "
+            raise UserError(
+                f"{through}{link} is a link (to {link.resolve()}); outputs are never written through links, choose a "
+                "path without one"
+            )
+        for read in step.reads():
+            a, b = written.resolve(), Path(read).resolve()
+            if a == b or a in b.parents or b in a.parents:
+                how = "is" if a == b else "contains" if a in b.parents else "lies inside"
+                raise UserError(f"{written}: the output {how} the input {read}; choose an output apart from it")
+
+
+def _links_on(output: Output) -> list[Path]:
+    """Links an output would be written through: in a dataset's path below its container, or the file itself."""
+    if not output.dataset:
+        return [Path(output.path)] if Path(output.path).is_symlink() else []
+    path = DatasetPath.parse(output.path)
+    parts = Path(path.name).parts
+    return [
+        path.container.joinpath(*parts[: i + 1])
+        for i in range(len(parts))
+        if path.container.joinpath(*parts[: i + 1]).is_symlink()
+    ]
+
+
 def run_step(step: Step, execution: Execution) -> None:
-    """Run `step` and record its fingerprint with each output it wrote."""
-    step.run(execution)
+    """Run `step` (its outputs checked apart from its inputs first) and record its fingerprint with each output it
+    wrote."""
+    check_apart(step)
+    with ExitStack() as locks:  # every dataset the step writes, for its whole run (its stages take them again)
+        for output in step.writes():
+            if output.dataset:
+                locks.enter_context(RunLock(DatasetOutput.parse(output.path).lock, output.path))
+        step.run(execution)
     record = {
         "command": step.command,
         "fingerprint": step.fingerprint(),

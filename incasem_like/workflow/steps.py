@@ -6,23 +6,26 @@ evaluation or review when they run. `STEP_TYPES` maps each `command` to its step
 mapping (a pipeline file's stage) into one.
 """
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
+import numpy as np
 import torch
-from pydantic import Field, NonNegativeInt, PositiveInt, TypeAdapter, field_validator, model_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from incasem_like.blockwise.launchers import LocalLauncher
 from incasem_like.blockwise.outputs import DatasetOutput
 from incasem_like.blockwise.runner import check_writable, refuse_if_running
+from incasem_like.core.bounds import Count, Edges, VoxelCount, VoxelOffsets, Voxels
 from incasem_like.core.errors import FieldError, UserError
 from incasem_like.core.files import file_digest
-from incasem_like.nn.checkpoints import resolve_checkpoint
+from incasem_like.nn.checkpoints import load_checkpoint, resolve_checkpoint
 from incasem_like.nn.inference import TtaMode, select_device
 from incasem_like.nn.model import Triple
 from incasem_like.nn.models import checkpoint_location
 from incasem_like.ops.morphology import DEFAULT_MAX_SPAN
-from incasem_like.ops.surfaces import SMOOTH_ITERATIONS
+from incasem_like.ops.surfaces import SMOOTH_ITERATIONS, Iterations
 from incasem_like.stages.clahe import ClaheStage
 from incasem_like.stages.convert import ConvertStage, TiffStack, label_mode_for
 from incasem_like.stages.downsample import DownsampleStage, Kind, resolve_kind
@@ -46,10 +49,10 @@ from incasem_like.stages.predict import (
     recommended_settings,
 )
 from incasem_like.stages.threshold import CleanUp, Threshold, ThresholdStage
-from incasem_like.store.datasets import DEFAULT_CHUNK, DatasetPath, remove_dataset
+from incasem_like.store.datasets import DEFAULT_CHUNK, DatasetPath, open_dataset, value_max
 from incasem_like.workflow.step import Execution, Output, StageStep, Step, run_and_report
 
-Roi = tuple[int, int, int] | None
+logger = logging.getLogger(__name__)
 
 
 # --- one blockwise stage each ------------------------------------------------------------------------------------
@@ -170,19 +173,21 @@ class PredictStep(Step):
     checkpoint: str
     raw: str
     output: str
-    roi_offset: Roi = None
-    roi_shape: Roi = None
+    #: the organelle asked for: a checkpoint trained for another one is warned about
+    organelle: str | None = None
+    roi_offset: VoxelOffsets | None = None
+    roi_shape: Edges | None = None
     threshold: Threshold | None = None
     tta: TtaMode | None = None
-    min_object_voxels: NonNegativeInt | None = None
-    min_hole_voxels: NonNegativeInt | None = None
-    max_span: PositiveInt = DEFAULT_MAX_SPAN
+    min_object_voxels: VoxelCount | None = None
+    min_hole_voxels: VoxelCount | None = None
+    max_span: Voxels = DEFAULT_MAX_SPAN
     device: Literal["auto", "cuda", "cpu"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     step: Triple | None = None
     strict: bool = False
-    block: PositiveInt = 256
-    chunk: PositiveInt = DEFAULT_CHUNK
+    block: Voxels = 256
+    chunk: Voxels = DEFAULT_CHUNK
 
     @field_validator("step", mode="before")
     @classmethod
@@ -194,7 +199,7 @@ class PredictStep(Step):
         return value
 
     def reads(self) -> list[str]:
-        return [str(checkpoint_location(self.checkpoint)), self.raw]
+        return [_checkpoint_read(self.checkpoint), self.raw]
 
     def writes(self) -> list[Output]:
         return [Output(f"{self.output.rstrip('/')}/{name}", dataset=True) for name in (PROBABILITIES, SEGMENTATION)]
@@ -212,6 +217,11 @@ class PredictStep(Step):
         device = select_device(self.device) if on_this_machine else self.device
         precision = default_precision(device) if on_this_machine and self.precision == "auto" else self.precision
         recommended = recommended_settings(checkpoint)
+        trained_for = load_checkpoint(checkpoint).get("organelle")
+        if self.organelle and trained_for and trained_for != self.organelle:
+            logger.warning(
+                "%s was trained for %s, not %s; check the checkpoint", checkpoint, trained_for, self.organelle
+            )
         clean_up = CleanUp(
             min_object_voxels=_given(self.min_object_voxels, recommended["clean_up"].min_object_voxels),
             min_hole_voxels=_given(self.min_hole_voxels, recommended["clean_up"].min_hole_voxels),
@@ -234,6 +244,10 @@ class PredictStep(Step):
         )
         # one worker per visible GPU, else one using all cores (one job on a cluster)
         workers = execution.workers_or(torch.cuda.device_count() if on_this_machine and device == "cuda" else 1)
+        raw = open_dataset(self.raw)
+        maximum, top = (value_max(raw), np.iinfo(raw.dtype).max) if raw.dtype.kind == "u" else (0, 0)
+        if maximum < top:
+            print(f"  note: {self.raw} holds values up to {maximum} in {raw.dtype}: normalized by {maximum}, not {top}")
         stages = prediction_stages(stage, clean_up)
         if len(stages) > 1:
             _prepare_clean_up_output(stages[1], execution.overwrite)
@@ -251,6 +265,13 @@ class PredictStep(Step):
         )
 
 
+def _checkpoint_read(spec: str) -> str:
+    """The checkpoint file a step reads: its resolved file once the checkpoint (or run folder) exists, else where it
+    will be (an earlier stage may write it)."""
+    location = checkpoint_location(spec)
+    return str(resolve_checkpoint(spec)) if location.exists() else str(location)
+
+
 def _given(value, default):
     return default if value is None else value
 
@@ -262,8 +283,9 @@ def _prepare_clean_up_output(threshold: ThresholdStage, overwrite: bool) -> None
     if not segmentation.exists():
         return
     if overwrite:
-        refuse_if_running(DatasetOutput(segmentation), str(segmentation))
-        remove_dataset(segmentation)
+        output = DatasetOutput(segmentation)
+        refuse_if_running(output, str(segmentation))
+        output.remove()
     elif DatasetPath.parse(threshold.input).exists():
         check_writable(threshold)  # a resumable clean-up of this command passes
     else:
@@ -279,8 +301,8 @@ class ObjectsStep(Step):
     segmentation: str
     csv: str
     labels_out: str | None = None
-    block: PositiveInt = OBJECTS_BLOCK
-    chunk: PositiveInt = DEFAULT_CHUNK
+    block: Voxels = OBJECTS_BLOCK
+    chunk: Voxels = DEFAULT_CHUNK
 
     @property
     def labels(self) -> str:
@@ -325,9 +347,9 @@ class MeshStep(Step):
     labels: str
     output: str
     formats: tuple[Format, ...] = DEFAULT_FORMATS
-    step_size: PositiveInt = 1
-    smooth: NonNegativeInt = SMOOTH_ITERATIONS
-    block: PositiveInt = OBJECTS_BLOCK
+    step_size: Voxels = 1
+    smooth: Iterations = SMOOTH_ITERATIONS
+    block: Voxels = OBJECTS_BLOCK
 
     @field_validator("formats")
     @classmethod
@@ -370,7 +392,7 @@ class TrainStep(Step):
 
     command: Literal["train"] = "train"
     config: str
-    iterations: PositiveInt | None = None
+    iterations: Count | None = None
 
     def load(self):
         from incasem_like.training.config import load_config
@@ -406,7 +428,7 @@ class FinetuneStep(TrainStep):
     with_optimizer: bool = False
 
     def reads(self) -> list[str]:
-        return [*super().reads(), str(checkpoint_location(self.checkpoint))]
+        return [*super().reads(), _checkpoint_read(self.checkpoint)]
 
     def identity(self) -> dict[str, str]:
         return {**super().identity(), "checkpoint": file_digest(resolve_checkpoint(self.checkpoint))}
@@ -452,8 +474,8 @@ class EvaluateStep(Step):
     labels: str
     metric_mask: str | None = None
     mask: str | None = None
-    roi_offset: Roi = None
-    roi_shape: Roi = None
+    roi_offset: VoxelOffsets | None = None
+    roi_shape: Edges | None = None
     probabilities: bool = False
     thresholds: str | None = None
     json_file: str | None = Field(None, alias="json")
@@ -534,7 +556,7 @@ class ViewStep(Step):
     command: Literal["view"] = "view"
     container: str
     datasets: list[str] = []
-    port: int | None = None
+    port: Annotated[int, Field(ge=0, le=65535)] | None = None
     bind: str | None = None
     base_url: str | None = None
     client_url: str | None = None
@@ -545,7 +567,7 @@ class ViewStep(Step):
         return [self.container]
 
     def writes(self) -> list[Output]:
-        return []
+        return [Output(self.state_file)] if self.state_file else []
 
     def shown(self) -> str:
         return self.container
@@ -553,6 +575,8 @@ class ViewStep(Step):
     def run(self, execution: Execution) -> None:
         from incasem_like.review.serve import serve, share
 
+        if self.state_file is not None and Path(self.state_file).exists() and not execution.overwrite:
+            raise UserError(f"{self.state_file} already exists; pass --overwrite to replace it")
         if self.base_url is not None:
             share(self, self.base_url)
         else:

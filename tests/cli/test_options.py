@@ -72,9 +72,18 @@ def test_a_pipeline_stage_tells_its_fields_from_how_it_runs():
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["clahe", "in.zarr/volumes/raw", "out.zarr/volumes/x", "--bins", 1], "--bins 1: must be at least 2"),
-        (["clahe", "in.zarr/volumes/raw", "out.zarr/volumes/x", "--clip", 2], "--clip 2.0: must be between 0 and 1"),
-        (["convert", "tiffs", "out.zarr/volumes/raw", "--voxel-size", 5, 5, 5, "--chunk", 0], "--chunk 0: must be"),
+        (
+            ["clahe", "in.zarr/volumes/raw", "out.zarr/volumes/x", "--bins", 1],
+            "--bins 1: Input should be greater than or equal to 2",
+        ),
+        (
+            ["clahe", "in.zarr/volumes/raw", "out.zarr/volumes/x", "--clip", 2],
+            "--clip 2.0: Input should be less than or equal to 1",
+        ),
+        (
+            ["convert", "tiffs", "out.zarr/volumes/raw", "--voxel-size", 5, 5, 5, "--chunk", 0],
+            "--chunk 0: Input should be greater than or equal to 1",
+        ),
     ],
 )
 def test_a_bad_value_is_named_by_its_option(arguments, message, tmp_path, capsys):

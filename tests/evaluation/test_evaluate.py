@@ -212,6 +212,17 @@ def test_probabilities_flag_and_default_sweep(tmp_path, cell, capsys):
     assert_row(rows[9], expected_scores(probabilities > 0.5 * 255, truth, everything))
 
 
+def test_labels_without_foreground_say_so(tmp_path, cell, capsys):
+    paths, probabilities, truth, _ = cell
+    empty = write_dataset(tmp_path / "e.zarr/labels", np.zeros_like(truth, np.uint8), offset=(10, 100, 50))
+
+    code, out, err = evaluate_in_process(capsys, "--prediction", paths["segmentation"], "--labels", empty)
+
+    assert code == 0, err
+    assert "label foreground 0 (0.0% of counted)" in out
+    assert "note: the labels hold no foreground here, so recall and F1 are 1 only where nothing is predicted" in out
+
+
 def test_real_crop_perturbed_labels_against_numpy(tmp_path, capsys):
     """Lucchi mito labels vs a shifted, dilated copy (segmentation) and a blurred copy (probabilities)."""
     labels_path = tmp_path / "lucchi.zarr/volumes/labels/mito"

@@ -7,6 +7,7 @@ process of its own (see `test_unwritable_output_folders_are_one_line_and_nothing
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -29,10 +30,17 @@ from tests.training_data import TINY_NETWORK, write_config
 
 def tree_state(root: Path) -> dict[str, tuple[str, int] | None]:
     """Every folder (None) and file (sha256, mtime) under `root`, by relative path."""
-    state = {}
+    state: dict = {}
     for path in sorted(root.rglob("*")):
         key = str(path.relative_to(root))
-        state[key] = None if path.is_dir() else (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
+        if path.is_symlink():
+            state[key] = ("link", os.readlink(path))
+        elif path.is_dir():
+            state[key] = None
+        elif path.is_file():
+            state[key] = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
+        else:  # a FIFO or another special file: never read
+            state[key] = ("special", path.stat().st_mtime_ns)
     return state
 
 
@@ -122,12 +130,12 @@ def other_file_among_slices(tmp):
 
 def zero_voxel_size(tmp):
     argv = ["convert", slices(tmp / "slices"), tmp / "c.zarr/volumes/raw", "--voxel-size", 0, 5, 5]
-    return argv, "--voxel-size 0 5 5: every edge must be at least 1 nm"
+    return argv, "--voxel-size value 1 = 0: Input should be greater than or equal to 1"
 
 
 def negative_voxel_size(tmp):
     argv = ["convert", slices(tmp / "slices"), tmp / "c.zarr/volumes/raw", "--voxel-size", 5, -5, 5]
-    return argv, "--voxel-size 5 -5 5: every edge must be at least 1 nm"
+    return argv, "--voxel-size value 2 = -5: Input should be greater than or equal to 1"
 
 
 def existing_output(tmp):

@@ -40,7 +40,7 @@ def test_checkpoint_that_would_run_code_is_refused_and_the_code_does_not_run(
         out = tmp_path / "cell.zarr/volumes/predictions"
         argv = ["predict", "--checkpoint", malicious_checkpoint, "--raw", raw, "--out", out, "--device", "cpu"]
     else:
-        cell = sample_cell(tmp_path / "cell.zarr", shape=(16, 32, 32))
+        cell = sample_cell(tmp_path / "cell.zarr", shape=(16, 96, 96))  # with mitochondria to validate on
         config = write_config(tmp_path / "tune.yaml", tmp_path / "run", [cell], [cell])
         argv = ["finetune", config, "--from", malicious_checkpoint]
 

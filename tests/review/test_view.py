@@ -330,7 +330,7 @@ def raw_only(tmp_path_factory) -> Path:
         (["--base-url", DATA_URL, "--client-url", "file:///ng"], "--client-url file:///ng: not a URL"),
         (["--base-url", DATA_URL, "--port", "8000"], "--base-url serves nothing; drop them"),
         (["--client-url", "https://ng.example.org/"], "--client-url is for --base-url links"),
-        (["--port", "70000"], "--port 70000: must be 0"),
+        (["--port", "70000"], "--port 70000: Input should be less than or equal to 65535"),
         (["--port", "BUSY"], "cannot listen there"),
         (["--base-url", DATA_URL, "--state-file", "NOWHERE"], "does not exist; create it or choose another"),
     ],

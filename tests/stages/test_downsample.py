@@ -166,7 +166,7 @@ def test_bad_downsample_input_fails_with_one_line_and_writes_nothing(cell, probl
 def test_output_must_be_apart_from_the_input(cell, capsys):
     for out in ("volumes/raw", "volumes/raw/s1", "volumes"):
         result = run_cli_in_process(capsys, "downsample", cell / "volumes/raw", cell / out)
-        one_line_error(result, "must be a dataset apart from")
+        one_line_error(result, "choose an output apart from it")
     assert listed_levels(DatasetPath(cell, "volumes/raw")) == 1 and read(cell / "volumes/raw").shape == (19, 71, 90)
 
 

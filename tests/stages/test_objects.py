@@ -156,7 +156,7 @@ def test_rerun_after_a_kill_skips_finished_blocks(tmp_path):
         ("existing csv", [], "objects.csv already exists; pass --overwrite"),
         ("existing labels", [], "was not written by this exact command; pass --overwrite"),
         ("ok", ["--block", 24], "--block 24 must be a positive multiple of --chunk 16"),
-        ("ok", ["--labels-out", "SEG"], "must be a dataset apart from the segmentation"),
+        ("ok", ["--labels-out", "SEG"], "the output is the input"),
         ("ok", ["--workers", 0], "--workers 0: need at least one worker"),
     ],
 )

@@ -126,6 +126,7 @@ def test_roi_on_the_pass_grid_equals_the_whole_prediction_there(tmp_path, checkp
     )
 
 
+@pytest.mark.slow  # heavy (~30 s): run in CI with -m slow, beside the real-data tests
 def test_killed_run_resumes_with_identical_output(tmp_path, checkpoint, raw):
     reference, out = tmp_path / "cell.zarr/volumes/reference", tmp_path / "cell.zarr/volumes/resumed"
     assert predict(checkpoint, raw, reference, "--block", 8).returncode == 0
@@ -193,7 +194,7 @@ def _foreign_architecture(checkpoint: Path, tmp_path: Path) -> Path:
         ("float raw", "dtype float32 cannot be predicted"),
         ("roi outside", "lies outside"),
         ("bad step", "--step 6 6 6 must be positive multiples of 4 4 4"),
-        ("bad threshold", "--threshold 1.5: must be in [0, 1)"),
+        ("bad threshold", "--threshold 1.5: Input should be less than 1"),
         ("existing output", "pass --overwrite"),
         ("cuda without a GPU", "torch sees no CUDA GPU"),
     ],
@@ -286,7 +287,10 @@ def option_checkpoint(directory: Path, network: NetworkConfig) -> Path:
     return save_checkpoint(directory, model, None, 3, "mito", (5, 5, 5))
 
 
-@pytest.mark.parametrize("name", OPTION_NETWORKS)
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(name, marks=[pytest.mark.slow] if name == "slice-wise 2D" else []) for name in OPTION_NETWORKS],
+)
 def test_network_options_and_tta_are_bit_identical_across_workers_blocks_and_resume(tmp_path, name):
     # smaller than `raw` (16 variants a pass), still odd to the blocks and passes
     raw = write_dataset(
@@ -345,6 +349,7 @@ def test_tta_averages_the_mirrored_and_transposed_predictions():
     np.testing.assert_allclose(averaged, expected, atol=1e-5)
 
 
+@pytest.mark.slow  # heavy (~30 s): run in CI with -m slow, beside the real-data tests
 def test_clean_up_equals_the_whole_volume_result_whatever_the_blocks(tmp_path, checkpoint, raw):
     small, large = tmp_path / "cell.zarr/volumes/small", tmp_path / "cell.zarr/volumes/large"
     clean = ("--min-object-voxels", 40, "--min-hole-voxels", 40)

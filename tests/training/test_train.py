@@ -117,6 +117,7 @@ def assert_resumed_run_equals_the_whole(tmp_path, cell, **options) -> Path:
     return half
 
 
+@pytest.mark.slow  # heavy (~30 s): run in CI with -m slow, beside the real-data tests
 def test_resume_continues_exactly(tmp_path, cell):
     augmentation = {"mirror_transpose": True, "elastic": {}, "intensity": {}}
     half = assert_resumed_run_equals_the_whole(tmp_path, cell, augmentation=augmentation)
@@ -124,6 +125,7 @@ def test_resume_continues_exactly(tmp_path, cell):
     assert again.returncode == 2 and "--resume" in again.stderr and "--overwrite" in again.stderr
 
 
+@pytest.mark.slow  # heavy (~30 s): run in CI with -m slow, beside the real-data tests
 def test_time_limit_stops_with_a_checkpoint_and_validation_then_resume_goes_on(tmp_path, cell):
     """Also under a cosine learning-rate schedule: stopped + resumed equals one uninterrupted run."""
     cosine = {"learning_rate": 1e-3, "schedule": "cosine", "final_learning_rate": 1e-5}
@@ -181,6 +183,7 @@ def test_finetune_reports_f1_before_and_after(tmp_path, cell):
     assert summary["validation"][0]["f1"] == summary["finetune"]["f1_before"]
 
 
+@pytest.mark.slow  # heavy (~30 s): run in CI with -m slow, beside the real-data tests
 def test_finetune_refuses_a_checkpoint_of_another_architecture(tmp_path, cell):
     base = write_config(tmp_path / "a.yaml", tmp_path / "a", [training_of(cell)], iterations=2)
     assert run_cli("train", base, "--quiet", cwd=tmp_path).returncode == 0

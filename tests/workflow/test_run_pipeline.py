@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+import zarr
 
 from incasem_like.cli.main import main
 from incasem_like.core.errors import UserError
@@ -282,6 +283,18 @@ def test_the_demo_is_a_pipeline_of_steps(tmp_path):
     assert [item.action for item in plan(pipeline)] == ["run"] * 6  # its inputs exist or come from earlier stages
 
 
+def test_an_output_another_tool_wrote_is_never_replaced(small, tmp_path, capsys):
+    """The pipeline would rerun the stage (its output records no step) and so replace the output: refused before
+    any stage runs, the dataset left as it was."""
+    group = zarr.open_group(tmp_path / "c.zarr/volumes/raw_clahe", mode="w")
+    group.create_array("s0", shape=(4, 4, 4), dtype=np.uint8)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, out, err = run_in_process(capsys, small, "--set", "tiffs=tiffs")
+    assert code == 2 and err.count("\n") == 1 and out == "", err
+    assert "stage 2 (clahe): c.zarr/volumes/raw_clahe exists and is not a dataset incasem-like wrote" in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
 def test_stages_not_requested_and_the_stages_using_their_output(small, capsys):
     optional = {**SMALL["stages"][1], "when_set": ["enhance"]}
     content = {**SMALL, "variables": {**SMALL["variables"], "enhance": None}, "stages": [SMALL["stages"][0], optional]}
@@ -312,7 +325,7 @@ def test_a_view_stage_with_a_base_url_ends_the_run_with_its_link(small, capsys):
     # without the URL the option is left out: the container would be served locally (--serve), so not here
     code, out, _ = run_in_process(capsys, small, "--set", "tiffs=tiffs")
     assert code == 0
-    assert "[2/2] view: running (it writes no file to check): view container=c.zarr state_file=state.json" in out
+    assert "[2/2] view: running (it shows the data): view container=c.zarr state_file=state.json" in out
     assert out.splitlines()[-1].startswith("neuroglancer: not served; rerun with --serve")
 
 
@@ -388,6 +401,11 @@ BAD = {
         "stage 2 (convert): an earlier stage has this name; give each stage its own name",
     ),
     "no stages": ({"name": "x", "stages": []}, TIFFS, "stages = []: List should have at least 1 item"),
+    "two stages writing one output": (
+        {**SMALL, "stages": [SMALL["stages"][0], {**SMALL["stages"][1], "output": "c.zarr/volumes/raw"}]},
+        TIFFS,
+        "stage 2 (clahe) and stage 1 (convert) both write c.zarr/volumes/raw; give each stage its own output",
+    ),
 }
 
 

@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--with-optimizer", action="store_true", help="also continue the checkpoint's Adam state (default: fresh)"
     )
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, resume_option="--overwrite")
 
 
 def run(args: argparse.Namespace) -> None:

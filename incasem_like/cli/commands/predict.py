@@ -57,6 +57,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--raw", required=True, metavar="RAW", help="raw dataset, e.g. cell.zarr/volumes/raw_clahe")
     parser.add_argument(
+        "--organelle", metavar="NAME", help="the organelle to predict: a checkpoint trained for another is warned about"
+    )
+    parser.add_argument(
         "--out",
         required=True,
         metavar="OUT",
@@ -108,6 +111,7 @@ def run(args: argparse.Namespace) -> None:
         checkpoint=args.checkpoint,
         raw=args.raw,
         output=args.out,
+        organelle=args.organelle,
         threshold=args.threshold,
         tta=args.tta,
         min_object_voxels=args.min_object_voxels,

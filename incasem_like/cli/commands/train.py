@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     )
     add_training_options(parser)
     parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, resume_option="--resume")
 
 
 def run(args: argparse.Namespace) -> None:

@@ -60,6 +60,7 @@ def register(subparsers) -> None:
         help="neuroglancer client for --base-url links (default https://neuroglancer-demo.appspot.com/)",
     )
     parser.add_argument("--state-file", type=Path, metavar="OUT.json", help="also write the viewer state (JSON) here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --state-file")
     parser.add_argument("--open", action="store_true", help="open the link in the default browser")
     parser.set_defaults(run=run)
 

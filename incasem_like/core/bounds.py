@@ -1,0 +1,47 @@
+"""Bounded numbers: the numeric fields of every config, stage and step are these, so a value no user could mean
+(infinite, NaN, negative where it cannot be, an edge of 2^62 voxels, a seed of 2^80) is refused with the config,
+naming its key. `STRICT` is the model config they all start from; `tests/core/test_bounds.py` walks every model and
+checks that each number has both bounds.
+
+>>> from pydantic import TypeAdapter
+>>> TypeAdapter(Voxels).validate_python(2**62)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+pydantic_core._pydantic_core.ValidationError: 1 validation error for constrained-int
+  Input should be less than or equal to 16777216 ...
+"""
+
+from typing import Annotated
+
+from pydantic import ConfigDict, Field
+
+#: unknown keys refused, no infinite or NaN floats
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+#: an edge, shape, block, chunk or kernel in voxels (16.7 M voxels: larger than any cell imaged)
+Voxels = Annotated[int, Field(ge=1, le=2**24)]
+#: an offset or a distance in voxels (0 allowed)
+VoxelOffset = Annotated[int, Field(ge=0, le=2**24)]
+#: a number of voxels (object and hole sizes; 0: off)
+VoxelCount = Annotated[int, Field(ge=0, le=2**48)]
+#: the largest voxel edge and world position, nm (1 cm; 1 km either way)
+MAX_VOXEL_NM, MAX_OFFSET_NM = 10**7, 10**12
+#: a voxel edge in nm
+Nanometres = Annotated[int, Field(ge=1, le=MAX_VOXEL_NM)]
+#: a position in the world, nm
+WorldOffset = Annotated[int, Field(ge=-MAX_OFFSET_NM, le=MAX_OFFSET_NM)]
+#: iterations, steps, attempts
+Count = Annotated[int, Field(ge=1, le=10**9)]
+#: processes or threads
+Workers = Annotated[int, Field(ge=0, le=1024)]
+#: a random seed (numpy's seeds are 32-bit)
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+#: a share, a probability
+Fraction = Annotated[float, Field(ge=0, le=1)]
+#: a duration in minutes (up to two years)
+Minutes = Annotated[float, Field(gt=0, le=10**6)]
+#: z, y, x edges in voxels
+Edges = tuple[Voxels, Voxels, Voxels]
+#: z, y, x offsets in voxels
+VoxelOffsets = tuple[VoxelOffset, VoxelOffset, VoxelOffset]
+#: a radius in voxels (0: off)
+Radius = Annotated[int, Field(ge=0, le=4096)]

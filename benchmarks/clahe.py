@@ -108,10 +108,11 @@ def mirrored(length: int, size: int) -> np.ndarray:
 
 def write_volume(stack: np.ndarray, edge: int, path, npy: Path | None) -> dict:
     """Write the mirrored/cropped cube slab by slab as a complete dataset (and optionally as .npy)."""
+    from incasem_like.core.geometry import to_world
     from incasem_like.store.datasets import create_dataset, update_dataset_meta
 
     z, y, x = (mirrored(edge, size) for size in stack.shape)
-    dataset = create_dataset(path, (edge,) * 3, VOXEL_SIZE, (0, 0, 0), np.uint8, (CHUNK,) * 3)
+    dataset = create_dataset(path, (edge,) * 3, to_world(VOXEL_SIZE), (0, 0, 0), np.uint8, (CHUNK,) * 3)
     copy = np.lib.format.open_memmap(npy, mode="w+", dtype=np.uint8, shape=(edge,) * 3) if npy else None
     low, high = 255, 0
     for z0 in range(0, edge, CHUNK):

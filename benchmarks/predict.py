@@ -34,6 +34,7 @@ import zarr
 sys.path.insert(0, str(Path(__file__).parent))
 from convert import Meter, machine, source_digest, wait_for_quiet, write_result  # noqa: E402  (shared helpers)
 
+from incasem_like.core.geometry import to_world  # noqa: E402
 from incasem_like.nn.checkpoints import model_from_checkpoint, save_checkpoint  # noqa: E402
 from incasem_like.nn.inference import normalize, predict_region  # noqa: E402
 from incasem_like.nn.model import NetworkConfig, UNet3D, inference_model  # noqa: E402
@@ -59,7 +60,7 @@ def sample_volume(shape: tuple[int, int, int]) -> np.ndarray:
 
 def write_raw(volume: np.ndarray, container: Path) -> str:
     path = DatasetPath(container, "volumes/raw")
-    array = create_dataset(path, volume.shape, (5, 5, 5), (0, 0, 0), np.uint8)
+    array = create_dataset(path, volume.shape, to_world((5, 5, 5)), (0, 0, 0), np.uint8)
     array[array.roi] = volume
     update_dataset_meta(path, complete=True)
     return str(path)

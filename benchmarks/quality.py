@@ -79,9 +79,8 @@ def recipe_config(recipe: str) -> Path:
     return named if named.exists() else REPO / "configs" / "training" / f"{recipe}.yaml"
 
 
-def train(recipe: str, work: Path) -> dict:
-    """Train (or resume, or reuse) the recipe's run; its summary and what it cost."""
-    config_path = recipe_config(recipe)
+def train_run(config_path: Path, work: Path) -> dict:
+    """Train (or resume, or reuse) the run of a training config; its choice, its summary and what it cost."""
     config = load_config(config_path)
     run = work / config.run_dir
     summary_path = run / "summary.json"
@@ -105,7 +104,7 @@ def train(recipe: str, work: Path) -> dict:
         },
         "parameters": summary["parameters"],
         "network": summary["network"],
-        "validation_curve_slices_125_144": [
+        "validation_curve": [
             {
                 "iteration": entry["iteration"],
                 "f1": round(entry["f1"], 4),
@@ -202,7 +201,7 @@ def run_row(row: str, work: Path) -> dict:
             "held-out figures are optimistic",
         }
     else:
-        trained = train(recipe, work)
+        trained = train_run(recipe_config(recipe), work)
     out = f"{CONTAINER}/volumes/predictions/quality/{recipe}_tta_{tta.replace('+', '_')}"
     key = (trained["checkpoint"], tta)
     if key not in PREDICTED_ALREADY:  # rows of one model and augmentation share its prediction
@@ -231,7 +230,7 @@ def run_row(row: str, work: Path) -> dict:
         "row": row,
         **{key: trained[key] for key in ("config", "parameters", "network") if key in trained},
         "training": trained.get("training"),
-        "validation_curve_slices_125_144": trained.get("validation_curve_slices_125_144"),
+        "validation_curve_slices_125_144": trained.get("validation_curve"),
         "bundled": {key: trained[key] for key in ("sha256", "provenance", "note") if key in trained} or None,
         "chosen_on_slices_125_144": chosen,
         "choice_slices_125_144": choice_scores,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from incasem_like.core.geometry import to_world
 from incasem_like.store.datasets import DatasetPath, create_dataset, open_dataset, update_dataset_meta
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,10 +71,10 @@ def volume(rng) -> np.ndarray:
     return rng.integers(0, 256, size=(21, 37, 45), dtype=np.uint8)
 
 
-def write_dataset(path, volume: np.ndarray, chunk: int = 16, offset=(0, 0, 0)) -> DatasetPath:
-    """A complete dataset with 5 nm voxels holding `volume`."""
+def write_dataset(path, volume: np.ndarray, chunk: int = 16, offset=(0, 0, 0), voxel_size=(5, 5, 5)) -> DatasetPath:
+    """A complete dataset holding `volume`; `offset` and `voxel_size` in nm."""
     path = DatasetPath.parse(path)
-    array = create_dataset(path, volume.shape, (5, 5, 5), offset, volume.dtype, (chunk,) * 3)
+    array = create_dataset(path, volume.shape, to_world(voxel_size), to_world(offset), volume.dtype, (chunk,) * 3)
     array[array.roi] = volume
     update_dataset_meta(path, complete=True)
     return path

@@ -17,7 +17,7 @@ from scipy.ndimage import correlate
 
 from incasem_like.blockwise.outputs import DatasetOutput, StageOutput
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
-from incasem_like.core.geometry import Coordinate
+from incasem_like.core.geometry import Coordinate, to_world, voxel_box_text
 from incasem_like.stages.clahe import ClaheStage
 from incasem_like.stages.convert import ConvertStage
 from incasem_like.stages.downsample import DownsampleStage, PyramidLevelStage
@@ -31,7 +31,7 @@ class BoxSumStage(BlockwiseStage):
     """Sum of the input over a (2r+1)^3 box (zero outside the data) and the writing worker's pid per voxel.
 
     The sum needs `r` voxels of context on each side, so a wrong read ROI shows up as a seam. Blocks whose
-    write ROI contains `fail_at` (a world coordinate), or every block with `fail_all`, raise while the file
+    write ROI contains `fail_at` (a world position in nm), or every block with `fail_all`, raise while the file
     `fail_while` exists.
     """
 
@@ -72,9 +72,11 @@ class BoxSumStage(BlockwiseStage):
         pids = open_dataset(self.pid_path(), mode="r+", require_complete=False)
 
         def process(block: Block) -> None:
-            failing = self.fail_all or (self.fail_at and block.write_roi.contains(Coordinate(self.fail_at)))
+            failing = self.fail_all or (self.fail_at and block.write_roi.contains(to_world(self.fail_at)))
             if failing and Path(self.fail_while).exists():
-                raise ValueError(f"injected failure in {block.write_roi}")
+                raise ValueError(
+                    f"injected failure in {voxel_box_text(block.write_roi, source.voxel_size, source.offset)}"
+                )
             data = source.to_ndarray(block.read_roi, fill_value=0).astype(np.int32)
             summed = correlate(data, np.ones((2 * self.radius + 1,) * 3, dtype=np.int32), mode="constant")
             inner = tuple(slice(self.radius, n - self.radius) for n in summed.shape)

@@ -33,6 +33,7 @@ from incasem_like.blockwise.lock import RunLock, refuse_if_locked
 from incasem_like.blockwise.outputs import StageOutput
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
 from incasem_like.core.errors import BlockwiseRunFailed, UserError
+from incasem_like.core.geometry import voxel_box_text
 
 #: bump when the meaning of the tracking store or the block layout changes
 RUN_FORMAT = 1
@@ -249,7 +250,11 @@ def _summarize(stage, layout, output, run_id, workers, seconds, task, state) -> 
     skipped = state.skipped_count
     processed = state.completed_count - skipped
     failed_blocks = [
-        {"block_id": block.block_id[1], "write_roi": str(block.write_roi)} for block in task.failed_blocks()
+        {
+            "block_id": block.block_id[1],
+            "write_roi": voxel_box_text(block.write_roi, layout.voxel_size, layout.total_write_roi.offset),
+        }
+        for block in task.failed_blocks()
     ]
     stopped = (
         f"stopped after losing {state.worker_failure_count} workers ({state.abandon_reason})"

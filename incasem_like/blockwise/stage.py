@@ -32,7 +32,7 @@ def check_block(block: int, chunk: int, unit: str = "") -> None:
 
 @dataclass(frozen=True)
 class BlockLayout:
-    """How a stage cuts its output into blocks (all in nm).
+    """How a stage cuts its output into blocks (all in world units).
 
     `total_write_roi` is what gets written, starting on the output's chunk grid; every block writes
     `block_write_shape` (shrunk at the far border) on a grid anchored at `total_write_roi.begin`, and reads

@@ -65,6 +65,10 @@ class VolumeStage(BlockwiseStage):
         """Pure per-block function: the block's input (context included) -> result of the same shape."""
         raise NotImplementedError
 
+    def provenance(self) -> dict:
+        """What the output records of this stage (under `source.<task name>`): its fields."""
+        return self.model_dump()
+
     # --- the rest is shared -------------------------------------------------------------------------------
     def outputs(self) -> list[StageOutput]:
         return [DatasetOutput.parse(self.output)]
@@ -100,7 +104,7 @@ class VolumeStage(BlockwiseStage):
             offset=roi.offset,
             dtype=self.output_dtype(source.dtype),
             chunk_shape=(self.chunk,) * 3,
-            attrs={"kind": self.output_kind, "source": {"dataset": self.input, self.task_name: self.model_dump()}},
+            attrs={"kind": self.output_kind, "source": {"dataset": self.input, self.task_name: self.provenance()}},
         )
 
     def block_processor(self) -> Callable[[Block], None]:

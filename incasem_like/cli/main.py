@@ -19,6 +19,7 @@ from incasem_like.core.errors import BlockwiseRunFailed, FieldError, UserError, 
 COMMANDS = (
     "demo",
     "convert",
+    "rescale",
     "clahe",
     "mask",
     "labels",
@@ -43,7 +44,8 @@ examples:
   incasem-like convert labels/ cell_6.zarr/volumes/labels/mito --voxel-size 5 5 5 --labels
   incasem-like run pipelines/predict_cell.yaml --set tiffs=slices/ --set container=cell_6.zarr
 
-datasets are addressed as CONTAINER.zarr/DATASET (e.g. cell_6.zarr/volumes/raw); world units are nm, z y x.
+datasets are addressed as CONTAINER.zarr/DATASET (e.g. cell_6.zarr/volumes/raw); lengths are nm (any positive
+voxel size), axes z y x.
 """
 
 

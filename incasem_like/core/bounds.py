@@ -12,7 +12,9 @@ pydantic_core._pydantic_core.ValidationError: 1 validation error for constrained
 
 from typing import Annotated
 
-from pydantic import ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field
+
+from incasem_like.core.geometry import world_length
 
 #: unknown keys refused, no infinite or NaN floats
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -23,12 +25,20 @@ Voxels = Annotated[int, Field(ge=1, le=2**24)]
 VoxelOffset = Annotated[int, Field(ge=0, le=2**24)]
 #: a number of voxels (object and hole sizes; 0: off)
 VoxelCount = Annotated[int, Field(ge=0, le=2**48)]
-#: the largest voxel edge and world position, nm (1 cm; 1 km either way)
-MAX_VOXEL_NM, MAX_OFFSET_NM = 10**7, 10**12
-#: a voxel edge in nm
-Nanometres = Annotated[int, Field(ge=1, le=MAX_VOXEL_NM)]
+#: the largest voxel edge and world position, nm (0.1 mm; 1 m either way): in world units (1e-6 nm), a dataset
+#: of 2^24 such voxels still fits the 64-bit integers of daisy's ROIs
+MAX_VOXEL_NM, MAX_OFFSET_NM = 10**5, 10**9
+
+
+def _exact_in_world_units(nm: float) -> float:
+    world_length(nm)  # refuses more precision than the world unit holds
+    return nm
+
+
+#: a voxel edge in nm: any positive length the world unit (1e-6 nm) holds, e.g. 3.2, 9.8, 0.03925
+Nanometres = Annotated[float, Field(ge=1e-6, le=MAX_VOXEL_NM), AfterValidator(_exact_in_world_units)]
 #: a position in the world, nm
-WorldOffset = Annotated[int, Field(ge=-MAX_OFFSET_NM, le=MAX_OFFSET_NM)]
+WorldOffset = Annotated[float, Field(ge=-MAX_OFFSET_NM, le=MAX_OFFSET_NM), AfterValidator(_exact_in_world_units)]
 #: iterations, steps, attempts
 Count = Annotated[int, Field(ge=1, le=10**9)]
 #: processes or threads

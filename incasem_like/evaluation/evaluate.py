@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from incasem_like.core.errors import UserError
 from incasem_like.core.files import write_atomically
-from incasem_like.core.geometry import Coordinate, Roi, roi_from_voxels, roi_to_voxels
+from incasem_like.core.geometry import Coordinate, Roi, nm_text, roi_from_voxels, roi_to_voxels, to_nm
 from incasem_like.ops.metrics import EXCLUSION_ZONE, overlap_scores, threshold_counts, value_histograms
 from incasem_like.store.datasets import DatasetPath, Volume, dataset_meta, open_dataset
 
@@ -69,7 +69,7 @@ def parse_thresholds(text: str) -> list[float]:
 
 @dataclass(frozen=True)
 class EvaluationInputs:
-    """The opened, mutually checked datasets and the region (nm) to evaluate."""
+    """The opened, mutually checked datasets and the region (world units) to evaluate."""
 
     prediction_path: DatasetPath
     prediction: Volume
@@ -132,8 +132,8 @@ def _open_matching(path: str, role: str, prediction: Volume, region: Roi, roi_vo
         )
     if volume.voxel_size != prediction.voxel_size:
         raise UserError(
-            f"{name}: voxel size {tuple(volume.voxel_size)} nm differs from the prediction's "
-            f"{tuple(prediction.voxel_size)} nm; bring both to one resolution (incasem-like downsample) first"
+            f"{name}: voxel size {nm_text(volume.voxel_size)} differs from the prediction's "
+            f"{nm_text(prediction.voxel_size)}; bring both to one resolution (incasem-like downsample) first"
         )
     if not volume.roi.contains(region):
         evaluated = "--roi" if roi_voxels is not None else "the prediction's ROI"
@@ -146,7 +146,7 @@ def _open_matching(path: str, role: str, prediction: Volume, region: Roi, roi_vo
 
 
 def _describe(roi: Roi, volume: Volume) -> str:
-    return f"offset {tuple(roi.offset)} nm, shape {tuple(roi.shape / volume.voxel_size)} voxels"
+    return f"offset {nm_text(roi.offset)}, shape {tuple(roi.shape / volume.voxel_size)} voxels"
 
 
 def evaluation_blocks(roi: Roi, prediction: Volume) -> list[Roi]:
@@ -233,12 +233,12 @@ def evaluate(
         "kind": PROBABILITIES if inputs.probabilities else "segmentation",
         **{role.replace(" ", "_"): str(path) for role, (path, _) in inputs.volumes.items()},
         "roi": {
-            "offset_nm": list(inputs.roi.offset),
-            "shape_nm": list(inputs.roi.shape),
+            "offset_nm": list(to_nm(inputs.roi.offset)),
+            "shape_nm": list(to_nm(inputs.roi.shape)),
             "offset_voxels": list(offset),
             "shape_voxels": list(shape),
         },
-        "voxel_size_nm": list(voxel_size),
+        "voxel_size_nm": list(to_nm(voxel_size)),
         "voxels": voxels,
         **scored[0],
         **({EXCLUSION_ZONE: scored[1]} if masked else {}),

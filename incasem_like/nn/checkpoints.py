@@ -3,6 +3,7 @@
 import json
 import pickle
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     iteration: int,
     organelle: str,
-    voxel_size: tuple[int, ...],
+    voxel_size_nm: Sequence[float],
     **extra,
 ) -> Path:
     """Write iteration's checkpoint (temporary file, then rename: never a half-written checkpoint); `extra` keys
@@ -39,7 +40,7 @@ def save_checkpoint(
         "format": FORMAT,
         "organelle": organelle,
         "iteration": iteration,
-        "voxel_size": [int(v) for v in voxel_size],
+        "voxel_size": [float(v) for v in voxel_size_nm],  # nm (older checkpoints: integers of nm)
         "network": model.config.model_dump(mode="json"),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,

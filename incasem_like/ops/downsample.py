@@ -1,5 +1,6 @@
-"""Downsampling by an integer factor: the mean of each factor^3 cell for images, the most frequent value for labels
-and masks (ties to the larger value). Images are uint8, uint16 or float32 and keep their dtype (integer means
+"""Downsampling by integer factors, the same along every axis or one per axis (z, y, x; e.g. 1 2 2 for anisotropic
+sections): the mean of each cell for images, the most frequent value for labels and masks (ties to the larger
+value). Images are uint8, uint16 or float32 and keep their dtype (integer means
 rounded half to even); labels any integer dtype. A cell past the far border that the array covers only in part
 takes the voxels that exist.
 
@@ -7,6 +8,8 @@ takes the voxels that exist.
 [[[3]]]
 >>> downsample_labels(np.array([[[1, 1], [2, 2]], [[0, 0], [0, 0]]], np.uint8), 2).tolist()
 [[[0]]]
+>>> downsample_image(np.arange(8, dtype=np.uint8).reshape(2, 2, 2), (1, 2, 2)).tolist()
+[[[2]], [[6]]]
 """
 
 import math
@@ -14,21 +17,26 @@ from typing import Any
 
 import numpy as np
 
+from incasem_like.core.geometry import per_axis
 
-def output_shape(shape: tuple[int, ...], factor: int) -> tuple[int, ...]:
+#: one factor for every axis, or (z, y, x) factors
+Factors = int | tuple[int, int, int]
+
+
+def output_shape(shape: tuple[int, ...], factor: Factors) -> tuple[int, ...]:
     """ceil(shape / factor): partial cells at the far border are kept."""
-    return tuple(-(-int(s) // factor) for s in shape)
+    return tuple(-(-int(s) // f) for s, f in zip(shape, per_axis(factor)))
 
 
-def downsample(data: np.ndarray, factor: int, kind: str) -> np.ndarray:
-    """Downsample a 3D block by `factor` along each axis: mean for images, most frequent value for labels/masks."""
-    if factor < 1:
+def downsample(data: np.ndarray, factor: Factors, kind: str) -> np.ndarray:
+    """Downsample a 3D block by `factor`: mean for images, most frequent value for labels/masks."""
+    if min(per_axis(factor)) < 1:
         raise ValueError(f"factor {factor} must be at least 1")
     return downsample_image(data, factor) if kind == "image" else downsample_labels(data, factor)
 
 
-def downsample_image(data: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of each factor^3 cell (of the voxels that exist, at the far border), in `data`'s dtype.
+def downsample_image(data: np.ndarray, factor: Factors) -> np.ndarray:
+    """Mean of each cell (of the voxels that exist, at the far border), in `data`'s dtype.
 
     Integers are rounded to the nearest integer, halves to the even one (as `np.rint`, so no level drifts
     brighter), in exact integer arithmetic; floats are averaged in float64.
@@ -45,10 +53,10 @@ def downsample_image(data: np.ndarray, factor: int) -> np.ndarray:
     return (sums / counts).astype(data.dtype)
 
 
-def downsample_labels(data: np.ndarray, factor: int) -> np.ndarray:
-    """Most frequent value of each factor^3 cell (of the voxels that exist); ties go to the larger value."""
+def downsample_labels(data: np.ndarray, factor: Factors) -> np.ndarray:
+    """Most frequent value of each cell (of the voxels that exist); ties go to the larger value."""
     out_shape = output_shape(data.shape, factor)
-    if factor == 2:
+    if set(per_axis(factor)) <= {1, 2}:
         # a partial cell lacks exactly one of two slices along an axis: repeating the last slice doubles every
         # count in the cell, which changes neither its most frequent value nor its ties
         return _mode(_cells(_pad(data, factor, mode="edge"), factor), None).reshape(out_shape)
@@ -58,17 +66,17 @@ def downsample_labels(data: np.ndarray, factor: int) -> np.ndarray:
     return _mode(_cells(padded, factor), weights).reshape(out_shape)
 
 
-def _pad(data: np.ndarray, factor: int, mode: Any = "constant") -> np.ndarray:
-    """`data` padded (zeros, or `mode`) at the far end of each axis to a multiple of `factor` (itself if one)."""
-    extra = [(0, -s % factor) for s in data.shape]
+def _pad(data: np.ndarray, factor: Factors, mode: Any = "constant") -> np.ndarray:
+    """`data` padded (zeros, or `mode`) at the far end of each axis to a multiple of its factor (itself if one)."""
+    extra = [(0, -s % f) for s, f in zip(data.shape, per_axis(factor))]
     return np.pad(data, extra, mode=mode) if any(e for _, e in extra) else data
 
 
-def _cell_sums(data: np.ndarray, factor: int, dtype) -> np.ndarray:
-    """Sum of each factor^3 cell in `dtype` (missing voxels of partial cells count as 0), one axis at a time."""
+def _cell_sums(data: np.ndarray, factor: Factors, dtype) -> np.ndarray:
+    """Sum of each cell in `dtype` (missing voxels of partial cells count as 0), one axis at a time."""
     sums = _pad(data, factor)
-    for axis in range(data.ndim):
-        parts = [sums[(slice(None),) * axis + (slice(i, None, factor),)] for i in range(factor)]
+    for axis, f in enumerate(per_axis(factor)):
+        parts = [sums[(slice(None),) * axis + (slice(i, None, f),)] for i in range(f)]
         total = parts[0].astype(dtype)
         for part in parts[1:]:
             total += part
@@ -76,19 +84,22 @@ def _cell_sums(data: np.ndarray, factor: int, dtype) -> np.ndarray:
     return sums
 
 
-def _cell_counts(shape: tuple[int, ...], factor: int) -> np.ndarray | int:
-    """How many voxels of the input each output voxel's cell holds: factor^3, less in partial border cells."""
-    if all(s % factor == 0 for s in shape):
-        return factor ** len(shape)
-    per_axis = [np.minimum(factor, s - np.arange(0, s, factor)) for s in shape]
-    return math.prod(np.ix_(*per_axis))
+def _cell_counts(shape: tuple[int, ...], factor: Factors) -> np.ndarray | int:
+    """How many voxels of the input each output voxel's cell holds: the cell's size, less in partial border
+    cells."""
+    factors = per_axis(factor)
+    if all(s % f == 0 for s, f in zip(shape, factors)):
+        return math.prod(factors)
+    counts = [np.minimum(f, s - np.arange(0, s, f)) for s, f in zip(shape, factors)]
+    return math.prod(np.ix_(*counts))
 
 
-def _cells(data: np.ndarray, factor: int) -> np.ndarray:
-    """(cells, factor^3) matrix of a 3D array whose shape is a multiple of `factor`, cells in C order."""
-    nz, ny, nx = (s // factor for s in data.shape)
-    blocks = data.reshape(nz, factor, ny, factor, nx, factor).transpose(0, 2, 4, 1, 3, 5)
-    return blocks.reshape(nz * ny * nx, factor**3)
+def _cells(data: np.ndarray, factor: Factors) -> np.ndarray:
+    """(cells, cell size) matrix of a 3D array whose shape is a multiple of the factors, cells in C order."""
+    fz, fy, fx = per_axis(factor)
+    nz, ny, nx = (s // f for s, f in zip(data.shape, (fz, fy, fx)))
+    blocks = data.reshape(nz, fz, ny, fy, nx, fx).transpose(0, 2, 4, 1, 3, 5)
+    return blocks.reshape(nz * ny * nx, fz * fy * fx)
 
 
 def _mode(cells: np.ndarray, weights: np.ndarray | None) -> np.ndarray:

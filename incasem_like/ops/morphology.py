@@ -37,6 +37,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import ball as skimage_ball
 
+from incasem_like.core.geometry import per_axis
+
 #: face connectivity (skimage's default `connectivity=1` for remove_small_objects / remove_small_holes in 3D)
 FACE_CONNECTIVITY = ndimage.generate_binary_structure(3, 1)
 #: components longer than this (voxels, along any axis) are never "small"; see the module docstring
@@ -46,23 +48,36 @@ _COUNT_SLAB = 16
 
 
 # --- pure per-array operations (no I/O); `bool` arrays in and out unless said otherwise --------------------------
+#: a radius in voxels, the same along z, y and x (a ball), or one per axis (an ellipsoid, e.g. (0, 2, 2): in-plane)
+Radii = int | tuple[int, int, int]
+
+
 def ball(radius: int) -> np.ndarray:
     """The structuring element: `skimage.morphology.ball(radius)` as bool (voxels within Euclidean `radius`)."""
     return skimage_ball(radius).astype(bool)
 
 
-def ball_runs(radius: int) -> list[tuple[int, int, int]]:
-    """ball(radius) as runs along x: (dz, dy, w) for each row of the ball, which spans x = -w..w."""
-    r2 = radius * radius
-    return [
-        (dz, dy, math.isqrt(r2 - dz * dz - dy * dy))
-        for dz in range(-radius, radius + 1)
-        for dy in range(-radius, radius + 1)
-        if dz * dz + dy * dy <= r2
-    ]
+def ball_runs(radius: Radii) -> list[tuple[int, int, int]]:
+    """The ball (an ellipsoid for per-axis radii: (dz/rz)^2 + (dy/ry)^2 + (dx/rx)^2 <= 1, only offset 0 along an
+    axis of radius 0) as runs along x: (dz, dy, w) for each of its rows, which spans x = -w..w. Integer arithmetic:
+    equal radii give exactly skimage's ball.
+
+    >>> ball_runs((0, 1, 2))
+    [(0, -1, 0), (0, 0, 2), (0, 1, 0)]
+    """
+    rz, ry, rx = per_axis(radius)
+    sz, sy, sx = (max(r, 1) ** 2 for r in (rz, ry, rx))  # an axis of radius 0 only has offset 0
+    whole = sz * sy * sx
+    runs = []
+    for dz in range(-rz, rz + 1):
+        for dy in range(-ry, ry + 1):
+            left = whole - dz * dz * sy * sx - dy * dy * sz * sx  # dx^2 sz sy may take what is left
+            if left >= 0:
+                runs.append((dz, dy, min(rx, math.isqrt(left // (sz * sy)))))
+    return runs
 
 
-def _ball_morphology(mask: np.ndarray, radius: int, erosion: bool) -> np.ndarray:
+def _ball_morphology(mask: np.ndarray, radius: Radii, erosion: bool) -> np.ndarray:
     """Erosion (AND) or dilation (OR) by ball(radius), outside the array = background.
 
     The ball is a union of rows along x (`ball_runs`): the result is the AND/OR over the rows of the input's
@@ -70,19 +85,19 @@ def _ball_morphology(mask: np.ndarray, radius: int, erosion: bool) -> np.ndarray
     comes from two overlapping windows of a power-of-two width (built by doubling): ~2.5x faster than scipy's
     binary_erosion/dilation with the ball, with the same result (a test checks)."""
     mask = np.asarray(mask, dtype=bool)
-    if radius == 0:
+    rz, ry, r = per_axis(radius)
+    if rz == ry == r == 0:
         return mask.copy()
     nz, ny, nx = mask.shape
-    r = radius
     reduce = np.logical_and if erosion else np.logical_or
-    windows = {1: np.pad(mask, r)}  # windows[p][..., i]: reduce over padded[..., i : i + p]
+    windows = {1: np.pad(mask, [(rz, rz), (ry, ry), (r, r)])}  # windows[p][..., i]: reduce over padded[..., i : i + p]
     p = 1
     while 2 * p <= 2 * r + 1:
         windows[2 * p] = reduce(windows[p][..., :-p], windows[p][..., p:])
         p *= 2
     rows: dict[int, np.ndarray] = {}
     result = None
-    for dz, dy, w in ball_runs(r):
+    for dz, dy, w in ball_runs((rz, ry, r)):
         if w not in rows:  # reduce over padded x - w .. x + w, i.e. windows starting at r - w, length 2w + 1
             width, start = 2 * w + 1, r - w
             q = 1 << (width.bit_length() - 1)
@@ -90,7 +105,7 @@ def _ball_morphology(mask: np.ndarray, radius: int, erosion: bool) -> np.ndarray
             rows[w] = windows[q][..., first : first + nx]
             if q != width:
                 rows[w] = reduce(rows[w], windows[q][..., second : second + nx])
-        shifted = rows[w][r + dz : r + dz + nz, r + dy : r + dy + ny]
+        shifted = rows[w][rz + dz : rz + dz + nz, ry + dy : ry + dy + ny]
         if result is None:
             result = shifted.copy()
         elif erosion:
@@ -101,21 +116,21 @@ def _ball_morphology(mask: np.ndarray, radius: int, erosion: bool) -> np.ndarray
     return result
 
 
-def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+def dilate(mask: np.ndarray, radius: Radii) -> np.ndarray:
     """Binary dilation by ball(radius); nothing outside the array is foreground. radius 0: a copy."""
     return _ball_morphology(mask, radius, erosion=False)
 
 
-def erode(mask: np.ndarray, radius: int) -> np.ndarray:
+def erode(mask: np.ndarray, radius: Radii) -> np.ndarray:
     """Binary erosion by ball(radius); everything outside the array counts as background. radius 0: a copy."""
     return _ball_morphology(mask, radius, erosion=True)
 
 
-def opening(mask: np.ndarray, radius: int) -> np.ndarray:
+def opening(mask: np.ndarray, radius: Radii) -> np.ndarray:
     return dilate(erode(mask, radius), radius)
 
 
-def closing(mask: np.ndarray, radius: int) -> np.ndarray:
+def closing(mask: np.ndarray, radius: Radii) -> np.ndarray:
     return erode(dilate(mask, radius), radius)
 
 
@@ -208,8 +223,8 @@ def cell_mask(
     raw: np.ndarray,
     gray_min: int = 2,
     gray_max: int = 180,
-    opening_radius: int = 3,
-    closing_radius: int = 2,
+    opening_radius: Radii = 3,
+    closing_radius: Radii = 2,
     min_hole_voxels: int = 100000,
     min_object_voxels: int = 100000,
     max_span: int = DEFAULT_MAX_SPAN,
@@ -228,20 +243,25 @@ def cell_mask(
     mask = (raw >= gray_min) & (raw <= gray_max)
     mask = closing(opening(mask, opening_radius), closing_radius)
     steps = [("holes", min_hole_voxels), ("objects", min_object_voxels)]
-    reach = 2 * (opening_radius + closing_radius)
+    reach = morphology_reach(opening_radius, closing_radius)
     return clean_components(mask, steps, max_span, reach).astype(np.uint8)
 
 
 def cell_mask_context(
-    opening_radius: int = 3,
-    closing_radius: int = 2,
+    opening_radius: Radii = 3,
+    closing_radius: Radii = 2,
     min_hole_voxels: int = 100000,
     min_object_voxels: int = 100000,
     max_span: int = DEFAULT_MAX_SPAN,
 ) -> int:
     """Voxels of context around a block that make `cell_mask` exact: 10 + 64 + 64 = 138 for the defaults."""
     steps = [("holes", min_hole_voxels), ("objects", min_object_voxels)]
-    return blockwise_context(steps, max_span, 2 * (opening_radius + closing_radius))
+    return blockwise_context(steps, max_span, morphology_reach(opening_radius, closing_radius))
+
+
+def morphology_reach(opening_radius: Radii, closing_radius: Radii) -> int:
+    """Voxels of input an opening and a closing need on each side (along the axis that needs most)."""
+    return 2 * (max(per_axis(opening_radius)) + max(per_axis(closing_radius)))
 
 
 # --- pure per-array operations: integer labels in, uint8 0/1 out -----------------------------------------------
@@ -272,7 +292,7 @@ def dilate_labels(labels: np.ndarray, voxels: int) -> np.ndarray:
     return dilate(foreground(labels), voxels).astype(np.uint8)
 
 
-def metric_mask(labels: np.ndarray, dilation_voxels: int, erosion_voxels: int) -> np.ndarray:
+def metric_mask(labels: np.ndarray, dilation_voxels: Radii, erosion_voxels: Radii) -> np.ndarray:
     """1 where a voxel counts for F1: not in dilation(fg, ball(d)) minus erosion(fg, ball(e)); outside the
     array counts as background (labels at the array's border erode)."""
     fg = foreground(labels)

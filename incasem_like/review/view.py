@@ -26,7 +26,7 @@ from urllib.parse import quote, unquote, urlsplit
 import numpy as np
 
 from incasem_like.core.errors import FieldError, UserError
-from incasem_like.core.geometry import Coordinate, Roi
+from incasem_like.core.geometry import Coordinate, Roi, to_nm
 from incasem_like.store.datasets import FULL_RESOLUTION, DatasetPath, dataset_meta, is_complete, open_dataset
 
 #: layer kinds in drawing order: opaque images first, overlays on top of them
@@ -192,7 +192,7 @@ def build_state(datasets: Sequence[ShownDataset], data_url: str) -> dict:
                 layer["source"] = [layer["source"], f"precomputed://{data_url.rstrip('/')}/{quote(dataset.meshes)}"]
         layers.append(layer)
     return {
-        "dimensions": {axis: [voxel_size[i], "nm"] for axis, i in (("x", 2), ("y", 1), ("z", 0))},
+        "dimensions": {axis: [to_nm(voxel_size)[i], "nm"] for axis, i in (("x", 2), ("y", 1), ("z", 0))},
         "position": [centre[i] / voxel_size[i] for i in (2, 1, 0)],
         "layout": "4panel",
         "layers": layers,
@@ -200,7 +200,7 @@ def build_state(datasets: Sequence[ShownDataset], data_url: str) -> dict:
 
 
 def _centre(rois: Sequence[Roi]) -> list[float]:
-    """Centre (nm, z y x) of the rois' intersection, or of their union where they do not all overlap."""
+    """Centre (world units, z y x) of the rois' intersection, or of their union where they do not all overlap."""
     common, union = rois[0], rois[0]
     for roi in rois[1:]:
         common, union = common.intersect(roi), union.union(roi)

@@ -18,6 +18,7 @@ from incasem_like.ops.clahe import clahe_block, needed_range
 from incasem_like.store.datasets import open_dataset
 
 Gray8 = Annotated[int, Field(ge=0, le=255)]
+KernelEdge = Annotated[int, Field(ge=2, le=2**24)]
 
 
 class ClaheStage(VolumeStage):
@@ -30,7 +31,8 @@ class ClaheStage(VolumeStage):
     #: 1024^3: block 512 takes 28% less CPU than block 256, ~750 MB per worker)
     block: Voxels = 512
 
-    kernel: Annotated[int, Field(ge=2, le=2**24)] = 128
+    #: the tile edge in voxels, or (z, y, x) edges for anisotropic voxels (e.g. 4 128 128 at 50 x 4.6 x 4.6 nm)
+    kernel: KernelEdge | tuple[KernelEdge, KernelEdge, KernelEdge] = 128
     #: 0: no clipping
     clip_limit: Fraction = 0.02
     nbins: Annotated[int, Field(ge=2, le=2**14)] = 256
@@ -46,7 +48,12 @@ class ClaheStage(VolumeStage):
     def context_voxels(self) -> int:
         """The farthest a block's result reaches for input (`needed_range`): its tiles' neighbours, up to one and a
         half kernels past it."""
-        return self.kernel + self.kernel // 2
+        edge = max(self.kernels())
+        return edge + edge // 2
+
+    def kernels(self) -> tuple[int, int, int]:
+        """The kernel's (z, y, x) edges."""
+        return (self.kernel,) * 3 if isinstance(self.kernel, int) else self.kernel
 
     def output_dtype(self, input_dtype: np.dtype) -> np.dtype:
         return np.dtype(np.uint8)
@@ -54,13 +61,13 @@ class ClaheStage(VolumeStage):
     def block_processor(self) -> Callable[[Block], None]:
         source = open_dataset(self.input)
         output = open_dataset(self.output, mode="r+", require_complete=False)
-        shape, kernel = source.shape, (self.kernel,) * 3
+        shape, kernel = source.shape, self.kernels()
 
         def process(block: Block) -> None:
             write = block.write_roi.intersect(output.roi)
             begin = (write.begin - source.offset) / source.voxel_size
             end = (write.end - source.offset) / source.voxel_size
-            lo, hi = zip(*(needed_range(b, e, s, kernel[0]) for b, e, s in zip(begin, end, shape)))
+            lo, hi = zip(*(needed_range(b, e, s, k) for b, e, s, k in zip(begin, end, shape, kernel)))
             read = Roi(
                 source.offset + Coordinate(lo) * source.voxel_size,
                 (Coordinate(hi) - Coordinate(lo)) * source.voxel_size,

@@ -1,14 +1,19 @@
-"""Stage `convert`: a TIFF stack (a directory of 2D slices or one multi-page TIFF) -> an OME-Zarr dataset.
+"""Stage `convert`: a TIFF stack (a directory of 2D slices or one multi-page TIFF) or a tomogram (one MRC, REC,
+MAP or ST file, optionally .gz/.bz2) -> an OME-Zarr dataset.
 
 Workers read slabs of z slices (one output chunk thick, the full y-x extent) and write whole chunks, so the
-stack is never loaded at once and peak memory does not grow with the number of slices.
+stack is never loaded at once and peak memory does not grow with the number of slices (an uncompressed MRC file is
+memory-mapped; a compressed one is decompressed into each worker's memory). Images keep their dtype: uint8, uint16,
+int8, int16 or float32 (float data must be finite: NaN and infinity are refused before anything is written). The
+voxel size is given in nm, or read from an MRC header (Å); a header that disagrees with the given one is a warning.
 """
 
 import logging
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import cached_property, reduce
 from pathlib import Path
@@ -23,11 +28,16 @@ from incasem_like.blockwise.outputs import DatasetOutput, StageOutput
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage
 from incasem_like.core.bounds import Edges, Nanometres, VoxelOffsets, Voxels, WorldOffset
 from incasem_like.core.errors import FieldError, UserError
-from incasem_like.core.geometry import Coordinate, Roi, roi_from_voxels
+from incasem_like.core.geometry import WORLD_PER_NM, Coordinate, Roi, nm_text, roi_from_voxels, to_world
 from incasem_like.store.datasets import DEFAULT_CHUNK, DatasetPath, bit_depth, create_dataset, open_dataset
+from incasem_like.store.mrc import MrcVolume, is_mrc_path, open_mrc
+
+logger = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
-IMAGE_DTYPES = (np.dtype("uint8"), np.dtype("uint16"))
+IMAGE_DTYPES = tuple(np.dtype(name) for name in ("uint8", "uint16", "int8", "int16", "float32"))
+#: z slices per read when a whole source is scanned (unique values, non-finite values)
+SCAN_SLICES = 16
 LabelMode = Literal["image", "binary_labels", "labels"]
 
 
@@ -99,9 +109,22 @@ class TiffStack:
     def multipage(self) -> bool:
         return self.source.is_file()
 
+    @property
+    def depth(self) -> int:
+        """The number of z slices (not checked)."""
+        return len(self._multipage_file.pages) if self.multipage else len(self.files)
+
+    #: a TIFF records no voxel size this tool trusts (give it in nm)
+    header_voxel_size_nm = None
+
     @cached_property
     def _multipage_file(self) -> tifffile.TiffFile:
         return tifffile.TiffFile(self.source)
+
+    def close(self) -> None:
+        """Close the multi-page file, if it was opened."""
+        if "_multipage_file" in self.__dict__:
+            self._multipage_file.close()
 
     def check(self) -> tuple[tuple[int, int, int], np.dtype]:
         """Check every slice's header (readable, complete, one grayscale plane, same shape and dtype as the
@@ -156,10 +179,93 @@ class TiffStack:
         except Exception as error:
             raise RuntimeError(f"{name}: cannot decode slice {z} ({type(error).__name__}: {error})") from error
 
-    def unique_values(self) -> np.ndarray:
-        """All values in the stack, read one slice at a time."""
-        count = len(self._multipage_file.pages) if self.multipage else len(self.files)
-        return reduce(np.union1d, (np.unique(self._read_slice(z)) for z in range(count)))
+
+@dataclass
+class MrcSource:
+    """The z slices of a tomogram in one MRC/REC/MAP/ST file (`store.mrc`), opened once per process and kept open
+    (memory-mapped) for its reads. `voxel_size_nm` (z y x) overrides the header's."""
+
+    source: Path
+    voxel_size_nm: tuple[float, float, float] | None = None
+
+    @cached_property
+    def _opened(self) -> MrcVolume:
+        self._files = ExitStack()
+        return self._files.enter_context(open_mrc(self.source, voxel_size_nm=self.voxel_size_nm))
+
+    def close(self) -> None:
+        if "_opened" in self.__dict__:
+            self._files.close()
+
+    @cached_property
+    def header_voxel_size_nm(self) -> tuple[float, float, float] | None:
+        """The header's voxel size (nm, z y x); None when it has none, or when an unusable one is overridden."""
+        if self.voxel_size_nm is None:
+            return self._opened.voxel_size_nm
+        try:
+            with open_mrc(self.source) as unchanged:
+                return unchanged.voxel_size_nm
+        except UserError:
+            return None
+
+    @property
+    def depth(self) -> int:
+        return self._opened.data.shape[0]
+
+    def check(self) -> tuple[tuple[int, int, int], np.dtype]:
+        """The tomogram's (z, y, x) shape and dtype (in the machine's byte order); header quirks are warnings."""
+        for quirk in self._opened.warnings:
+            warn_once(quirk)
+        data = self._opened.data
+        return (int(data.shape[0]), int(data.shape[1]), int(data.shape[2])), data.dtype.newbyteorder("=")
+
+    def read(self, z_begin: int, z_end: int, yx: tuple[slice, slice]) -> np.ndarray:
+        data = self._opened.data
+        return np.asarray(data[z_begin:z_end, yx[0], yx[1]], dtype=data.dtype.newbyteorder("="))
+
+
+Source = TiffStack | MrcSource
+
+
+def locate_source(source: str | Path, voxel_size_nm: Sequence[float] | None = None) -> Source:
+    """The slices of `source`: an MRC-family file (by its name), else a TIFF slice folder or multi-page TIFF."""
+    if is_mrc_path(Path(source)) and Path(source).is_file():
+        return MrcSource(Path(source), tuple(voxel_size_nm) if voxel_size_nm else None)  # type: ignore[arg-type]
+    return TiffStack.locate(source)
+
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """A warning printed once per process, however often the stage is rebuilt."""
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
+
+
+def slabs(source: Source) -> Iterator[tuple[int, np.ndarray]]:
+    """(first z, slab) over the whole source, `SCAN_SLICES` slices at a time."""
+    for z in range(0, source.depth, SCAN_SLICES):
+        yield z, source.read(z, min(z + SCAN_SLICES, source.depth), (slice(None), slice(None)))
+
+
+def unique_values(source: Source) -> np.ndarray:
+    """All values in the source, read a slab at a time."""
+    return reduce(np.union1d, (np.unique(slab) for _, slab in slabs(source)))
+
+
+def check_finite(source: Source) -> None:
+    """Float data must be finite: the first NaN or infinity is a `UserError` naming its voxel."""
+    for z, slab in slabs(source):
+        bad = ~np.isfinite(slab)
+        if bad.any():
+            where = np.argwhere(bad)[0]
+            raise UserError(
+                f"{source.source}: {slab[tuple(where)]} at voxel (z y x) {(z + int(where[0]), *map(int, where[1:]))} "
+                f"({int(bad.sum())} such voxels in slices {z}..{z + len(slab) - 1} alone); float data must be finite: "
+                "replace NaN and infinity (e.g. by the mean) before converting"
+            )
 
 
 def _checked_pages(path: Path):
@@ -196,12 +302,12 @@ def _checked_pages(path: Path):
         tifffile_logger.setLevel(level)
 
 
-def label_mode_for(stack: TiffStack) -> LabelMode:
+def label_mode_for(stack: Source) -> LabelMode:
     """`binary_labels` when the stack holds only 0 and 255 (a 0/255 mask, written as 0/1), else `labels`."""
     _, dtype = stack.check()
     if not np.issubdtype(dtype, np.integer):
         raise UserError(f"{stack.source}: labels must be integers, found {dtype}; export integer label slices")
-    values = stack.unique_values()
+    values = unique_values(stack)
     return "binary_labels" if set(values.tolist()) <= {0, 255} else "labels"
 
 
@@ -213,13 +319,14 @@ def to_output_values(slab: np.ndarray, label_mode: LabelMode) -> np.ndarray:
 
 
 class ConvertStage(BlockwiseStage):
-    """TIFF stack -> OME-Zarr dataset, optionally cropped (`roi_offset`/`roi_shape` in voxels, z y x)."""
+    """TIFF stack or MRC tomogram -> OME-Zarr dataset, optionally cropped (`roi_offset`/`roi_shape` in voxels, z y x).
+    `voxel_size` (nm, z y x) is needed for TIFF; for MRC it overrides the header's."""
 
     task_name = "convert"
 
     source: str
     output: str
-    voxel_size: tuple[Nanometres, Nanometres, Nanometres]
+    voxel_size: tuple[Nanometres, Nanometres, Nanometres] | None = None
     offset: tuple[WorldOffset, WorldOffset, WorldOffset] = (0, 0, 0)
     chunk: Voxels = DEFAULT_CHUNK
     label_mode: LabelMode = "image"
@@ -248,22 +355,54 @@ class ConvertStage(BlockwiseStage):
         return offset, shape
 
     @cached_property
+    def stack(self) -> Source:
+        """The source, located once per stage object (a worker's reads share its open files)."""
+        return locate_source(self.source, self.voxel_size)
+
+    @cached_property
     def _stack_checked(self) -> tuple[tuple[int, int, int], np.dtype]:
-        """The source's shape and dtype; every slice header is checked once per stage object."""
-        stack = TiffStack.locate(self.source)
+        """The source's shape and dtype; every slice header (and float data, for finiteness) is checked once per
+        stage object."""
+        stack = self.stack
         shape, dtype = stack.check()
         if self.label_mode == "image" and dtype not in IMAGE_DTYPES:
             raise UserError(
-                f"{self.source}: slices are {dtype}; raw images must be uint8 or uint16 "
-                "(rescale them, or pass --labels for a label stack)"
+                f"{self.source}: slices are {dtype}; images must be uint8, uint16, int8, int16 or float32 "
+                "(convert them to one of those, or pass --labels for a label stack)"
             )
+        if dtype.kind == "f":
+            check_finite(stack)
         return shape, dtype
+
+    @cached_property
+    def world_voxel_size(self) -> Coordinate:
+        """The voxel size in world units: the one given, else the MRC header's (rounded to the world unit)."""
+        header = self.stack.header_voxel_size_nm
+        if self.voxel_size is None:
+            if header is None:
+                raise FieldError(
+                    f"{{voxel_size}} is missing: {self.source} records no voxel size; give it in nm (z y x), e.g. "
+                    "{voxel_size} 5 5 5"
+                )
+            try:
+                return to_world(header)  # exact up to the rounding of the header's 32-bit floats
+            except ValueError:
+                voxel_size = Coordinate(round(v * WORLD_PER_NM) for v in header)
+                warn_once(f"{self.source}: header voxel size {header} nm rounded to {nm_text(voxel_size)}")
+                return voxel_size
+        given = to_world(self.voxel_size)
+        if header is not None and Coordinate(round(v * WORLD_PER_NM) for v in header) != given:
+            warn_once(
+                f"{self.source}: its header says voxel size {tuple(round(v, 6) for v in header)} nm, but "
+                f"{nm_text(given)} was given and is used"
+            )
+        return given
 
     def layout(self) -> BlockLayout:
         shape, _ = self._stack_checked
         crop_offset, crop_shape = self._crop(shape)
-        voxel_size = Coordinate(self.voxel_size)
-        total = roi_from_voxels(crop_offset, crop_shape, voxel_size, origin=self.offset)
+        voxel_size = self.world_voxel_size
+        total = roi_from_voxels(crop_offset, crop_shape, voxel_size, origin=to_world(self.offset))
         chunks = Coordinate(min(self.chunk, s) for s in crop_shape)
         # one chunk of z slices, the whole y-x extent rounded up to whole chunks (clipped at the border)
         block_voxels = Coordinate(chunks[0], *(-(-s // c) * c for s, c in zip(crop_shape[1:], chunks[1:])))
@@ -288,7 +427,12 @@ class ConvertStage(BlockwiseStage):
                     "crop_shape_voxels": list(crop_shape),
                     "frame_offset_nm": list(self.offset),
                     "label_mode": self.label_mode,
-                    **({"value_bits": self._value_bits(dtype)} if self.label_mode == "image" else {}),
+                    **(
+                        {"value_bits": self._value_bits(dtype)}
+                        if self.label_mode == "image" and dtype.kind == "u"
+                        else {}
+                    ),
+                    **({"header_voxel_size_nm": list(header)} if (header := self.stack.header_voxel_size_nm) else {}),
                 },
             },
         )
@@ -296,16 +440,21 @@ class ConvertStage(BlockwiseStage):
     def _value_bits(self, dtype: np.dtype) -> int:
         """The bit depth the image uses (`bit_depth` of the largest value in 8 slices spread over the stack): 12-bit
         camera data in uint16 is normalized by 4095, not 65535, wherever it is read."""
-        stack = TiffStack.locate(self.source)
-        count = len(stack._multipage_file.pages) if stack.multipage else len(stack.files)
-        slices = sorted({int(z) for z in np.linspace(0, count - 1, 8)})
+        stack = self.stack
+        slices = sorted({int(z) for z in np.linspace(0, stack.depth - 1, 8)})
         return bit_depth(max(int(stack.read(z, z + 1, (slice(None), slice(None))).max()) for z in slices), dtype)
 
+    @contextmanager
+    def worker(self) -> Iterator[Callable[[Block], None]]:
+        try:
+            yield self.block_processor()
+        finally:
+            self.stack.close()
+
     def block_processor(self) -> Callable[[Block], None]:
-        stack = TiffStack.locate(self.source)
+        stack = self.stack
         output = open_dataset(DatasetPath.parse(self.output), mode="r+", require_complete=False)
-        voxel_size = Coordinate(self.voxel_size)
-        frame_origin = Coordinate(self.offset)
+        voxel_size, frame_origin = output.voxel_size, to_world(self.offset)
 
         def process(block: Block) -> None:
             roi: Roi = block.write_roi

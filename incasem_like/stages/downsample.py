@@ -37,7 +37,7 @@ from incasem_like.blockwise.runner import check_writable, refuse_if_running, run
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage, check_block
 from incasem_like.core.bounds import Voxels
 from incasem_like.core.errors import UserError
-from incasem_like.core.geometry import Coordinate, Roi
+from incasem_like.core.geometry import Coordinate, Roi, nm_text, per_axis
 from incasem_like.ops.downsample import downsample, output_shape
 from incasem_like.store.datasets import (
     DEFAULT_CHUNK,
@@ -54,6 +54,9 @@ from incasem_like.store.datasets import (
 Kind = Literal["image", "labels", "mask"]
 KINDS = ("image", "labels", "mask")
 IMAGE_DTYPES = ("uint8", "uint16", "float32")
+#: a factor along every axis; one axis's factor (1: that axis is kept)
+Factor = Annotated[int, Field(ge=2, le=1024)]
+AxisFactor = Annotated[int, Field(ge=1, le=1024)]
 #: output block edge in voxels: a factor-2 block reads 256^3 input voxels
 DEFAULT_BLOCK = 128
 
@@ -97,7 +100,7 @@ def parse_int(text: str | int, option: str, minimum: int) -> int:
 def _check_offset(path, offset: Coordinate, voxel_size: Coordinate, what: str) -> None:
     if offset % voxel_size != Coordinate((0,) * len(offset)):
         raise UserError(
-            f"{path}: offset {tuple(offset)} nm is not a multiple of the {what} voxel size {tuple(voxel_size)} nm, "
+            f"{path}: offset {nm_text(offset)} is not a multiple of the {what} voxel size {nm_text(voxel_size)}, "
             "so the coarser grid cannot keep the offset; downsample a dataset whose offset is on that grid"
         )
 
@@ -110,8 +113,9 @@ class _DownsampleBlocks(BlockwiseStage):
     chunk: Voxels = DEFAULT_CHUNK
 
     @property
-    def scale_factor(self) -> int:
-        return 2
+    def scale_factor(self) -> Coordinate:
+        """The (z, y, x) factors."""
+        return Coordinate(2, 2, 2)
 
     def _layout(self, source_shape, source_voxel_size: Coordinate, offset: Coordinate) -> BlockLayout:
         check_block(self.block, self.chunk, " (both in output voxels)")
@@ -135,7 +139,7 @@ class _DownsampleBlocks(BlockwiseStage):
 
         def process(block: Block) -> None:
             write = block.write_roi
-            result = downsample(source[write.intersect(source.roi)], self.scale_factor, self.kind)
+            result = downsample(source[write.intersect(source.roi)], tuple(self.scale_factor), self.kind)
             assert Coordinate(result.shape) * target.voxel_size == write.shape, (result.shape, write)
             target[write] = result
 
@@ -143,24 +147,28 @@ class _DownsampleBlocks(BlockwiseStage):
 
 
 class DownsampleStage(_DownsampleBlocks):
-    """IN -> OUT, a new dataset `factor` times coarser along each axis; `block`/`chunk` in output voxels."""
+    """IN -> OUT, a new dataset `factor` times coarser along each axis (or per axis: (z, y, x) factors, e.g.
+    (1, 2, 2) for anisotropic sections); `block`/`chunk` in output voxels."""
 
     task_name = "downsample"
 
     input: str
     output: str
-    factor: Annotated[int, Field(ge=2, le=1024)] = 2
+    factor: Factor | tuple[AxisFactor, AxisFactor, AxisFactor] = 2
 
     @property
-    def scale_factor(self) -> int:
-        return self.factor
+    def scale_factor(self) -> Coordinate:
+        return Coordinate(per_axis(self.factor))
 
     @field_validator("factor")
     @classmethod
-    def _integer_factor(cls, factor: int) -> int:
-        if factor < 2:
-            raise ValueError("must be an integer >= 2")
+    def _coarser(cls, factor: int | tuple[int, int, int]) -> int | tuple[int, int, int]:
+        if max(per_axis(factor)) < 2:
+            raise ValueError("must make the data coarser: a factor of at least 2 along some axis")
         return factor
+
+    def factor_text(self) -> str:
+        return "x".join(map(str, per_axis(self.factor))) if isinstance(self.factor, tuple) else f"{self.factor}x"
 
     def outputs(self) -> list[StageOutput]:
         return [DatasetOutput.parse(self.output)]
@@ -169,7 +177,7 @@ class DownsampleStage(_DownsampleBlocks):
         source_path = DatasetPath.parse(self.input)
         source = open_dataset(source_path)
         check_dtype(source_path, source.dtype, self.kind)
-        _check_offset(source_path, source.offset, source.voxel_size * self.factor, f"{self.factor}x")
+        _check_offset(source_path, source.offset, source.voxel_size * self.scale_factor, self.factor_text())
         return source
 
     def open_target(self) -> Volume:

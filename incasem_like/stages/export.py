@@ -23,9 +23,10 @@ import tifffile
 from tqdm import tqdm
 
 from incasem_like.core.errors import FieldError, UserError
-from incasem_like.core.geometry import Coordinate, Roi
+from incasem_like.core.geometry import Coordinate, Roi, nm_text, roi_text, to_world
 from incasem_like.stages.convert import TIFF_SUFFIXES
 from incasem_like.store.datasets import DatasetPath, Volume, dataset_meta, open_dataset
+from incasem_like.store.mrc import is_mrc_path, write_mrc
 
 #: kinds whose uint8 0/1 data are written as 0/255, Fiji's binary convention (convert --labels reads it back as 0/1)
 BINARY_KINDS = ("labels", "mask")
@@ -43,7 +44,7 @@ def slice_names(count: int) -> list[str]:
 
 @dataclass(frozen=True)
 class ExportPlan:
-    """What to write: the dataset, the world ROI (nm) of the exported stack, whether 0/1 becomes 0/255 and whether
+    """What to write: the dataset, the world ROI of the exported stack, whether 0/1 becomes 0/255 and whether
     slices are compressed."""
 
     volume: Volume
@@ -90,7 +91,7 @@ def _max_value(volume: Volume, threads: int) -> int:
 
 
 def original_frame(path: DatasetPath, volume: Volume) -> Roi:
-    """World ROI (nm) of the TIFF stack `path` was converted from, following recorded `source.dataset`s back to
+    """World ROI of the TIFF stack `path` was converted from, following recorded `source.dataset`s back to
     the conversion; checked to hold the dataset on its voxel grid."""
     current, seen = path, {path}
     while "shape_voxels" not in (source := dataset_meta(current).get("source", {})):
@@ -106,18 +107,17 @@ def original_frame(path: DatasetPath, volume: Volume) -> Roi:
             )
         seen.add(current)
     converted_voxel_size = open_dataset(current, require_complete=False).voxel_size
-    frame = Roi(Coordinate(source["frame_offset_nm"]), Coordinate(source["shape_voxels"]) * converted_voxel_size)
+    frame = Roi(to_world(source["frame_offset_nm"]), Coordinate(source["shape_voxels"]) * converted_voxel_size)
     voxel_size = volume.voxel_size
     if any((*((frame.offset - volume.offset) % voxel_size), *(frame.shape % voxel_size))):
         raise FieldError(
-            f"{{uncrop}}: the original frame of {path} ({frame} nm, recorded by {current}) is not a whole number of "
-            "its "
-            f"{tuple(voxel_size)} nm voxels; export the full-resolution dataset, or without {{uncrop}}"
+            f"{{uncrop}}: the original frame of {path} ({roi_text(frame)}, recorded by {current}) is not a whole "
+            f"number of its {nm_text(voxel_size)} voxels; export the full-resolution dataset, or without {{uncrop}}"
         )
     if not frame.contains(volume.roi):
         raise FieldError(
-            f"{{uncrop}}: {path} ({volume.roi} nm) reaches outside its original frame ({frame} nm, recorded by "
-            f"{current}); its offset does not match the conversion, export it without {{uncrop}}"
+            f"{{uncrop}}: {path} ({roi_text(volume.roi)}) reaches outside its original frame ({roi_text(frame)}, "
+            f"recorded by {current}); its offset does not match the conversion, export it without {{uncrop}}"
         )
     return frame
 
@@ -188,16 +188,49 @@ def export(plan: ExportPlan, out_dir: Path, threads: int = 2, progress: bool = F
     return {"names": names, "seconds": round(time.perf_counter() - start, 3)}
 
 
-def _write_slices(plan: ExportPlan, folder: Path, names: list[str], piece: tuple[int, int]) -> None:
-    """Slices piece[0]..piece[1]-1 of the exported stack: the dataset's data where it lies, zeros elsewhere."""
+def frame_slab(plan: ExportPlan, piece: tuple[int, int]) -> np.ndarray:
+    """Slices piece[0]..piece[1]-1 of the exported stack: the dataset's data where it lies, zeros elsewhere, 0/1
+    as 0/255 where the plan says so."""
     volume = plan.volume
     (z0, y0, x0), (depth, height, width) = plan.placement, volume.shape
+    slab = np.zeros((piece[1] - piece[0], *plan.frame_shape[1:]), volume.dtype)
     begin, end = max(piece[0], z0), min(piece[1], z0 + depth)
-    slab = volume.read((slice(begin - z0, end - z0),)) if begin < end else None
-    for z in range(*piece):
-        plane = np.zeros(tuple(plan.frame_shape[1:]), volume.dtype)
-        if slab is not None and begin <= z < end:
-            plane[y0 : y0 + height, x0 : x0 + width] = slab[z - begin]
-        if plan.scale_binary:
-            plane *= 255
+    if begin < end:
+        slab[begin - piece[0] : end - piece[0], y0 : y0 + height, x0 : x0 + width] = volume.read(
+            (slice(begin - z0, end - z0),)
+        )
+    if plan.scale_binary:
+        slab *= 255
+    return slab
+
+
+def _write_slices(plan: ExportPlan, folder: Path, names: list[str], piece: tuple[int, int]) -> None:
+    for z, plane in enumerate(frame_slab(plan, piece), start=piece[0]):
         tifffile.imwrite(folder / names[z], plane, **(COMPRESSION if plan.compress else {}))
+
+
+def check_output_file(path: Path, overwrite: bool) -> None:
+    """An MRC output: a new file, or with `overwrite` an existing MRC file (never a folder)."""
+    if not is_mrc_path(path) or path.name.lower().endswith((".gz", ".bz2")):
+        raise UserError(f"{path}: name the MRC file .mrc, .rec, .map or .st (uncompressed)")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give the name of the MRC file to write")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def export_mrc(plan: ExportPlan, path: Path, threads: int = 2, progress: bool = False) -> dict:
+    """Write the plan's stack as one MRC file with the dataset's voxel size (`store.mrc.write_mrc`: atomic, slab
+    by slab; uint8 becomes mode 6, uint16)."""
+    start = time.perf_counter()
+    pieces = plan.z_pieces()
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            slabs = zip((piece[0] for piece in pieces), pool.map(partial(frame_slab, plan), pieces))
+            shown = tqdm(slabs, total=len(pieces), unit="slab", disable=not progress, leave=False)
+            write_mrc(path, tuple(plan.frame_shape), plan.volume.dtype, plan.volume.voxel_size_nm, shown)
+    except OSError as error:
+        raise UserError(
+            f"{path}: cannot write it ({error.strerror or error}); choose a writable location with enough space"
+        ) from None
+    return {"seconds": round(time.perf_counter() - start, 3)}

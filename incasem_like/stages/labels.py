@@ -26,6 +26,7 @@ from incasem_like.blockwise.volume_stage import VolumeStage
 from incasem_like.core.bounds import STRICT, Radius, VoxelCount, Voxels
 from incasem_like.core.config_files import read_yaml_mapping
 from incasem_like.core.errors import UserError, describe_validation_error
+from incasem_like.core.geometry import per_axis
 from incasem_like.ops.morphology import (
     DEFAULT_MAX_SPAN,
     blockwise_context,
@@ -160,11 +161,12 @@ class MetricMaskStage(LabelsStage):
     task_name = "labels_metric_mask"
     output_kind = "mask"
 
-    dilation_voxels: Radius = 0
-    erosion_voxels: Radius = 0
+    #: a ball, or (z, y, x) radii: e.g. (0, 2, 2) excludes a band within sections only, for anisotropic voxels
+    dilation_voxels: Radius | tuple[Radius, Radius, Radius] = 0
+    erosion_voxels: Radius | tuple[Radius, Radius, Radius] = 0
 
     def context_voxels(self) -> int:
-        return max(self.dilation_voxels, self.erosion_voxels)
+        return max(*per_axis(self.dilation_voxels), *per_axis(self.erosion_voxels))
 
     def compute(self, data: np.ndarray) -> np.ndarray:
         return metric_mask(data, self.dilation_voxels, self.erosion_voxels)

@@ -25,8 +25,9 @@ class MaskStage(VolumeStage):
 
     #: intensity window counted as cell (MIN, MAX), inclusive
     gray: tuple[Gray16, Gray16] = (2, 180)
-    opening_radius: Radius = 3
-    closing_radius: Radius = 2
+    #: a ball, or (z, y, x) radii for anisotropic voxels (e.g. 0 3 3: within sections)
+    opening_radius: Radius | tuple[Radius, Radius, Radius] = 3
+    closing_radius: Radius | tuple[Radius, Radius, Radius] = 2
     min_hole_voxels: VoxelCount = 100000
     min_object_voxels: VoxelCount = 100000
     max_span: Voxels = DEFAULT_MAX_SPAN

@@ -153,7 +153,7 @@ class MeshStage(BlockwiseStage):
             owned = table.starting_in(begin, end)
             sizes = np.zeros((len(owned), 2), np.int64)
             for k, (row, mask, crop_begin) in enumerate(table.crops(owned, begin, end, self.step_size, read)):
-                corner = np.array(labels.offset) + crop_begin * table.voxel_size
+                corner = table.offset + crop_begin * table.voxel_size
                 vertices, triangles = object_mesh(mask, table.voxel_size, corner, self.step_size, self.smooth)
                 if len(triangles):
                     write_mesh_files(self.folder, row + 1, vertices[:, ::-1], triangles, self.formats)

@@ -262,7 +262,7 @@ class RelabelStage(ObjectsBlocks):
             owned = table.starting_in(begin, end)
             areas = np.empty(len(owned))
             for k, (_, mask, crop_begin) in enumerate(table.crops(owned, begin, end, 1, global_ids)):
-                corner = np.array(fragments.offset) + crop_begin * table.voxel_size
+                corner = table.offset + crop_begin * table.voxel_size
                 areas[k] = surface_area(*object_mesh(mask, table.voxel_size, corner))
             save_npz(self.result_path(self.grid_index(block.write_roi, fragments)), ids=owned + 1, areas=areas)
 
@@ -320,8 +320,8 @@ def _merge(fragments: FragmentsStage, run: str) -> None:
                     pairs.append((b, int(np.ravel_multi_index(neighbour, grid)), touching))
     lut, offsets, statistics = merge_fragments(results, pairs)
     table = ObjectTable(
-        voxel_size=np.array(volume.voxel_size),
-        offset=np.array(volume.offset),
+        voxel_size=np.array(volume.voxel_size_nm),
+        offset=np.array(volume.offset_nm),
         shape=np.array(volume.shape),
         surface_area_nm2=np.full(len(statistics["voxel_count"]), np.nan),
         **statistics,

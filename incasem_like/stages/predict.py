@@ -40,7 +40,7 @@ from incasem_like.blockwise.volume_stage import requested_roi
 from incasem_like.core.bounds import Edges, VoxelOffsets, Voxels
 from incasem_like.core.errors import FieldError, UserError
 from incasem_like.core.files import file_digest
-from incasem_like.core.geometry import Coordinate, Roi
+from incasem_like.core.geometry import Coordinate, Roi, nm_text, to_world
 from incasem_like.nn.checkpoints import load_checkpoint, model_from_checkpoint
 from incasem_like.nn.inference import TtaMode, normalize, predict_region, raw_with_context, select_device, tta_variants
 from incasem_like.nn.model import NetworkConfig, Triple, inference_model
@@ -166,7 +166,8 @@ class PredictStage(BlockwiseStage):
         raw = open_dataset(self.raw)
         if raw.dtype.name not in RAW_DTYPES:
             raise UserError(
-                f"{self.raw}: dtype {raw.dtype} cannot be predicted (needs uint8 or uint16 raw, as in training)"
+                f"{self.raw}: dtype {raw.dtype} cannot be predicted (needs uint8 or uint16 raw, as in training); "
+                "map float or signed data with incasem-like rescale first"
             )
         return raw
 
@@ -181,17 +182,17 @@ class PredictStage(BlockwiseStage):
             f"{self.raw}: {_describe_preprocessing(actual)}, but {self.checkpoint} was trained on "
             f"{_describe_preprocessing(expected)}"
         )
-        fix = "run incasem-like clahe with those parameters first" if expected else "predict the raw data instead"
+        fix = "preprocess it with those parameters first" if expected else "predict the raw data instead"
         if self.strict:
             raise UserError(f"{message}; {fix} (or drop --strict)")
         logger.warning("%s; predictions may be poor (%s)", message, fix)
 
     def check_voxel_size(self, raw: Volume, state: dict) -> None:
         trained = state.get("voxel_size")
-        if trained is None or Coordinate(trained) == raw.voxel_size:
+        if trained is None or to_world(trained) == raw.voxel_size:
             return
         message = (
-            f"{self.raw}: voxel size {tuple(raw.voxel_size)} nm differs from the {tuple(trained)} nm the model "
+            f"{self.raw}: voxel size {nm_text(raw.voxel_size)} differs from the {nm_text(to_world(trained))} the model "
             f"{self.checkpoint} was trained on"
         )
         if self.strict:
@@ -308,9 +309,13 @@ class PredictStage(BlockwiseStage):
 
 
 def _describe_preprocessing(preprocessing: dict) -> str:
-    if not preprocessing.get("clahe"):
-        return "data without CLAHE"
-    return "CLAHE'd data (" + ", ".join(f"{key} {value}" for key, value in preprocessing["clahe"].items()) + ")"
+    if not preprocessing:
+        return "data without CLAHE or rescaling"
+    steps = [
+        f"{step} ({', '.join(f'{key} {value}' for key, value in parameters.items())})"
+        for step, parameters in preprocessing.items()
+    ]
+    return "data after " + " and ".join(steps)
 
 
 def prediction_stages(stage: PredictStage, clean_up: CleanUp) -> list:
@@ -333,7 +338,7 @@ def prediction_stages(stage: PredictStage, clean_up: CleanUp) -> list:
 
 
 class PassGrid:
-    """Where passes start (every `step` from `anchor`) and which of their output voxels are kept (all in nm)."""
+    """Where passes start (every `step` from `anchor`) and which of their output voxels are kept (world units)."""
 
     def __init__(self, anchor: Coordinate, step: Coordinate, output: Coordinate):
         self.anchor, self.step, self.output = anchor, step, output

@@ -2,12 +2,13 @@
 
 A cell lives in one container (`cell_6.zarr`); a dataset is addressed as `cell_6.zarr/volumes/raw`. Each
 dataset is an OME-Zarr (NGFF 0.5) multiscale group whose full-resolution array is `s0` (pyramids add s1..sN),
-with axes z, y, x in nanometres and the voxel size / offset as scale / translation, so neuroglancer and napari
-open it as is. The `s0` array also carries funlib's attributes (voxel_size, offset, axis_names, units), so
+with axes z, y, x in nanometres and the voxel size / offset as scale / translation (any positive float: 4 x 4 x 3.2,
+0.03925), so neuroglancer and napari open it as is. The `s0` array also carries funlib's attributes (voxel_size,
+offset, axis_names, units) in the integer world unit (fm, `core.geometry`), so
 `funlib.persistence.open_ds("cell_6.zarr/volumes/raw/s0")` round-trips it. Our own bookkeeping (whether the
 dataset is complete, what wrote it) lives under the group attribute `incasem_like`.
 
-Stages read and write through `Volume`, a zarr array indexed by `funlib.geometry.Roi` in nm (the same
+Stages read and write through `Volume`, a zarr array indexed by `funlib.geometry.Roi` in world units (the same
 interface as funlib's `Array` for `[roi]` and `to_ndarray`, without its dask layer, whose import alone costs
 each worker process a second).
 """
@@ -27,7 +28,10 @@ from zarr.storage import LocalStore
 
 from incasem_like.core.bounds import MAX_OFFSET_NM, MAX_VOXEL_NM
 from incasem_like.core.errors import UserError
-from incasem_like.core.geometry import AXES, UNIT, Coordinate, Roi
+from incasem_like.core.geometry import AXES, UNIT, WORLD_PER_NM, Coordinate, Roi, nm_text, to_nm, world_length
+
+#: the OME-Zarr length units read, in nm (this tool writes nanometer)
+NM_PER_UNIT = {"angstrom": 0.1, "picometer": 1e-3, "nanometer": 1.0, "micrometer": 1e3}
 
 RAW = "volumes/raw"
 RAW_CLAHE = "volumes/raw_clahe"
@@ -136,19 +140,23 @@ class DatasetPath:
 def ome_multiscales(name: str, voxel_size: Sequence[int], offset: Sequence[int], levels: int = 1) -> dict:
     """NGFF 0.5 `multiscales` metadata for levels s0..s{levels-1}, each 2x coarser than the last.
 
-    `offset` is funlib's: the world position (nm) of the first voxel's corner, shared by all levels. NGFF maps
-    voxel *centres* (integer array indices) to the world, as neuroglancer and napari read it, so the translation
-    of level k is the centre of its first voxel: offset + scale_k / 2.
+    `voxel_size` and `offset` are world units (written in nm); `offset` is funlib's: the world position of the first
+    voxel's corner, shared by all levels. NGFF maps voxel *centres* (integer array indices) to the world, as
+    neuroglancer and napari read it, so the translation of level k is the centre of its first voxel:
+    offset + scale_k / 2.
     """
     datasets = []
     for level in range(levels):
-        scale = [float(v * 2**level) for v in voxel_size]
+        level_voxel = [v * 2**level for v in voxel_size]
         datasets.append(
             {
                 "path": f"s{level}",
                 "coordinateTransformations": [
-                    {"type": "scale", "scale": scale},
-                    {"type": "translation", "translation": [o + s / 2 for o, s in zip(offset, scale)]},
+                    {"type": "scale", "scale": list(to_nm(level_voxel))},
+                    {
+                        "type": "translation",
+                        "translation": [(2 * o + v) / (2 * WORLD_PER_NM) for o, v in zip(offset, level_voxel)],
+                    },
                 ],
             }
         )
@@ -175,17 +183,17 @@ def create_dataset(
 ) -> "Volume":
     """Create an empty, incomplete dataset (s0) with OME-Zarr and funlib metadata; returns it opened r+.
 
-    `voxel_size` and `offset` are in nm; the offset must be a multiple of the voxel size. An existing dataset at
+    `voxel_size` and `offset` are world units; the offset must be a multiple of the voxel size. An existing dataset at
     `path` is an error: callers decide about overwriting (see `remove_dataset`).
     """
     voxel_size, offset = Coordinate(voxel_size), Coordinate(offset)
     if len(shape) != 3 or len(voxel_size) != 3 or len(offset) != 3:
         raise UserError(f"{path}: shape, voxel size and offset need 3 values (z, y, x)")
     if any(v <= 0 for v in voxel_size):
-        raise UserError(f"{path}: voxel size {tuple(voxel_size)} must be positive (nm)")
+        raise UserError(f"{path}: voxel size {nm_text(voxel_size)} must be positive")
     if offset % voxel_size != Coordinate((0, 0, 0)):
         raise UserError(
-            f"{path}: offset {tuple(offset)} nm is not a multiple of the voxel size {tuple(voxel_size)} nm; "
+            f"{path}: offset {nm_text(offset)} is not a multiple of the voxel size {nm_text(voxel_size)}; "
             "choose an offset on the voxel grid"
         )
     if path.exists():
@@ -210,7 +218,7 @@ def create_dataset(
 
 
 def _create_level_array(group, name, shape, dtype, chunk_shape, voxel_size, offset) -> zarr.Array:
-    """An empty level array of a dataset group, with funlib's attributes (voxel size and offset in nm)."""
+    """An empty level array of a dataset group, with funlib's attributes (voxel size and offset in world units)."""
     array = group.create_array(
         name,
         shape=tuple(int(s) for s in shape),
@@ -226,7 +234,7 @@ def _create_level_array(group, name, shape, dtype, chunk_shape, voxel_size, offs
             "voxel_size": list(voxel_size),
             "offset": list(offset),
             "axis_names": list(AXES),
-            "units": ["nm"] * 3,
+            "units": ["fm"] * 3,
             "types": ["space"] * 3,
         }
     )
@@ -235,7 +243,8 @@ def _create_level_array(group, name, shape, dtype, chunk_shape, voxel_size, offs
 
 @dataclass
 class Volume:
-    """A dataset's full-resolution zarr array in world units: ROIs in nm, axis order z, y, x."""
+    """A dataset's full-resolution zarr array in world units: ROIs in world units (`core.geometry`), axis order
+    z, y, x."""
 
     data: zarr.Array
     voxel_size: Coordinate
@@ -252,6 +261,14 @@ class Volume:
     @property
     def dtype(self) -> np.dtype:
         return self.data.dtype
+
+    @property
+    def voxel_size_nm(self) -> tuple[float, ...]:
+        return to_nm(self.voxel_size)
+
+    @property
+    def offset_nm(self) -> tuple[float, ...]:
+        return to_nm(self.offset)
 
     @property
     def chunk_shape(self) -> Coordinate:
@@ -299,7 +316,7 @@ class Volume:
 
 
 def open_dataset(path: DatasetPath | str, mode: str = "r", require_complete: bool = True) -> Volume:
-    """Open a dataset's full-resolution array in world units (nm).
+    """Open a dataset's full-resolution array in world units.
 
     Voxel size and offset come from the group's OME-Zarr metadata, so datasets written by other OME-Zarr tools
     open too. With `require_complete`, a dataset whose writing run has not finished is refused.
@@ -352,19 +369,34 @@ def _ome_scale_and_translation(path: DatasetPath, attrs: dict) -> tuple[Coordina
             f"{path}: no readable OME-Zarr multiscales metadata for {FULL_RESOLUTION} ({type(error).__name__}: "
             f"{_short(error)}); write datasets with incasem-like convert or another OME-Zarr 0.5 writer"
         ) from None
-    if len(scale) != 3 or any(not isinstance(v, int | float) or not 0 < v <= MAX_VOXEL_NM for v in scale):
+    if units and (len(units) != 3 or any(unit not in NM_PER_UNIT for unit in units)):
+        raise UserError(
+            f"{path}: axis units {_short(units)} in its OME-Zarr metadata are not lengths this tool reads "
+            f"({', '.join(NM_PER_UNIT)}); restore the metadata"
+        )
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in [*scale, *translation])
+    if numbers and units:
+        scale = [v * NM_PER_UNIT[unit] for v, unit in zip(scale, units)]
+        translation = [v * NM_PER_UNIT[unit] for v, unit in zip(translation, units)]
+    if len(scale) != 3 or not numbers or any(not 0 < v <= MAX_VOXEL_NM for v in scale):
         raise UserError(
             f"{path}: voxel size {_short(scale)} in its OME-Zarr metadata must be 3 positive numbers up to "
             f"{MAX_VOXEL_NM:g} (nm); restore the metadata"
         )
-    if len(translation) != 3 or any(not isinstance(v, int | float) or abs(v) > MAX_OFFSET_NM for v in translation):
+    if len(translation) != 3 or any(abs(v) > MAX_OFFSET_NM for v in translation):
         raise UserError(
             f"{path}: translation {_short(translation)} in its OME-Zarr metadata must be 3 numbers within "
             f"+-{MAX_OFFSET_NM:g} (nm); restore the metadata"
         )
-    if units and any(unit != UNIT for unit in units):
-        raise UserError(f"{path}: axis units {_short(units)} are not all '{UNIT}'; this tool works in nm")
-    return Coordinate(int(round(v)) for v in scale), Coordinate(map(_corner_offset, translation, scale))
+    try:
+        voxel_size = Coordinate(map(world_length, scale))
+    except ValueError as error:
+        raise UserError(f"{path}: voxel size {_short(scale)} in its OME-Zarr metadata: {error}") from None
+    if 0 in voxel_size:
+        raise UserError(
+            f"{path}: voxel size {_short(scale)} nm is below 1e-6 nm (the internal unit); restore the metadata"
+        )
+    return voxel_size, Coordinate(map(_corner_offset, translation, voxel_size))
 
 
 def _short(value: Any) -> str:
@@ -373,15 +405,17 @@ def _short(value: Any) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
-def _corner_offset(translation: float, scale: float) -> int:
-    """funlib offset (first voxel's corner, on the voxel grid) of an NGFF translation (first voxel's centre).
+def _corner_offset(translation_nm: float, voxel_size: int) -> int:
+    """funlib offset (world units: first voxel's corner, on the voxel grid) of an NGFF translation (nm: first voxel's
+    centre).
 
     Writers that store the corner as the translation (off the centre grid by half a voxel) are taken at
     their word rather than shifted off the voxel grid.
     """
-    first_corner = translation / scale - 0.5
-    voxels = round(first_corner) if abs(first_corner - round(first_corner)) < 1e-6 else round(translation / scale)
-    return int(voxels * round(scale))
+    in_voxels = translation_nm * WORLD_PER_NM / voxel_size
+    first_corner = in_voxels - 0.5
+    voxels = round(first_corner) if abs(first_corner - round(first_corner)) < 1e-6 else round(in_voxels)
+    return int(voxels * voxel_size)
 
 
 def dataset_meta(path: DatasetPath) -> dict[str, Any]:
@@ -399,7 +433,11 @@ def _our_attributes_of(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 #: the CLAHE parameters that change an image (the preprocessing a model's checkpoint records for its input)
-CLAHE_PARAMETERS = ("kernel", "clip_limit", "nbins", "intensity_range")
+#: the parameters of each preprocessing step that a model's input must share with its training data
+PREPROCESSING_PARAMETERS = {
+    "clahe": ("kernel", "clip_limit", "nbins", "intensity_range"),
+    "rescale": ("dtype", "percentiles", "value_range"),
+}
 
 
 #: bit depths raw data may use of a 16-bit dtype (cameras write 10, 12 or 14 bits into uint16)
@@ -432,9 +470,22 @@ def value_max(volume: "Volume") -> int:
 
 
 def recorded_preprocessing(path: DatasetPath) -> dict[str, Any]:
-    """The image preprocessing a dataset's provenance records: {"clahe": its parameters}, or {} for raw data."""
-    clahe = dataset_meta(path).get("source", {}).get("clahe")
-    return {"clahe": {key: clahe[key] for key in CLAHE_PARAMETERS if key in clahe}} if clahe else {}
+    """The image preprocessing a dataset's provenance records, following its sources back (a CLAHE of a rescaled
+    tomogram): {"clahe": its parameters, "rescale": its rule}, each only where it happened; {} for raw data. The
+    rule, not the values it gave on one volume: a model trained on one tomogram expects the next rescaled alike."""
+    found: dict[str, Any] = {}
+    seen: set[DatasetPath] = set()
+    while path not in seen and len(seen) < 16:
+        seen.add(path)
+        source = dataset_meta(path).get("source", {}) if path.exists() else {}
+        for step, parameters in PREPROCESSING_PARAMETERS.items():
+            if step in source and step not in found:
+                found[step] = {key: source[step][key] for key in parameters if key in source[step]}
+        if "dataset" not in source:
+            break
+        recorded = DatasetPath.parse(source["dataset"])
+        path = recorded if recorded.exists() else DatasetPath(path.container, recorded.name)
+    return found
 
 
 def update_dataset_meta(path: DatasetPath, **values: Any) -> None:

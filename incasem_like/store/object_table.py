@@ -109,7 +109,7 @@ class ObjectTable:
         writer.writerow(CSV_COLUMNS)
         for i in range(len(self)):
             writer.writerow(
-                [i + 1, int(self.voxel_count[i]), int(self.voxel_count[i]) * int(np.prod(self.voxel_size))]
+                [i + 1, int(self.voxel_count[i]), _number(self.voxel_count[i] * np.prod(voxel_size))]
                 + [_number(v) for v in (self.surface_area_nm2[i], *centroid[i], *bbox_offset[i], *bbox_shape[i])]
                 + [_number(v) for v in axes[i]]
                 + [int(border[i])]

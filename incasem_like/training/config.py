@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from incasem_like.core.bounds import STRICT, Count, Edges, Minutes, Seed, VoxelOffsets, Voxels
 from incasem_like.core.config_files import read_yaml_mapping
 from incasem_like.core.errors import UserError, describe_validation_error
-from incasem_like.core.geometry import Coordinate, Roi, roi_from_voxels
+from incasem_like.core.geometry import Coordinate, Roi, nm_text, roi_from_voxels
 from incasem_like.nn.model import NetworkConfig
 from incasem_like.store.datasets import DatasetPath, Volume, open_dataset
 
@@ -232,11 +232,14 @@ class CellVolumes:
         for role, volume in self.volumes.items():
             if volume.voxel_size != raw.voxel_size:
                 raise UserError(
-                    f"{key}.{role}: voxel size {tuple(volume.voxel_size)} nm of {cell.path(cell.datasets()[role])} "
-                    f"differs from the raw data's {tuple(raw.voxel_size)} nm; resample it to the raw grid"
+                    f"{key}.{role}: voxel size {nm_text(volume.voxel_size)} of {cell.path(cell.datasets()[role])} "
+                    f"differs from the raw data's {nm_text(raw.voxel_size)}; resample it to the raw grid"
                 )
         if raw.dtype.kind != "u":
-            raise UserError(f"{key}.raw: dtype {raw.dtype} of {cell.path(cell.raw)}; expected uint8 or uint16")
+            raise UserError(
+                f"{key}.raw: dtype {raw.dtype} of {cell.path(cell.raw)}; expected uint8 or uint16: map float or signed "
+                "data with incasem-like rescale first (its rule is recorded with the model)"
+            )
         for role in ("labels", "mask", "metric_mask"):
             if role in self.volumes and self.volumes[role].dtype.kind not in "iub":
                 raise UserError(f"{key}.{role}: dtype {self.volumes[role].dtype} is not an integer label/mask type")
@@ -279,7 +282,7 @@ def open_cells(config: TrainConfig) -> tuple[list[CellVolumes], list[CellVolumes
     for cell in training + validation:
         if cell.voxel_size != reference:
             raise UserError(
-                f"{cell.key}: voxel size {tuple(cell.voxel_size)} nm differs from training[0]'s "
-                f"{tuple(reference)} nm; one model is trained at one voxel size (downsample to match)"
+                f"{cell.key}: voxel size {nm_text(cell.voxel_size)} differs from training[0]'s "
+                f"{nm_text(reference)}; one model is trained at one voxel size (downsample to match)"
             )
     return training, validation

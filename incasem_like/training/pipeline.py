@@ -176,8 +176,9 @@ IN_MEMORY_BYTES = 2**30
 
 
 def _array_source(key: gp.ArrayKey, cell: CellVolumes, role: str, interpolatable: bool) -> gp.BatchProvider:
-    path = cell.cell.path(cell.cell.datasets()[role]).array_path
-    array = open_ds(str(path))
+    path, volume = cell.cell.path(cell.cell.datasets()[role]).array_path, cell.volumes[role]
+    # in world units, from the OME-Zarr metadata (funlib's own attributes of older containers are in nm)
+    array = open_ds(str(path), voxel_size=volume.voxel_size, offset=volume.offset, units=["fm"] * 3)
     if array.data.nbytes <= IN_MEMORY_BYTES:
         array = Array(array.to_ndarray(array.roi), array.offset, array.voxel_size, array.axis_names, array.units)
     return gp.ArraySource(key, array, interpolatable=interpolatable)

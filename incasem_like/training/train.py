@@ -23,7 +23,7 @@ from tqdm import tqdm
 from incasem_like.blockwise.lock import LOCK, RunLock, remove_all_but_lock
 from incasem_like.core.errors import UserError
 from incasem_like.core.files import write_atomically
-from incasem_like.core.geometry import Coordinate
+from incasem_like.core.geometry import Coordinate, to_nm
 from incasem_like.nn.checkpoints import checkpoints, load_checkpoint, save_checkpoint
 from incasem_like.nn.inference import (
     autocast,
@@ -291,7 +291,7 @@ class Run:
                         self.optimizer,
                         iteration,
                         config.organelle,
-                        self.training[0].voxel_size,
+                        to_nm(self.training[0].voxel_size),
                         run_seconds=round(self.previous_seconds + time.perf_counter() - started, 1),
                         preprocessing=recorded_preprocessing(self.training[0].cell.path(self.training[0].cell.raw)),
                     )

@@ -33,6 +33,7 @@ from incasem_like.blockwise.stage import BlockwiseStage
 from incasem_like.core.bounds import STRICT
 from incasem_like.core.errors import UserError
 from incasem_like.core.files import write_atomically
+from incasem_like.core.geometry import nm_text
 from incasem_like.store.datasets import (
     DatasetPath,
     dataset_meta,
@@ -187,6 +188,8 @@ def _shown(value: Any) -> str:
         return ",".join(map(_shown, value))
     if isinstance(value, dict):
         return "{" + ",".join(f"{key}={_shown(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, float):
+        return f"{value:.9g}"  # 5.0 as 5, 4.6 as 4.6
     return str(value)
 
 
@@ -282,8 +285,8 @@ def run_and_report(stage: BlockwiseStage, execution: Execution) -> dict:
         return summary
     array = open_dataset(summary["output"])
     print(
-        f"wrote {summary['output']}: {tuple(array.shape)} {array.dtype}, voxel size {tuple(array.voxel_size)} nm, "
-        f"offset {tuple(array.offset)} nm\n"
+        f"wrote {summary['output']}: {tuple(array.shape)} {array.dtype}, voxel size {nm_text(array.voxel_size)}, "
+        f"offset {nm_text(array.offset)}\n"
         f"  {summary['blocks_processed']} blocks processed, {summary['blocks_skipped']} skipped (already done), "
         f"{summary['seconds']:.1f} s, {summary['voxels_per_second'] / 1e6:.1f} M voxels/s"
     )

@@ -20,6 +20,7 @@ from incasem_like.blockwise.runner import check_writable, refuse_if_running
 from incasem_like.core.bounds import Count, Edges, VoxelCount, VoxelOffsets, Voxels
 from incasem_like.core.errors import FieldError, UserError
 from incasem_like.core.files import file_digest
+from incasem_like.core.geometry import nm_text
 from incasem_like.nn.checkpoints import load_checkpoint, resolve_checkpoint
 from incasem_like.nn.inference import TtaMode, select_device
 from incasem_like.nn.model import Triple
@@ -27,7 +28,7 @@ from incasem_like.nn.models import checkpoint_location
 from incasem_like.ops.morphology import DEFAULT_MAX_SPAN
 from incasem_like.ops.surfaces import SMOOTH_ITERATIONS, Iterations
 from incasem_like.stages.clahe import ClaheStage
-from incasem_like.stages.convert import ConvertStage, TiffStack, label_mode_for
+from incasem_like.stages.convert import ConvertStage, label_mode_for
 from incasem_like.stages.downsample import DownsampleStage, Kind, resolve_kind
 from incasem_like.stages.labels import (
     CleanLabelsStage,
@@ -48,6 +49,7 @@ from incasem_like.stages.predict import (
     prediction_stages,
     recommended_settings,
 )
+from incasem_like.stages.rescale import RescaleStage
 from incasem_like.stages.threshold import CleanUp, Threshold, ThresholdStage
 from incasem_like.store.datasets import DEFAULT_CHUNK, DatasetPath, open_dataset, value_max
 from incasem_like.workflow.step import Execution, Output, StageStep, Step, run_and_report
@@ -68,13 +70,22 @@ class ConvertStep(StageStep, ConvertStage):
     def run(self, execution: Execution) -> None:
         stage = self.stage()
         if self.label_mode == "labels":
-            stage = stage.model_copy(update={"label_mode": label_mode_for(TiffStack.locate(self.source))})
+            assert isinstance(stage, ConvertStage)
+            stage = stage.model_copy(update={"label_mode": label_mode_for(stage.stack)})
         run_and_report(stage, execution)
 
 
 class ClaheStep(StageStep, ClaheStage):
     command: Literal["clahe"] = "clahe"
     stage_class = ClaheStage
+
+    def reads(self) -> list[str]:
+        return [self.input]
+
+
+class RescaleStep(StageStep, RescaleStage):
+    command: Literal["rescale"] = "rescale"
+    stage_class = RescaleStage
 
     def reads(self) -> list[str]:
         return [self.input]
@@ -514,13 +525,14 @@ class EvaluateStep(Step):
 
 
 class ExportStep(Step):
-    """A dataset -> one TIFF per z slice in the folder `out_dir`."""
+    """A dataset -> one TIFF per z slice in the folder `out_dir`, or (`format: mrc`) one MRC file `out_dir`."""
 
     command: Literal["export"] = "export"
     dataset: str
     out_dir: str
     uncrop: bool = False
     keep_values: bool = False
+    format: Literal["tiff", "mrc"] = "tiff"
 
     def reads(self) -> list[str]:
         return [self.dataset]
@@ -529,10 +541,19 @@ class ExportStep(Step):
         return [Output(self.out_dir)]
 
     def run(self, execution: Execution) -> None:
-        from incasem_like.stages.export import check_output_dir, export, plan_export
+        from incasem_like.stages.export import check_output_dir, check_output_file, export, export_mrc, plan_export
 
         threads = execution.threads or 2
         out_dir = Path(self.out_dir)
+        if self.format == "mrc":
+            check_output_file(out_dir, execution.overwrite)
+            plan = plan_export(self.dataset, self.uncrop, self.keep_values, threads)
+            summary = export_mrc(plan, out_dir, threads=threads, progress=execution.progress)
+            print(
+                f"wrote {out_dir}: {' x '.join(map(str, plan.frame_shape))} (z y x) {plan.volume.dtype}, voxel size "
+                f"{nm_text(plan.volume.voxel_size)}; {summary['seconds']:.1f} s"
+            )
+            return
         check_output_dir(out_dir, execution.overwrite)
         plan = plan_export(self.dataset, self.uncrop, self.keep_values, threads)
         summary = export(plan, out_dir, threads=threads, progress=execution.progress)
@@ -588,6 +609,7 @@ STEP_TYPES: dict[str, type[Step]] = {
     step.model_fields["command"].default: step
     for step in (
         ConvertStep,
+        RescaleStep,
         ClaheStep,
         MaskStep,
         LabelsCleanStep,
@@ -608,6 +630,7 @@ STEP_TYPES: dict[str, type[Step]] = {
 
 AnyStep = Annotated[
     ConvertStep
+    | RescaleStep
     | ClaheStep
     | MaskStep
     | LabelsCleanStep

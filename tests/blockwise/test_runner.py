@@ -12,6 +12,7 @@ from incasem_like.blockwise.launchers import LocalLauncher
 from incasem_like.blockwise.runner import run_stage
 from incasem_like.blockwise.worker import SAME_ERROR_BLOCKS
 from incasem_like.core.errors import BlockwiseRunFailed, UserError
+from incasem_like.core.geometry import to_world
 from incasem_like.store.datasets import (
     RUN_DIR,
     DatasetPath,
@@ -35,7 +36,7 @@ def source(tmp_path, rng):
     """A complete 20 x 27 x 33 uint8 dataset with 4 x 5 x 6 nm voxels and a non-zero offset."""
     path = DatasetPath.parse(tmp_path / "cell.zarr/volumes/raw")
     data = rng.integers(0, 256, size=(20, 27, 33), dtype=np.uint8)
-    array = create_dataset(path, data.shape, (4, 5, 6), (40, -10, 60), np.uint8, (8, 8, 8))
+    array = create_dataset(path, data.shape, to_world((4, 5, 6)), to_world((40, -10, 60)), np.uint8, (8, 8, 8))
     array[array.roi] = data
     update_dataset_meta(path, complete=True)
     return path, data
@@ -120,14 +121,14 @@ def test_failed_block_fails_the_run_and_a_rerun_redoes_only_it(source, tmp_path)
 
     message = str(failure.value)
     assert (
-        "1 of 60 blocks failed" in message and "injected failure" in message and "[72:104, 30:70, 108:156]" in message
+        "1 of 60 blocks failed" in message and "injected failure" in message and "voxels [8:16, 8:16, 8:16]" in message
     )
     assert dataset_meta(stage.output_path())["complete"] is False
     with pytest.raises(UserError, match="incomplete"):
         open_dataset(stage.output_path())
     summary = json.loads((stage.output_path().group_path / RUN_DIR / "summary.json").read_text())
     assert summary["blocks_failed"] == 1 and summary["complete"] is False
-    assert summary["failed_blocks"][0]["write_roi"] == "[72:104, 30:70, 108:156] (32, 40, 48)"
+    assert summary["failed_blocks"][0]["write_roi"] == "voxels [8:16, 8:16, 8:16]"
 
     marker.unlink()
     summary = run_stage(stage, workers=2, progress=False)

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from incasem_like.cli.main import main
 from incasem_like.core.errors import UserError
-from incasem_like.core.geometry import Roi
+from incasem_like.core.geometry import Roi, to_world
 from incasem_like.evaluation.evaluate import evaluation_blocks, parse_thresholds
 from incasem_like.ops.metrics import overlap_scores, threshold_counts, value_histograms
 from incasem_like.ops.morphology import metric_mask
@@ -131,9 +131,14 @@ def test_threshold_specs(text, thresholds):
 
 def test_blocks_tile_the_region_on_the_chunk_grid(tmp_path):
     volume = create_dataset(
-        DatasetPath.parse(tmp_path / "c.zarr/p"), (40, 300, 270), (5, 5, 5), (0, 5, 10), "u1", (16,) * 3
+        DatasetPath.parse(tmp_path / "c.zarr/p"),
+        (40, 300, 270),
+        to_world((5, 5, 5)),
+        to_world((0, 5, 10)),
+        "u1",
+        (16,) * 3,
     )
-    roi = Roi((15, 25, 30), (150, 1400, 1300))
+    roi = Roi(to_world((15, 25, 30)), to_world((150, 1400, 1300)))
 
     blocks = evaluation_blocks(roi, volume)
 
@@ -279,7 +284,7 @@ def test_bad_input_fails_with_one_line(tmp_path, cell, capsys, case, message):
         prediction = write_dataset(tmp_path / "p.zarr/f", probabilities.astype(np.float32), offset=(10, 100, 50))
     elif case == "coarser labels":
         labels = DatasetPath.parse(tmp_path / "c.zarr/coarse")
-        create_dataset(labels, (12, 90, 90), (10, 10, 10), (0, 0, 0), "u1")
+        create_dataset(labels, (12, 90, 90), to_world((10, 10, 10)), (0, 0, 0), "u1")
         update_dataset_meta(labels, complete=True)
     elif case == "shifted labels":
         labels = write_dataset(tmp_path / "c.zarr/shifted", np.zeros((24, 170, 160), np.uint8), offset=(0, 150, 50))

@@ -6,25 +6,39 @@ import pytest
 from incasem_like.ops.downsample import downsample, downsample_image, downsample_labels
 
 
-def cells(data: np.ndarray, factor: int):
-    shape = tuple(-(-s // factor) for s in data.shape)
+def cells(data: np.ndarray, factor):
+    """(index, cell) of every output voxel, by definition; `factor` one for all axes or (z, y, x)."""
+    factors = (factor,) * 3 if isinstance(factor, int) else factor
+    shape = tuple(-(-s // f) for s, f in zip(data.shape, factors))
     for index in np.ndindex(shape):
-        yield index, data[tuple(slice(i * factor, (i + 1) * factor) for i in index)]
+        yield index, data[tuple(slice(i * f, (i + 1) * f) for i, f in zip(index, factors))]
 
 
-def mean_reference(data: np.ndarray, factor: int) -> np.ndarray:
-    out = np.zeros(tuple(-(-s // factor) for s in data.shape), data.dtype)
+def out_shape(data: np.ndarray, factor) -> tuple[int, ...]:
+    factors = (factor,) * 3 if isinstance(factor, int) else factor
+    return tuple(-(-s // f) for s, f in zip(data.shape, factors))
+
+
+def mean_reference(data: np.ndarray, factor) -> np.ndarray:
+    out = np.zeros(out_shape(data, factor), data.dtype)
     for index, cell in cells(data, factor):
         out[index] = np.rint(cell.astype(np.float64).mean())
     return out
 
 
-def mode_reference(data: np.ndarray, factor: int) -> np.ndarray:
-    out = np.zeros(tuple(-(-s // factor) for s in data.shape), data.dtype)
+def mode_reference(data: np.ndarray, factor) -> np.ndarray:
+    out = np.zeros(out_shape(data, factor), data.dtype)
     for index, cell in cells(data, factor):
         values, counts = np.unique(cell, return_counts=True)
         out[index] = values[counts == counts.max()].max()
     return out
+
+
+@pytest.mark.parametrize("factor", [(1, 2, 2), (2, 3, 1), (3, 1, 2)])
+def test_per_axis_factors_follow_the_definition(factor):
+    data = np.random.default_rng(sum(factor)).integers(0, 3, (5, 7, 9)).astype(np.uint8)
+    np.testing.assert_array_equal(downsample(data, factor, "image"), mean_reference(data, factor))
+    np.testing.assert_array_equal(downsample(data, factor, "labels"), mode_reference(data, factor))
 
 
 def cell_of(values, dtype=np.uint8) -> np.ndarray:

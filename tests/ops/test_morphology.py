@@ -31,6 +31,31 @@ def test_ball_morphology_equals_scipy_with_skimage_ball(radius):
     np.testing.assert_array_equal(dilate(mask, radius), ndimage.binary_dilation(mask, structure))
 
 
+def ellipsoid(radii: tuple[int, int, int]) -> np.ndarray:
+    """The ellipsoid of per-axis radii by its definition, (dz/rz)^2 + (dy/ry)^2 + (dx/rx)^2 <= 1 (offset 0 only
+    along an axis of radius 0), independently of `ball_runs`."""
+    grids = np.meshgrid(*(np.arange(-r, r + 1) for r in radii), indexing="ij")
+    return sum((g / max(r, 1)) ** 2 for g, r in zip(grids, radii)) <= 1 + 1e-12
+
+
+@pytest.mark.parametrize("radii", [(0, 2, 2), (1, 3, 2), (2, 0, 1), (0, 0, 3), (2, 2, 2)])
+def test_per_axis_radii_are_the_ellipsoid(radii):
+    mask = ndimage.gaussian_filter(np.random.default_rng(sum(radii)).random((15, 31, 29)), 1.5) > 0.5
+    structure = ellipsoid(radii)
+    np.testing.assert_array_equal(erode(mask, radii), ndimage.binary_erosion(mask, structure, border_value=0))
+    np.testing.assert_array_equal(dilate(mask, radii), ndimage.binary_dilation(mask, structure))
+    if len(set(radii)) == 1:
+        np.testing.assert_array_equal(structure, ball(radii[0]).astype(bool))
+
+
+def test_an_in_plane_metric_mask_keeps_every_section_apart():
+    labels = np.zeros((5, 20, 20), np.uint8)
+    labels[2, 5:15, 5:15] = 1  # one section only
+    kept = metric_mask(labels, (0, 2, 2), (0, 2, 2))
+    assert kept[[0, 1, 3, 4]].all()  # no zone across sections
+    assert not kept[2, 3:7, 7:13].any() and kept[2, 9:11, 9:11].all() and kept[2, 0:2].all()
+
+
 def test_cell_mask_window_morphology_holes_and_objects():
     raw = np.full((96, 96, 96), 230, np.uint8)
     raw[12:52, 12:52, 12:32] = 2  # the window is inclusive: 2 and 180 are cell

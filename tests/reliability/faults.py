@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from daisy import Block
 
-from incasem_like.core.geometry import Coordinate
+from incasem_like.core.geometry import to_world
 from incasem_like.stages.clahe import ClaheStage
 from incasem_like.store.datasets import open_dataset
 
@@ -25,7 +25,7 @@ FAULT_LOG = "INCASEM_TEST_FAULT_LOG"
 
 def is_faulty(block: Block) -> bool:
     at = os.environ.get(FAULT_AT)
-    return at is not None and block.write_roi.contains(Coordinate(int(value) for value in at.split(",")))
+    return at is not None and block.write_roi.contains(to_world(float(value) for value in at.split(",")))
 
 
 def record_fault() -> None:

@@ -130,12 +130,12 @@ def other_file_among_slices(tmp):
 
 def zero_voxel_size(tmp):
     argv = ["convert", slices(tmp / "slices"), tmp / "c.zarr/volumes/raw", "--voxel-size", 0, 5, 5]
-    return argv, "--voxel-size value 1 = 0: Input should be greater than or equal to 1"
+    return argv, "--voxel-size value 1 = 0.0: Input should be greater than or equal to 0.000001"
 
 
 def negative_voxel_size(tmp):
     argv = ["convert", slices(tmp / "slices"), tmp / "c.zarr/volumes/raw", "--voxel-size", 5, -5, 5]
-    return argv, "--voxel-size value 2 = -5: Input should be greater than or equal to 1"
+    return argv, "--voxel-size value 2 = -5.0: Input should be greater than or equal to 0.000001"
 
 
 def existing_output(tmp):

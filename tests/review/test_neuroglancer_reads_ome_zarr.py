@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from incasem_like.core.geometry import to_world
 from incasem_like.store.datasets import DatasetPath, create_dataset, update_dataset_meta
 from tests.browser import headless_chromium, missing_browser, serve_directory, wait_for
 
@@ -58,7 +59,7 @@ def served_dataset(tmp_path):
     data = np.full(SHAPE, DARK, dtype=np.uint8)
     data[CUBE] = BRIGHT
     path = DatasetPath.parse(tmp_path / "data" / "cell.zarr" / "volumes" / "raw")
-    array = create_dataset(path, SHAPE, VOXEL_SIZE, OFFSET, "uint8", chunk_shape=(32, 32, 32))
+    array = create_dataset(path, SHAPE, to_world(VOXEL_SIZE), to_world(OFFSET), "uint8", chunk_shape=(32, 32, 32))
     array[array.roi] = data
     update_dataset_meta(path, complete=True)
     with serve_directory(tmp_path / "data") as base_url:

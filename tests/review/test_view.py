@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from scipy import ndimage
 
 from incasem_like.cli.main import main
 from incasem_like.core.errors import UserError
-from incasem_like.core.geometry import Coordinate, Roi
+from incasem_like.core.geometry import Coordinate, Roi, to_world
 from incasem_like.review.view import (
     MASK_COLOUR,
     SEGMENT_COLOURS,
@@ -50,7 +51,7 @@ from incasem_like.store.datasets import (
 )
 from incasem_like.workflow.demo import SAMPLE
 from tests.browser import headless_chromium, missing_browser, wait_for
-from tests.conftest import REPO, write_dataset
+from tests.conftest import REPO, SHARED_DATA, write_dataset
 
 DATA_URL = "https://data.example.org/cells/cell.zarr"
 PROBABILITIES, SEGMENTATION = prediction_names("run1", "mito")
@@ -150,10 +151,9 @@ def test_named_datasets_are_shown_in_drawing_order_and_bad_names_are_refused(cel
 
 
 def shown(name: str, kind: str, offset, shape, voxel_size=(5, 5, 5), dtype="uint8") -> ShownDataset:
-    voxel_size = Coordinate(voxel_size)
-    return ShownDataset(
-        name, kind, Roi(Coordinate(offset), Coordinate(shape) * voxel_size), voxel_size, np.dtype(dtype)
-    )
+    """A dataset as the state sees it; `offset` and `voxel_size` in nm."""
+    voxel_size = to_world(voxel_size)
+    return ShownDataset(name, kind, Roi(to_world(offset), Coordinate(shape) * voxel_size), voxel_size, np.dtype(dtype))
 
 
 def test_state_is_in_nm_at_the_centre_of_the_data():
@@ -468,6 +468,16 @@ return true;
 """
 
 
+def shown_in_chromium(container: Path, *datasets: str, layers: int, timeout: float = 90) -> tuple[dict, bytes]:
+    """`incasem-like view CONTAINER [DATASETS]` opened in headless Chromium: what `LOADED_AND_DRAWN` reports once
+    the `layers` layers are drawn, and a screenshot (PNG) of it."""
+    with running_view(container, *datasets) as (_, next_line), headless_chromium() as driver:
+        driver.get(read_report(next_line)["neuroglancer"])
+        wait_for(lambda: driver.execute_script(HIDE_AXIS_LINES_AND_BOXES), "the neuroglancer client to start")
+        drawn = wait_for(lambda: driver.execute_script(LOADED_AND_DRAWN, layers), "neuroglancer to draw", timeout)
+        return drawn, driver.get_screenshot_as_png()
+
+
 @pytest.fixture
 def lucchi_cell(tmp_path) -> Path:
     """16 x 128 x 128 voxels of the Lucchi sample with its mitochondria (kind labels), a raw pyramid s0..s1, a cell
@@ -495,11 +505,7 @@ def lucchi_cell(tmp_path) -> Path:
 
 @pytest.mark.skipif(missing_browser() is not None, reason=f"browser tests: {missing_browser()}")
 def test_link_shows_raw_data_with_overlays_in_chromium(lucchi_cell, tmp_path):
-    with running_view(lucchi_cell) as (process, next_line), headless_chromium() as driver:
-        driver.get(read_report(next_line)["neuroglancer"])
-        wait_for(lambda: driver.execute_script(HIDE_AXIS_LINES_AND_BOXES), "the neuroglancer client to start")
-        drawn = wait_for(lambda: driver.execute_script(LOADED_AND_DRAWN, 4), "neuroglancer to load and draw", 90)
-        screenshot = driver.get_screenshot_as_png()
+    drawn, screenshot = shown_in_chromium(lucchi_cell, layers=4)
     (tmp_path / "view.png").write_bytes(screenshot)
 
     assert "error" not in drawn, drawn["error"]
@@ -527,3 +533,43 @@ def test_link_shows_raw_data_with_overlays_in_chromium(lucchi_cell, tmp_path):
     assert mito.sum() > 500 and heat.sum() > 500 and shade.sum() > 200
     assert cols[shade].mean() < cols[mito].mean() < cols[heat].mean()
     assert rows[heat].mean() > rows[grey].mean()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(missing_browser() is not None, reason=f"browser tests: {missing_browser()}")
+@pytest.mark.skipif(not (SHARED_DATA / "vnc_sstem").is_dir(), reason=f"no shared data at {SHARED_DATA}")
+def test_anisotropic_non_integer_voxels_are_drawn_to_scale_in_chromium(tmp_path):
+    """Real ssTEM sections (z y x = 50 x 4.6 x 4.6 nm) with their membrane labels: the xy panel shows a square
+    section (4.6 nm both ways) with the labels on the membranes; the screenshot is kept as the test's artifact."""
+    folder = SHARED_DATA / "vnc_sstem" / "stack1"
+    names = sorted(path.name for path in (folder / "raw").glob("*.tif"))[:4]
+    raw = np.stack([tifffile.imread(folder / "raw" / name)[:256, :256] for name in names])
+    membranes = np.stack([tifffile.imread(folder / "membranes" / name)[:256, :256] for name in names]) > 0
+    container = tmp_path / "vnc.zarr"
+    update_dataset_meta(write_dataset(container / RAW, raw, chunk=64, voxel_size=(50, 4.6, 4.6)), kind="image")
+    labels = write_dataset(
+        container / labels_name("membranes"), membranes.astype(np.uint8), 64, voxel_size=(50, 4.6, 4.6)
+    )
+    update_dataset_meta(labels, kind="labels")
+    drawn, screenshot = shown_in_chromium(container, layers=2)
+    (tmp_path / "vnc_anisotropic.png").write_bytes(screenshot)
+
+    assert "error" not in drawn, drawn["error"]
+    left, top, right, bottom = drawn["xy"]
+    pixels = np.asarray(Image.open(io.BytesIO(screenshot)).convert("RGB")).astype(int)[top:bottom, left:right]
+    data = (pixels != pixels[-3, 3]).any(axis=-1)
+    centre_row, centre_col = data.shape[0] // 2, data.shape[1] // 2
+
+    def run_through_centre(line: np.ndarray, centre: int) -> int:
+        """The length of the run of data pixels through the panel's centre (the data are drawn centred; an EM
+        pixel that happens to have the background's colour is no gap)."""
+        gaps = np.flatnonzero(~ndimage.binary_closing(line, np.ones(9, bool)))
+        return int(gaps[gaps > centre].min(initial=len(line)) - gaps[gaps < centre].max(initial=-1) - 1)
+
+    width, height = (
+        run_through_centre(data[centre_row], centre_col),
+        run_through_centre(data[:, centre_col], centre_row),
+    )
+    assert width > 100 and width == pytest.approx(height, abs=3)  # a section of 4.6 x 4.6 nm pixels is square
+    green = (pixels[..., 1] > pixels[..., 0] + 60) & (pixels[..., 1] > pixels[..., 2] + 60)
+    assert 0.05 < green.sum() / data.sum() < 0.6  # the membranes (20% of the section) are drawn over it

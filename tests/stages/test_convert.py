@@ -8,6 +8,7 @@ import zarr
 from funlib.persistence import open_ds
 
 from incasem_like.core.errors import UserError
+from incasem_like.core.geometry import to_world
 from incasem_like.stages.convert import TiffStack
 from incasem_like.store.datasets import DatasetPath, dataset_meta, open_dataset
 from tests.conftest import SHARED_DATA, run_cli, write_slices
@@ -50,8 +51,9 @@ def test_slice_folder_converts_bit_identically_with_ome_metadata(tmp_path, volum
         {"type": "translation", "translation": [12.5, 22.5, 32.5]},  # centre of the first voxel
     ]
     funlib_view = open_ds(str(out / "s0"))
-    assert (tuple(funlib_view.voxel_size), tuple(funlib_view.offset)) == ((5, 5, 5), (10, 20, 30))
-    assert funlib_view.axis_names == ["z", "y", "x"] and funlib_view.units == ["nm"] * 3
+    # funlib's attributes are in the integer world unit, femtometres
+    assert (funlib_view.voxel_size, funlib_view.offset) == (to_world((5, 5, 5)), to_world((10, 20, 30)))
+    assert funlib_view.axis_names == ["z", "y", "x"] and funlib_view.units == ["fm"] * 3
     summary = json.loads((out / ".incasem_run/summary.json").read_text())
     assert summary["blocks_processed"] == 3 and summary["voxels_total"] == volume.size and summary["complete"]
 
@@ -100,7 +102,7 @@ def test_crop_is_placed_in_the_original_frame_and_recorded(tmp_path, volume):
     result = convert(tmp_path / "slices", out, "--offset", 100, 0, 0, "--roi", 3, 4, 5, 10, 20, 30, "--chunk", 4)
     assert result.returncode == 0, result.stderr
     array = open_dataset(out)
-    assert tuple(array.offset) == (100 + 15, 20, 25) and tuple(array.shape) == (10, 20, 30)
+    assert array.offset_nm == (100 + 15, 20, 25) and tuple(array.shape) == (10, 20, 30)
     np.testing.assert_array_equal(array[array.roi], volume[3:13, 4:24, 5:35])
     source = dataset_meta(DatasetPath.parse(out))["source"]
     assert source["shape_voxels"] == list(volume.shape)
@@ -137,7 +139,7 @@ def test_failing_block_exits_nonzero_and_a_rerun_finishes(tmp_path, volume):
 
     assert result.returncode == 1
     assert "1 of 6 blocks failed" in result.stderr and "slice_9.tif: cannot decode slice 9" in result.stderr
-    assert "[40:60, 0:185, 0:225]" in result.stderr  # the failed block's write ROI, nm
+    assert "voxels [8:12, 0:37, 0:45]" in result.stderr  # the failed block's write ROI
     assert dataset_meta(DatasetPath.parse(out))["complete"] is False
 
     paths[9].write_bytes(original)
@@ -183,7 +185,7 @@ def test_bad_slice_is_named_and_nothing_is_written(tmp_path, problem):
     [
         ("empty", [], "no .tif/.tiff files"),
         ("missing", [], "no such file or directory"),
-        ("float", [], "raw images must be uint8 or uint16"),
+        ("float64", [], "images must be uint8, uint16, int8, int16 or float32"),
         ("ok", ["--roi", 0, 0, 0, 4, 8, 8], "lies outside the stack"),
         ("ok", ["--chunk", 0], "--chunk 0: Input should be greater than or equal to 1"),
         ("ok", ["--offset", 1, 0, 0], "not a multiple of the voxel size"),
@@ -192,8 +194,8 @@ def test_bad_slice_is_named_and_nothing_is_written(tmp_path, problem):
 def test_bad_arguments_fail_with_one_line(tmp_path, setup, args, expected):
     folder = tmp_path / "slices"
     folder.mkdir()
-    if setup == "float":
-        write_slices(folder, np.zeros((3, 8, 8), np.float32))
+    if setup == "float64":
+        write_slices(folder, np.zeros((3, 8, 8), np.float64))
     elif setup == "ok":
         write_slices(folder, np.zeros((3, 8, 8), np.uint8))
     src = tmp_path / "nowhere" if setup == "missing" else folder
@@ -232,6 +234,6 @@ def test_lucchi_raw_converts_bit_identically(tmp_path):
 
     assert result.returncode == 0, result.stderr
     array = open_dataset(out)
-    assert tuple(array.shape) == (165, 768, 1024) and tuple(array.voxel_size) == (5, 5, 5)
+    assert tuple(array.shape) == (165, 768, 1024) and array.voxel_size_nm == (5, 5, 5)
     for z, path in enumerate(sorted(src.glob("*.tif"))):
         np.testing.assert_array_equal(array.data[z], tifffile.imread(path), err_msg=str(path))

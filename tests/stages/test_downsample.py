@@ -11,6 +11,7 @@ import zarr
 from funlib.persistence import open_ds
 
 from incasem_like.core.errors import UserError
+from incasem_like.core.geometry import to_world
 from incasem_like.stages.downsample import listed_levels, open_level
 from incasem_like.store.datasets import DatasetPath, create_dataset, dataset_meta, open_dataset, update_dataset_meta
 from tests.conftest import REPO, SHARED_DATA, run_cli, run_cli_in_process
@@ -63,7 +64,7 @@ def one_line_error(result, expected: str) -> None:
 
 def add_dataset(cell: Path, name: str, data: np.ndarray, offset=(0, 0, 0), **meta) -> Path:
     path = DatasetPath(cell, name)
-    create_dataset(path, data.shape, (5, 5, 5), offset, data.dtype, (8, 8, 8)).data[...] = data
+    create_dataset(path, data.shape, to_world((5, 5, 5)), to_world(offset), data.dtype, (8, 8, 8)).data[...] = data
     update_dataset_meta(path, **{"complete": True, **meta})
     return cell / name
 
@@ -83,11 +84,11 @@ def test_downsample_image_labels_and_override(cell):
     assert result.returncode == 0, result.stderr
     out = open_dataset(cell / "volumes/raw_2x")
     assert (out.shape, out.dtype, out.chunk_shape) == ((10, 36, 45), np.uint8, (8, 8, 8))
-    assert tuple(out.voxel_size) == (10, 10, 10) and tuple(out.offset) == OFFSET
+    assert out.voxel_size_nm == (10, 10, 10) and out.offset_nm == OFFSET
     np.testing.assert_array_equal(out[out.roi], mean_reference(read(raw), 2))
     assert dataset_meta(DatasetPath.parse(cell / "volumes/raw_2x"))["kind"] == "image"
     funlib_view = open_ds(str(cell / "volumes/raw_2x/s0"))
-    assert (tuple(funlib_view.voxel_size), tuple(funlib_view.offset)) == ((10, 10, 10), OFFSET)
+    assert (funlib_view.voxel_size, funlib_view.offset) == (to_world((10, 10, 10)), to_world(OFFSET))
 
     result = run_cli("downsample", mito, cell / "volumes/labels/mito_2x", *BLOCKS, "--quiet")  # kind: labels
     assert result.returncode == 0, result.stderr
@@ -99,8 +100,20 @@ def test_downsample_image_labels_and_override(cell):
     result = run_cli("downsample", raw, cell / "volumes/raw_mode4", "--factor", 4, "--labels", *BLOCKS, "--quiet")
     assert result.returncode == 0, result.stderr
     out = open_dataset(cell / "volumes/raw_mode4")
-    assert out.shape == (5, 18, 23) and tuple(out.voxel_size) == (20, 20, 20)
+    assert out.shape == (5, 18, 23) and out.voxel_size_nm == (20, 20, 20)
     np.testing.assert_array_equal(out[out.roi], mode_reference(read(raw), 4))
+
+
+def test_per_axis_factors_for_anisotropic_voxels(cell):
+    raw, mito = cell / "volumes/raw", cell / "volumes/labels/mito"
+    for source, name, reference in ((raw, "raw_yx", mean_reference), (mito, "labels/mito_yx", mode_reference)):
+        out = cell / f"volumes/{name}"
+        result = run_cli("downsample", source, out, "--factor", 1, 2, 2, *BLOCKS, "--workers", 2, "--quiet")
+        assert result.returncode == 0, result.stderr
+        volume = open_dataset(out)
+        assert volume.voxel_size_nm == (5, 10, 10) and volume.offset_nm == OFFSET and volume.shape == (19, 36, 45)
+        np.testing.assert_array_equal(volume[volume.roi], reference(read(source), (1, 2, 2)))
+    assert dataset_meta(DatasetPath.parse(cell / "volumes/raw_yx"))["source"]["downsample"]["factor"] == [1, 2, 2]
 
 
 def test_killed_downsample_resumes_skipping_finished_blocks(cell):
@@ -195,8 +208,8 @@ def test_pyramid_levels_metadata_data_and_reruns(cell):
             {"type": "translation", "translation": [o + scale / 2 for o in OFFSET]},  # centre of the first voxel
         ]
         funlib_view = open_ds(str(raw / f"s{k}"))
-        assert (tuple(funlib_view.voxel_size), tuple(funlib_view.offset)) == ((5 * 2**k,) * 3, OFFSET)
-        assert funlib_view.axis_names == ["z", "y", "x"] and funlib_view.units == ["nm"] * 3
+        assert (funlib_view.voxel_size, funlib_view.offset) == (to_world((5 * 2**k,) * 3), to_world(OFFSET))
+        assert funlib_view.axis_names == ["z", "y", "x"] and funlib_view.units == ["fm"] * 3
     np.testing.assert_array_equal(level(raw, 0), s0)
     np.testing.assert_array_equal(level(raw, 1), mean_reference(s0, 2))
     np.testing.assert_array_equal(level(raw, 2), mean_reference(level(raw, 1), 2))

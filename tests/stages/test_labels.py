@@ -158,7 +158,7 @@ def test_blocks_of_any_size_give_the_whole_volume_result_also_after_a_resume(tmp
     assert 2 <= skipped < 2 * 3 * 3, resumed.stdout
     for out in outputs.values():
         output = open_dataset(out)
-        assert output.dtype == np.uint8 and tuple(output.offset) == (0, 50, 100)
+        assert output.dtype == np.uint8 and output.offset_nm == (0, 50, 100)
         np.testing.assert_array_equal(output[output.roi], expected, err_msg=str(out))
     meta = dataset_meta(DatasetPath.parse(outputs[16]))
     assert meta["kind"] == ("mask" if operation == "metric-mask" else "labels")

@@ -70,9 +70,22 @@ def test_blocks_of_any_size_give_the_whole_volume_result_also_after_a_resume(tmp
     assert 2 <= skipped < 2 * 3 * 3, resumed.stdout
     for out in (out_32, out_16):
         output = open_dataset(out)
-        assert output.dtype == np.uint8 and tuple(output.offset) == (50, 0, 100)
+        assert output.dtype == np.uint8 and output.offset_nm == (50, 0, 100)
         np.testing.assert_array_equal(output[output.roi], expected, err_msg=str(out))
     assert dataset_meta(DatasetPath.parse(out_16))["kind"] == "mask"
+
+
+def test_per_axis_radii_for_anisotropic_voxels_give_the_whole_volume_result(tmp_path):
+    raw_volume = synthetic_raw()
+    raw = write_dataset(tmp_path / "cell.zarr/volumes/raw", raw_volume)
+    out = tmp_path / "cell.zarr/volumes/masks/cell"
+    radii = {"opening_radius": (0, 2, 2), "closing_radius": (1, 2, 2)}
+    result = run_cli("mask", raw, out, *PARAMS, "--opening", 0, 2, 2, "--closing", 1, 2, 2, "--block", 16, "--chunk",
+                     16, "--workers", 2, "--quiet")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    expected = whole_volume(raw_volume, **PURE, **radii)
+    assert (expected != whole_volume(raw_volume, **PURE)).sum() > 50  # in-plane radii act differently
+    np.testing.assert_array_equal(read(out), expected)
 
 
 def test_roi_equals_the_crop_of_the_whole_result(tmp_path):

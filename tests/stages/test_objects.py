@@ -6,6 +6,7 @@ import pytest
 from scipy import ndimage
 
 from incasem_like.cli.main import main
+from incasem_like.core.geometry import to_world
 from incasem_like.stages.objects import SCRATCH, find_objects
 from incasem_like.store.datasets import DatasetPath, create_dataset, dataset_meta, open_dataset, update_dataset_meta
 from incasem_like.store.object_table import CSV_COLUMNS
@@ -15,9 +16,9 @@ from tests.toy_stages import kill_midway
 
 
 def write_volume(path, volume: np.ndarray, voxel_size=(5, 5, 5), offset=(0, 0, 0), chunk=16) -> DatasetPath:
-    """A complete dataset holding `volume` (any voxel size)."""
+    """A complete dataset holding `volume` (any voxel size; `voxel_size` and `offset` in nm)."""
     path = DatasetPath.parse(path)
-    array = create_dataset(path, volume.shape, voxel_size, offset, volume.dtype, (chunk,) * 3)
+    array = create_dataset(path, volume.shape, to_world(voxel_size), to_world(offset), volume.dtype, (chunk,) * 3)
     array[array.roi] = volume
     update_dataset_meta(path, complete=True)
     return path
@@ -52,7 +53,7 @@ def test_blockwise_components_equal_one_global_scipy_label_with_their_statistics
     result = find_objects(str(seg), tmp_path / "objects.csv", str(seg) + "_objects", block=16, chunk=8, workers=2)
 
     ids = open_dataset(result.labels)
-    assert ids.dtype == np.uint32 and tuple(ids.offset) == (40, 50, 60) and tuple(ids.voxel_size) == (4, 5, 6)
+    assert ids.dtype == np.uint32 and ids.offset_nm == (40, 50, 60) and ids.voxel_size_nm == (4, 5, 6)
     np.testing.assert_array_equal(read_dataset(result.labels), expected)  # the same ids, not just the same sets
     assert count > 20 and result.objects == count
     assert sum(s["blocks_processed"] for s in result.summaries.values()) == 2 * 2 * 3 * 3

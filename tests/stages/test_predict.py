@@ -89,7 +89,7 @@ def test_equals_a_plain_sliding_window_everywhere_including_the_borders(tmp_path
     assert 0.05 < segmentation.mean() < 0.95  # both classes, so the comparison means something
     for name in ("probabilities", "segmentation"):
         written = open_dataset(f"{out}/{name}")
-        assert tuple(written.offset) == (50, 100, 150) and tuple(written.voxel_size) == (5, 5, 5)
+        assert written.offset_nm == (50, 100, 150) and written.voxel_size_nm == (5, 5, 5)
     source = dataset_meta(DatasetPath.parse(f"{out}/probabilities"))["source"]
     assert source["model"]["organelle"] == "mito" and source["model"]["iteration"] == 7
     assert source["predict"]["threshold"] == 0.5 and source["dataset"] == str(raw)
@@ -116,7 +116,7 @@ def test_roi_on_the_pass_grid_equals_the_whole_prediction_there(tmp_path, checkp
 
     assert result.returncode == 0, result.stderr
     part_probabilities = open_dataset(f"{part}/probabilities")
-    assert tuple(part_probabilities.offset) == (50 + 40, 100 + 40, 150 + 80) and part_probabilities.shape == (
+    assert part_probabilities.offset_nm == (50 + 40, 100 + 40, 150 + 80) and part_probabilities.shape == (
         12,
         20,
         20,
@@ -287,10 +287,8 @@ def option_checkpoint(directory: Path, network: NetworkConfig) -> Path:
     return save_checkpoint(directory, model, None, 3, "mito", (5, 5, 5))
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(name, marks=[pytest.mark.slow] if name == "slice-wise 2D" else []) for name in OPTION_NETWORKS],
-)
+@pytest.mark.slow  # heavy (~40 s each): run in CI with -m slow; each option's exactness is in tests/nn/test_model.py
+@pytest.mark.parametrize("name", OPTION_NETWORKS)
 def test_network_options_and_tta_are_bit_identical_across_workers_blocks_and_resume(tmp_path, name):
     # smaller than `raw` (16 variants a pass), still odd to the blocks and passes
     raw = write_dataset(
@@ -395,6 +393,7 @@ def test_raw_without_the_models_preprocessing_warns_and_strict_refuses(tmp_path,
     refused = predict(checkpoint, raw, tmp_path / "cell.zarr/volumes/strict", "--strict")
 
     assert warned.returncode == 0, warned.stderr
-    assert "data without CLAHE, but" in warned.stderr and "was trained on CLAHE'd data (kernel 128" in warned.stderr
+    assert "data without CLAHE or rescaling, but" in warned.stderr
+    assert "was trained on data after clahe (kernel 128" in warned.stderr
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-    assert "run incasem-like clahe with those parameters first" in refused.stderr
+    assert "preprocess it with those parameters first" in refused.stderr

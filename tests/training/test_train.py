@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from incasem_like.core.errors import UserError
+from incasem_like.core.geometry import to_world
 from incasem_like.nn.checkpoints import (
     checkpoints,
     export_weights,
@@ -223,7 +224,7 @@ def test_bad_configs_fail_with_one_line(tmp_path, cell, change, message, capsys)
     from incasem_like.store.datasets import DatasetPath, create_dataset, update_dataset_meta
 
     coarse = DatasetPath.parse(tmp_path / "cell.zarr/volumes/coarse")
-    create_dataset(coarse, (20, 48, 48), (10, 10, 10), (0, 0, 0), np.uint8)
+    create_dataset(coarse, (20, 48, 48), to_world((10, 10, 10)), (0, 0, 0), np.uint8)
     update_dataset_meta(coarse, complete=True)
     path = write_config(tmp_path / "c.yaml", tmp_path / "run", [training_of(cell)])
     content = yaml.safe_load(path.read_text())

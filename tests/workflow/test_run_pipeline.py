@@ -339,7 +339,7 @@ BAD = {
     "unknown command": (
         {**SMALL, "stages": [SMALL["stages"][0], {"command": "clahee"}]},
         TIFFS,
-        "stage 2 (clahee): command 'clahee' is not a stage (did you mean clahe?); stages run: convert, clahe,",
+        "stage 2 (clahee): command 'clahee' is not a stage (did you mean clahe?); stages run: convert, rescale, clahe,",
     ),
     "not a stage": ({**SMALL, "stages": [{"command": "demo"}]}, TIFFS, "command 'demo' is not a stage; stages run:"),
     "labels without operation": (

@@ -75,6 +75,19 @@ def add_roi_option(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def one_or_three(value: int | list[int] | None, flag: str) -> int | tuple[int, int, int] | None:
+    """The value of a `nargs="+"` option taking one number (the same along z, y and x) or three (z y x)."""
+    if value is None or isinstance(value, int):
+        return value
+    if len(value) == 1:
+        return value[0]
+    if len(value) == 3:
+        return (value[0], value[1], value[2])
+    from incasem_like.core.errors import UserError
+
+    raise UserError(f"{flag} {' '.join(map(str, value))}: give one value, or three (z y x)")
+
+
 def roi_arguments(args: argparse.Namespace) -> dict:
     """The stage fields of --roi: `roi_offset` and `roi_shape` (None without --roi)."""
     return {

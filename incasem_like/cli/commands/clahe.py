@@ -8,6 +8,7 @@ from incasem_like.cli.commands import (
     add_blockwise_options,
     add_roi_option,
     formatter,
+    one_or_three,
     roi_arguments,
     run_command,
 )
@@ -30,13 +31,21 @@ def register(subparsers) -> None:
             """\
             examples:
               incasem-like clahe cell_6.zarr/volumes/raw cell_6.zarr/volumes/raw_clahe --workers 8
-              incasem-like clahe cell_6.zarr/volumes/raw cell_6.zarr/volumes/raw_clahe --kernel 64 --clip 0.01"""
+              incasem-like clahe cell_6.zarr/volumes/raw cell_6.zarr/volumes/raw_clahe --kernel 64 --clip 0.01
+              incasem-like clahe vnc.zarr/volumes/raw vnc.zarr/volumes/raw_clahe --kernel 4 128 128"""
         ),
         formatter_class=formatter,
     )
     parser.add_argument("input", metavar="IN", help="uint8 dataset, e.g. cell_6.zarr/volumes/raw")
     parser.add_argument("output", metavar="OUT", help="output dataset, e.g. cell_6.zarr/volumes/raw_clahe")
-    parser.add_argument("--kernel", type=int, default=128, metavar="N", help="tile edge in voxels (default 128)")
+    parser.add_argument(
+        "--kernel",
+        type=int,
+        nargs="+",
+        default=128,
+        metavar="N",
+        help="tile edge in voxels (default 128), or three (z y x) for anisotropic voxels, e.g. 4 128 128",
+    )
     parser.add_argument("--clip", type=float, default=0.02, metavar="C", help="clip limit, 0..1 (default 0.02)")
     parser.add_argument("--bins", type=int, default=256, metavar="N", help="histogram bins (default 256)")
     parser.add_argument(
@@ -60,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
     step = ClaheStep(
         input=args.input,
         output=args.output,
-        kernel=args.kernel,
+        kernel=one_or_three(args.kernel, "--kernel"),
         clip_limit=args.clip,
         nbins=args.bins,
         intensity_range=tuple(args.intensity_range),

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "downsample",
         help="a dataset -> a new dataset FACTOR times coarser (mean for images, majority for labels)",
-        description="Downsample a dataset isotropically by an integer factor, blockwise and resumable.\n\n"
+        description="Downsample a dataset by an integer factor (or one per axis), blockwise and resumable.\n\n"
         + VALUE_RULES
         + "\n\nThe output has FACTOR x the input's voxel size and the same offset (its first voxel's corner).",
         epilog=textwrap.dedent(
@@ -40,13 +40,21 @@ def register(subparsers) -> None:
             examples:
               incasem-like downsample cell_6.zarr/volumes/raw cell_6.zarr/volumes/raw_10nm --workers 4
               incasem-like downsample cell_6.zarr/volumes/labels/mito cell_6.zarr/volumes/labels/mito_20nm --factor 4
-              incasem-like downsample crop.zarr/volumes/raw crop.zarr/volumes/raw_2x --block 64 --chunk 64"""
+              incasem-like downsample crop.zarr/volumes/raw crop.zarr/volumes/raw_2x --block 64 --chunk 64
+              incasem-like downsample vnc.zarr/volumes/raw vnc.zarr/volumes/raw_9.2nm --factor 1 2 2"""
         ),
         formatter_class=formatter,
     )
     parser.add_argument("input", metavar="IN", help="input dataset, e.g. cell_6.zarr/volumes/raw")
     parser.add_argument("output", metavar="OUT", help="output dataset, e.g. cell_6.zarr/volumes/raw_10nm")
-    parser.add_argument("--factor", default="2", metavar="F", help="integer factor >= 2 along z, y and x (default 2)")
+    parser.add_argument(
+        "--factor",
+        nargs="+",
+        default="2",
+        metavar="F",
+        help="integer factor >= 2 along z, y and x (default 2), or three (z y x, each >= 1) for anisotropic voxels, "
+        "e.g. 1 2 2",
+    )
     add_kind_options(parser)
     add_block_options(parser, block=128, of="output ")
     add_blockwise_options(parser)
@@ -54,11 +62,18 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from incasem_like.core.errors import UserError
     from incasem_like.stages.downsample import parse_int
     from incasem_like.store.datasets import open_dataset
     from incasem_like.workflow.steps import DownsampleStep
 
-    factor = parse_int(args.factor, "--factor", minimum=2)
+    values = [args.factor] if isinstance(args.factor, str) else args.factor
+    if len(values) not in (1, 3):
+        raise UserError(f"--factor {' '.join(values)}: give one factor or three (z y x)")
+    if len(values) == 1:
+        factor: int | tuple[int, ...] = parse_int(values[0], "--factor", minimum=2)
+    else:
+        factor = tuple(parse_int(value, "--factor", minimum=1) for value in values)
     open_dataset(args.input)  # a missing or incomplete input is named before anything else
     step = DownsampleStep(
         input=args.input, output=args.output, factor=factor, kind=args.kind, block=args.block, chunk=args.chunk

@@ -37,12 +37,21 @@ def register(subparsers) -> None:
             examples:
               incasem-like export cell_6.zarr/volumes/predictions/run1/mito/segmentation mito_tiffs
               incasem-like export crop.zarr/volumes/predictions/run1/mito/probabilities prob_tiffs --uncrop
-              incasem-like export cell_6.zarr/volumes/raw raw_tiffs --threads 4 --overwrite"""
+              incasem-like export cell_6.zarr/volumes/raw raw_tiffs --threads 4 --overwrite
+              incasem-like export tomo.zarr/volumes/predictions/run1/membrane/segmentation membrane.mrc --format mrc"""
         ),
         formatter_class=formatter,
     )
     parser.add_argument("dataset", metavar="DATASET", help="dataset to export, e.g. cell_6.zarr/volumes/raw")
-    parser.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="folder for the slices (must not exist)")
+    parser.add_argument(
+        "out_dir", metavar="OUT_DIR", type=Path, help="folder for the slices (must not exist), or the .mrc file"
+    )
+    parser.add_argument(
+        "--format",
+        choices=("tiff", "mrc"),
+        default="tiff",
+        help="tiff: one TIFF per z slice in OUT_DIR (default); mrc: one MRC file OUT_DIR with the voxel size",
+    )
     parser.add_argument("--uncrop", action="store_true", help="place the data in its original (pre-crop) frame")
     parser.add_argument("--keep-values", action="store_true", help="write 0/1 labels and masks as 0/1, not 0/255")
     parser.add_argument("--threads", type=int, default=2, metavar="N", help="slabs read and written at once (2)")
@@ -59,5 +68,11 @@ def run(args: argparse.Namespace) -> None:
 
     if args.threads < 1:
         raise UserError(f"--threads {args.threads}: need at least one thread")
-    step = ExportStep(dataset=args.dataset, out_dir=str(args.out_dir), uncrop=args.uncrop, keep_values=args.keep_values)
+    step = ExportStep(
+        dataset=args.dataset,
+        out_dir=str(args.out_dir),
+        uncrop=args.uncrop,
+        keep_values=args.keep_values,
+        format=args.format,
+    )
     run_command(step, args)

@@ -7,6 +7,7 @@ from incasem_like.cli.commands import (
     add_blockwise_options,
     add_roi_option,
     formatter,
+    one_or_three,
     roi_arguments,
     run_command,
 )
@@ -84,8 +85,15 @@ def register(subparsers) -> None:
         elif name == "dilate":
             sub.add_argument("--voxels", type=int, metavar="N", help="dilation radius in voxels")
         else:
-            sub.add_argument("--dilation", type=int, metavar="D", help="exclusion zone: dilation radius in voxels")
-            sub.add_argument("--erosion", type=int, metavar="E", help="exclusion zone: erosion radius in voxels")
+            for flag, what in (("--dilation", "dilation"), ("--erosion", "erosion")):
+                sub.add_argument(
+                    flag,
+                    type=int,
+                    nargs="+",
+                    metavar="R",
+                    help=f"exclusion zone: {what} radius in voxels, one (a ball) or three (z y x: an ellipsoid, e.g. "
+                    "0 2 2 for sections of anisotropic data)",
+                )
         add_block_options(sub)
         add_roi_option(sub, "process only this region")
         add_blockwise_options(sub)
@@ -116,6 +124,8 @@ def run(args: argparse.Namespace) -> None:
 
     options = PARAMETERS[args.operation]
     parameters = {field: getattr(args, flag.removeprefix("--").replace("-", "_")) for field, flag in options.items()}
+    if args.operation == "metric-mask":
+        parameters = {field: one_or_three(value, options[field]) for field, value in parameters.items()}
     extra = {"max_span": args.max_span} if args.operation == "clean" else {}
     step = STEP_TYPES[f"labels {args.operation}"].model_validate(
         {

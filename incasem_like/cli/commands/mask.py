@@ -8,6 +8,7 @@ from incasem_like.cli.commands import (
     add_blockwise_options,
     add_roi_option,
     formatter,
+    one_or_three,
     roi_arguments,
     run_command,
 )
@@ -60,8 +61,15 @@ def register(subparsers) -> None:
         metavar=("MIN", "MAX"),
         help="intensity window counted as cell, inclusive (default 2 180)",
     )
-    parser.add_argument("--opening", type=int, default=3, metavar="R", help="opening ball radius, voxels (default 3)")
-    parser.add_argument("--closing", type=int, default=2, metavar="R", help="closing ball radius, voxels (default 2)")
+    for flag, default in (("--opening", 3), ("--closing", 2)):
+        parser.add_argument(
+            flag,
+            type=int,
+            nargs="+",
+            default=default,
+            metavar="R",
+            help=f"{flag[2:]} ball radius in voxels (default {default}), or three (z y x) for anisotropic voxels",
+        )
     parser.add_argument(
         "--min-hole-voxels", type=int, default=100000, metavar="N", help="fill holes smaller than N (default 100000)"
     )
@@ -87,8 +95,8 @@ def run(args: argparse.Namespace) -> None:
         input=args.input,
         output=args.output,
         gray=tuple(args.gray),
-        opening_radius=args.opening,
-        closing_radius=args.closing,
+        opening_radius=one_or_three(args.opening, "--opening"),
+        closing_radius=one_or_three(args.closing, "--closing"),
         min_hole_voxels=args.min_hole_voxels,
         min_object_voxels=args.min_object_voxels,
         max_span=args.max_span,

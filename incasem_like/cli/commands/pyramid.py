@@ -41,6 +41,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from incasem_like.core.errors import UserError
+    from incasem_like.core.geometry import nm_text
     from incasem_like.stages.downsample import build_pyramid, listed_levels, open_level, parse_int, resolve_kind
     from incasem_like.store.datasets import DatasetPath, open_dataset
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> None:
         level = open_level(path, stage.level)
         done = "already complete" if summary.get("already_complete") else f"{summary['seconds']:.1f} s"
         print(
-            f"wrote {path}/s{stage.level}: {tuple(level.shape)} {level.dtype}, voxel size {tuple(level.voxel_size)} nm"
+            f"wrote {path}/s{stage.level}: {tuple(level.shape)} {level.dtype}, voxel size {nm_text(level.voxel_size)}"
             f"\n  {summary['blocks_processed']} blocks processed, {summary['blocks_skipped']} skipped "
             f"(already done), {done}"
         )
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> None:
         launcher=launcher,
     )
     count = listed_levels(path)
-    sizes = ", ".join(str(tuple(open_level(path, k).voxel_size)) for k in range(count))
+    sizes = ", ".join(nm_text(open_level(path, k).voxel_size) for k in range(count))
     if not written:
         print(f"{path} already has levels s0..s{count - 1}; nothing to do (--overwrite recomputes them)")
-    print(f"{path}: multiscales lists s0..s{count - 1}, voxel sizes {sizes} nm")
+    print(f"{path}: multiscales lists s0..s{count - 1}, voxel sizes {sizes}")

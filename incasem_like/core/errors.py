@@ -65,22 +65,22 @@ def describe_validation_error(
     return f"{key} = {value!r}: {message}{more}"
 
 
-class _Quoted:
-    """A value as an error message quotes it: at most a few hundred characters of it."""
+def shortened(text: str, limit: int = 200) -> str:
+    """Text as a one-line message quotes it: at most `limit` characters of it, and how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
-    LIMIT = 200
+
+class _Quoted:
+    """A value as an error message quotes it (`shortened`), as `repr` or as `str`."""
 
     def __init__(self, value: object):
         self.value = value
 
-    def _cut(self, text: str) -> str:
-        return text if len(text) <= self.LIMIT else f"{text[: self.LIMIT]}... ({len(text)} characters)"
-
     def __repr__(self) -> str:
-        return self._cut(repr(self.value))
+        return shortened(repr(self.value))
 
     def __str__(self) -> str:
-        return self._cut(str(self.value))
+        return shortened(str(self.value))
 
 
 def main_problem(error: ValidationError) -> ErrorDetails:

@@ -284,14 +284,13 @@ def _checked_pages(path: Path):
                 ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
                 if ends and max(ends) > size:
                     raise UserError(f"{path}: truncated (image data runs past the end of the file); re-export it")
-                layout = page if isinstance(page, tifffile.TiffPage) else page.keyframe
+                layout = page if isinstance(page, tifffile.TiffPage) else page.keyframe  # a frame: its key page's
                 claimed = math.prod(page.shape) * np.dtype(page.dtype).itemsize
                 if layout is not None and layout.compression == 1 and sum(page.databytecounts) < claimed:
                     raise UserError(
                         f"{path}: its header declares {' x '.join(map(str, page.shape))} pixels ({claimed} bytes) but "
                         f"the file holds {sum(page.databytecounts)} bytes of image data; re-export it"
                     )
-                layout = page if isinstance(page, tifffile.TiffPage) else page.keyframe  # a frame: its key page's
                 samples = layout.samplesperpixel if layout is not None else 1
                 if samples != 1:
                     raise UserError(f"{path}: {samples} samples per pixel (RGB?); export single-channel grayscale")
@@ -378,20 +377,22 @@ class ConvertStage(BlockwiseStage):
     def world_voxel_size(self) -> Coordinate:
         """The voxel size in world units: the one given, else the MRC header's (rounded to the world unit)."""
         header = self.stack.header_voxel_size_nm
-        if self.voxel_size is None:
-            if header is None:
+        if header is None:
+            if self.voxel_size is None:
                 raise FieldError(
                     f"{{voxel_size}} is missing: {self.source} records no voxel size; give it in nm (z y x), e.g. "
                     "{voxel_size} 5 5 5"
                 )
+            return to_world(self.voxel_size)
+        rounded = Coordinate(round(v * WORLD_PER_NM) for v in header)
+        if self.voxel_size is None:
             try:
-                return to_world(header)  # exact up to the rounding of the header's 32-bit floats
+                to_world(header)  # exact up to the rounding of the header's 32-bit floats
             except ValueError:
-                voxel_size = Coordinate(round(v * WORLD_PER_NM) for v in header)
-                warn_once(f"{self.source}: header voxel size {header} nm rounded to {nm_text(voxel_size)}")
-                return voxel_size
+                warn_once(f"{self.source}: header voxel size {header} nm rounded to {nm_text(rounded)}")
+            return rounded
         given = to_world(self.voxel_size)
-        if header is not None and Coordinate(round(v * WORLD_PER_NM) for v in header) != given:
+        if rounded != given:
             warn_once(
                 f"{self.source}: its header says voxel size {tuple(round(v, 6) for v in header)} nm, but "
                 f"{nm_text(given)} was given and is used"

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from incasem_like.core.errors import FieldError, UserError
 from incasem_like.core.geometry import Coordinate, Roi, nm_text, roi_text, to_world
 from incasem_like.stages.convert import TIFF_SUFFIXES
-from incasem_like.store.datasets import DatasetPath, Volume, dataset_meta, open_dataset
+from incasem_like.store.datasets import DatasetPath, Volume, dataset_meta, open_dataset, recorded_source
 from incasem_like.store.mrc import is_mrc_path, write_mrc
 
 #: kinds whose uint8 0/1 data are written as 0/255, Fiji's binary convention (convert --labels reads it back as 0/1)
@@ -123,14 +123,10 @@ def original_frame(path: DatasetPath, volume: Volume) -> Roi:
 
 
 def _recorded_dataset(recorded: str, derived: DatasetPath) -> DatasetPath:
-    """The dataset a writer recorded as its source: an absolute path as recorded, else (a path relative to the
-    command's working directory) the same name in the derived dataset's container, else relative to ours."""
-    as_recorded = DatasetPath.parse(recorded)
-    candidates = [as_recorded] if as_recorded.container.is_absolute() else []
-    candidates += [DatasetPath(derived.container, as_recorded.name), as_recorded]
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate
+    """The dataset `derived` was made from (`recorded_source`); a `FieldError` when it is gone."""
+    source = recorded_source(recorded, derived)
+    if source is not None:
+        return source
     raise FieldError(
         f"{{uncrop}}: {derived} was derived from {recorded}, which is gone (looked in {derived.container} too); "
         "export without {uncrop}, or restore that dataset"

@@ -27,7 +27,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import LocalStore
 
 from incasem_like.core.bounds import MAX_OFFSET_NM, MAX_VOXEL_NM
-from incasem_like.core.errors import UserError
+from incasem_like.core.errors import UserError, shortened
 from incasem_like.core.geometry import AXES, UNIT, WORLD_PER_NM, Coordinate, Roi, nm_text, to_nm, world_length
 
 #: the OME-Zarr length units read, in nm (this tool writes nanometer)
@@ -367,11 +367,11 @@ def _ome_scale_and_translation(path: DatasetPath, attrs: dict) -> tuple[Coordina
     except (KeyError, IndexError, StopIteration, TypeError, AttributeError) as error:  # missing, or of another shape
         raise UserError(
             f"{path}: no readable OME-Zarr multiscales metadata for {FULL_RESOLUTION} ({type(error).__name__}: "
-            f"{_short(error)}); write datasets with incasem-like convert or another OME-Zarr 0.5 writer"
+            f"{shortened(repr(error))}); write datasets with incasem-like convert or another OME-Zarr 0.5 writer"
         ) from None
     if units and (len(units) != 3 or any(unit not in NM_PER_UNIT for unit in units)):
         raise UserError(
-            f"{path}: axis units {_short(units)} in its OME-Zarr metadata are not lengths this tool reads "
+            f"{path}: axis units {shortened(repr(units))} in its OME-Zarr metadata are not lengths this tool reads "
             f"({', '.join(NM_PER_UNIT)}); restore the metadata"
         )
     numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in [*scale, *translation])
@@ -380,29 +380,23 @@ def _ome_scale_and_translation(path: DatasetPath, attrs: dict) -> tuple[Coordina
         translation = [v * NM_PER_UNIT[unit] for v, unit in zip(translation, units)]
     if len(scale) != 3 or not numbers or any(not 0 < v <= MAX_VOXEL_NM for v in scale):
         raise UserError(
-            f"{path}: voxel size {_short(scale)} in its OME-Zarr metadata must be 3 positive numbers up to "
+            f"{path}: voxel size {shortened(repr(scale))} in its OME-Zarr metadata must be 3 positive numbers up to "
             f"{MAX_VOXEL_NM:g} (nm); restore the metadata"
         )
     if len(translation) != 3 or any(abs(v) > MAX_OFFSET_NM for v in translation):
         raise UserError(
-            f"{path}: translation {_short(translation)} in its OME-Zarr metadata must be 3 numbers within "
+            f"{path}: translation {shortened(repr(translation))} in its OME-Zarr metadata must be 3 numbers within "
             f"+-{MAX_OFFSET_NM:g} (nm); restore the metadata"
         )
     try:
         voxel_size = Coordinate(map(world_length, scale))
     except ValueError as error:
-        raise UserError(f"{path}: voxel size {_short(scale)} in its OME-Zarr metadata: {error}") from None
+        raise UserError(f"{path}: voxel size {shortened(repr(scale))} in its OME-Zarr metadata: {error}") from None
     if 0 in voxel_size:
         raise UserError(
-            f"{path}: voxel size {_short(scale)} nm is below 1e-6 nm (the internal unit); restore the metadata"
+            f"{path}: voxel size {shortened(repr(scale))} nm is below 1e-6 nm (the internal unit); restore the metadata"
         )
     return voxel_size, Coordinate(map(_corner_offset, translation, voxel_size))
-
-
-def _short(value: Any) -> str:
-    """A value for a one-line message: at most a few hundred characters of it."""
-    text = repr(value)
-    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _corner_offset(translation_nm: float, voxel_size: int) -> int:
@@ -432,7 +426,6 @@ def _our_attributes_of(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else {}
 
 
-#: the CLAHE parameters that change an image (the preprocessing a model's checkpoint records for its input)
 #: the parameters of each preprocessing step that a model's input must share with its training data
 PREPROCESSING_PARAMETERS = {
     "clahe": ("kernel", "clip_limit", "nbins", "intensity_range"),
@@ -481,11 +474,21 @@ def recorded_preprocessing(path: DatasetPath) -> dict[str, Any]:
         for step, parameters in PREPROCESSING_PARAMETERS.items():
             if step in source and step not in found:
                 found[step] = {key: source[step][key] for key in parameters if key in source[step]}
-        if "dataset" not in source:
+        recorded = recorded_source(source["dataset"], path) if "dataset" in source else None
+        if recorded is None:
             break
-        recorded = DatasetPath.parse(source["dataset"])
-        path = recorded if recorded.exists() else DatasetPath(path.container, recorded.name)
+        path = recorded
     return found
+
+
+def recorded_source(recorded: str, derived: DatasetPath) -> DatasetPath | None:
+    """The dataset a writer recorded as `derived`'s source (`source.dataset`): an absolute path as recorded, else (a
+    path relative to the writing command's working directory) the same name in `derived`'s container, else relative
+    to ours; None when none of those exists."""
+    as_recorded = DatasetPath.parse(recorded)
+    candidates = [as_recorded] if as_recorded.container.is_absolute() else []
+    candidates += [DatasetPath(derived.container, as_recorded.name), as_recorded]
+    return next((candidate for candidate in candidates if candidate.exists()), None)
 
 
 def update_dataset_meta(path: DatasetPath, **values: Any) -> None:

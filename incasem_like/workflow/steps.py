@@ -545,17 +545,15 @@ class ExportStep(Step):
 
         threads = execution.threads or 2
         out_dir = Path(self.out_dir)
+        (check_output_file if self.format == "mrc" else check_output_dir)(out_dir, execution.overwrite)
+        plan = plan_export(self.dataset, self.uncrop, self.keep_values, threads)
         if self.format == "mrc":
-            check_output_file(out_dir, execution.overwrite)
-            plan = plan_export(self.dataset, self.uncrop, self.keep_values, threads)
             summary = export_mrc(plan, out_dir, threads=threads, progress=execution.progress)
             print(
                 f"wrote {out_dir}: {' x '.join(map(str, plan.frame_shape))} (z y x) {plan.volume.dtype}, voxel size "
                 f"{nm_text(plan.volume.voxel_size)}; {summary['seconds']:.1f} s"
             )
             return
-        check_output_dir(out_dir, execution.overwrite)
-        plan = plan_export(self.dataset, self.uncrop, self.keep_values, threads)
         summary = export(plan, out_dir, threads=threads, progress=execution.progress)
         names, volume = summary["names"], plan.volume
         values = ", 0/1 written as 0/255" if plan.scale_binary else ""

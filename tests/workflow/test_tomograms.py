@@ -4,8 +4,6 @@ export, objects and the neuroglancer state, float data rescaled by a recorded ru
 cryo-ET samples through convert -> rescale -> CLAHE -> view."""
 
 import json
-import warnings
-from pathlib import Path
 
 import mrcfile
 import numpy as np
@@ -20,20 +18,11 @@ from incasem_like.nn.model import NetworkConfig, UNet3D
 from incasem_like.store.datasets import DatasetPath, dataset_meta, open_dataset
 from incasem_like.store.mrc import is_mrc_path
 from tests.conftest import SHARED_DATA, read_dataset, run_cli, write_slices
+from tests.store.test_mrc import reference
 from tests.training_data import sample_stack
 
 MRC_FILES = sorted(path for path in (SHARED_DATA / "mrc").glob("*") if is_mrc_path(path))
 needs_shared = pytest.mark.skipif(not (SHARED_DATA / "mrc").is_dir(), reason=f"no shared data at {SHARED_DATA}")
-
-
-def mrcfile_reading(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """The data (z, y, x) and voxel size (nm, z y x) as mrcfile reads them."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with mrcfile.open(path, permissive=True) as mrc:
-            data = np.array(mrc.data).reshape((-1, *mrc.data.shape[-2:]))
-            x, y, z = (float(v) / 10 for v in mrc.voxel_size.item())
-    return data, (z, y, x)
 
 
 @pytest.mark.slow  # the shared real data: run in CI with -m slow
@@ -43,7 +32,9 @@ def test_every_shared_mrc_file_converts_with_mrcfiles_values_and_the_header_voxe
     out = tmp_path / "t.zarr/volumes/raw"
     result = run_cli("convert", path, out, "--chunk", 16, "--quiet")
     assert result.returncode == 0, result.stderr
-    expected, (z, y, x) = mrcfile_reading(path)
+    expected, angstrom = reference(path)  # as mrcfile reads it
+    expected = expected.reshape((-1, *expected.shape[-2:]))  # a 2D image is one slice
+    x, y, z = (size / 10 for size in angstrom)
     volume = open_dataset(out)
     np.testing.assert_array_equal(volume[volume.roi], expected.astype(expected.dtype.newbyteorder("=")))
     if z == 0 or not np.isfinite(z):  # a 2D image: its z is the x voxel size, with a warning

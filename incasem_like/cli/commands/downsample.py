@@ -3,7 +3,7 @@
 import argparse
 import textwrap
 
-from incasem_like.cli.commands import add_block_options, add_blockwise_options, formatter, run_command
+from incasem_like.cli.commands import add_block_options, add_blockwise_options, formatter, one_or_three, run_command
 
 
 def add_kind_options(parser: argparse.ArgumentParser) -> None:
@@ -62,18 +62,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from incasem_like.core.errors import UserError
     from incasem_like.stages.downsample import parse_int
     from incasem_like.store.datasets import open_dataset
     from incasem_like.workflow.steps import DownsampleStep
 
     values = [args.factor] if isinstance(args.factor, str) else args.factor
-    if len(values) not in (1, 3):
-        raise UserError(f"--factor {' '.join(values)}: give one factor or three (z y x)")
-    if len(values) == 1:
-        factor: int | tuple[int, ...] = parse_int(values[0], "--factor", minimum=2)
-    else:
-        factor = tuple(parse_int(value, "--factor", minimum=1) for value in values)
+    minimum = 2 if len(values) == 1 else 1  # one factor coarsens every axis; per axis, 1 keeps one
+    factor = one_or_three([parse_int(value, "--factor", minimum) for value in values], "--factor")
     open_dataset(args.input)  # a missing or incomplete input is named before anything else
     step = DownsampleStep(
         input=args.input, output=args.output, factor=factor, kind=args.kind, block=args.block, chunk=args.chunk

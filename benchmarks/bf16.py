@@ -31,9 +31,10 @@ from convert import machine, source_digest, write_result  # noqa: E402  (shared 
 
 from incasem_like.core.geometry import Coordinate, roi_from_voxels  # noqa: E402
 from incasem_like.nn.checkpoints import model_from_checkpoint  # noqa: E402
-from incasem_like.nn.inference import normalize, predict_region, raw_with_context  # noqa: E402
+from incasem_like.nn.inference import predict_region, raw_with_context  # noqa: E402
 from incasem_like.nn.model import inference_model  # noqa: E402
 from incasem_like.nn.models import bundled_model  # noqa: E402
+from incasem_like.nn.normalization import normalize  # noqa: E402
 from incasem_like.ops.metrics import scores  # noqa: E402
 from incasem_like.ops.morphology import segment  # noqa: E402
 from incasem_like.stages.predict import default_step, recommended_settings  # noqa: E402

@@ -36,9 +36,10 @@ from convert import Meter, machine, source_digest, wait_for_quiet, write_result 
 
 from incasem_like.core.geometry import to_world  # noqa: E402
 from incasem_like.nn.checkpoints import model_from_checkpoint, save_checkpoint  # noqa: E402
-from incasem_like.nn.inference import normalize, predict_region  # noqa: E402
+from incasem_like.nn.inference import predict_region  # noqa: E402
 from incasem_like.nn.model import NetworkConfig, UNet3D, inference_model  # noqa: E402
 from incasem_like.nn.models import bundled_model  # noqa: E402
+from incasem_like.nn.normalization import normalize  # noqa: E402
 from incasem_like.store.datasets import (  # noqa: E402
     DatasetPath,
     create_dataset,

@@ -91,7 +91,7 @@ def train_run(config_path: Path, work: Path) -> dict:
     summary = json.loads(summary_path.read_text())
     best = summary["best_at_swept_threshold"]
     return {
-        "config": str(config_path.relative_to(REPO)),
+        "config": str(config_path.relative_to(REPO)) if config_path.is_relative_to(REPO) else str(config_path),
         "checkpoint": str(run / "checkpoints" / Path(best["checkpoint"]).name),
         "threshold": best["threshold"],
         "choice_f1_during_training": best["f1"],

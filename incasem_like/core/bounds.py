@@ -10,9 +10,10 @@ pydantic_core._pydantic_core.ValidationError: 1 validation error for constrained
   Input should be less than or equal to 16777216 ...
 """
 
+from collections.abc import Sequence
 from typing import Annotated
 
-from pydantic import AfterValidator, ConfigDict, Field
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 
 from incasem_like.core.geometry import world_length
 
@@ -55,3 +56,33 @@ Edges = tuple[Voxels, Voxels, Voxels]
 VoxelOffsets = tuple[VoxelOffset, VoxelOffset, VoxelOffset]
 #: a radius in voxels (0: off)
 Radius = Annotated[int, Field(ge=0, le=4096)]
+
+
+def slice_indices(value: str | Sequence[int]) -> tuple[int, ...]:
+    """Slice indices from START:STOP:STEP (STEP 1 when left out), a comma list or a list of integers: sorted,
+    without repeats; a ValueError says what is wrong.
+
+    >>> slice_indices("0:165:20")[:3], slice_indices("7, 3,3"), slice_indices([5, 1])
+    ((0, 20, 40), (3, 7), (1, 5))
+    """
+    if not isinstance(value, str):
+        return tuple(sorted(set(value)))
+    try:
+        if ":" in value:
+            parts = [int(part) for part in value.split(":")]
+            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] < 1):
+                raise ValueError
+            indices = list(range(*parts))
+        else:
+            indices = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise ValueError(f"{value!r}: give slices as START:STOP:STEP (STEP at least 1) or a comma list") from None
+    if not indices or min(indices) < 0:
+        raise ValueError(f"{value!r}: no slices, or a negative one; give slices as START:STOP:STEP or a comma list")
+    return tuple(sorted(set(indices)))
+
+
+#: slice indices (voxels from the dataset's first), as START:STOP:STEP, a comma list or a list
+SliceIndices = Annotated[
+    tuple[Annotated[int, Field(ge=0, le=2**24)], ...], BeforeValidator(slice_indices), Field(min_length=1)
+]

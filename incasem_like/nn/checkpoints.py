@@ -75,6 +75,7 @@ def export_weights(
         name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in state["model"].items()
     }
     state["optimizer"] = None
+    state.pop("reconstruction", None)  # semi-supervised training's second decoder: prediction never uses it
     state["provenance"] = provenance
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

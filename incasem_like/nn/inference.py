@@ -46,12 +46,6 @@ def raw_with_context(raw: Volume, roi: Roi, context: Coordinate) -> np.ndarray:
     return data
 
 
-def normalize(raw: np.ndarray, maximum: int | None = None) -> np.ndarray:
-    """uint raw -> float32 in [-1, 1] (`maximum` -> 1; default the dtype's largest), as the network saw it in
-    training (`store.datasets.value_max` gives a raw dataset's)."""
-    return (raw.astype(np.float32) / (maximum or np.iinfo(raw.dtype).max)) * 2 - 1
-
-
 def tile_starts(length: int, tile: int, step: int) -> list[int]:
     """Starts of `tile`-long tiles, `step` apart, until one reaches `length` (the last may reach beyond it)."""
     starts = [0]

@@ -282,7 +282,11 @@ class UNet3D(nn.Module):
         self.final = nn.Conv3d(maps[0], 1, c.final_kernel())
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        factors, kernels = self.config.factors(), self.config.kernels()
+        return self.decode(*self.encode(raw))
+
+    def encode(self, raw: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The bottleneck features and the skip features of each level above it."""
+        factors = self.config.factors()
         skips = []
         features = raw
         for level, convs in enumerate(self.down):
@@ -290,6 +294,11 @@ class UNet3D(nn.Module):
             if level < self.config.downsamplings:
                 skips.append(features)
                 features = nn.functional.max_pool3d(features, factors[level])
+        return features, skips
+
+    def decode(self, features: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """Foreground logits from the bottleneck and skip features (`encode`)."""
+        factors, kernels = self.config.factors(), self.config.kernels()
         for level in reversed(range(self.config.downsamplings)):
             upsampled = nn.functional.interpolate(features, scale_factor=factors[level], mode="nearest")
             below = [math.prod(f[axis] for f in factors[level:]) for axis in range(3)]
@@ -297,6 +306,45 @@ class UNet3D(nn.Module):
             upsampled = _center_crop(upsampled, cropped)
             features = self.up[level](torch.cat([_center_crop(skips[level], upsampled.shape[-3:]), upsampled], dim=1))
         return self.final(features)
+
+
+class ReconstructionDecoder(nn.Module):
+    """A second decoder for semi-supervised training (Dyhr et al.): the input image from a `UNet3D`'s bottleneck
+    features alone (no skip connections, which would hand the image over), upsampled level by level through
+    two convolutions each ('same' padding: it never predicts) to bottleneck size x the total downsampling factor,
+    the centre of the input (`reconstruction_target`). Training only: checkpoints keep it apart from the model,
+    and prediction and export never see it."""
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        if config.downsamplings < 1:
+            raise UserError(
+                "semi_supervised: a reconstruction decoder needs a network with a bottleneck; set "
+                "network.downsamplings to 1 or more"
+            )
+        self.config = config
+        maps = [config.feature_maps * config.feature_map_factor**level for level in range(config.downsamplings + 1)]
+        self.up = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv3d(maps[level + 1], maps[level], kernel, padding=triple(k // 2 for k in kernel)),
+                nn.ReLU(inplace=True),
+                nn.Conv3d(maps[level], maps[level], kernel, padding=triple(k // 2 for k in kernel)),
+                nn.ReLU(inplace=True),
+            )
+            for level, kernel in enumerate(config.kernels()[:-1])
+        )
+        self.final = nn.Conv3d(maps[0], 1, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        for level in reversed(range(self.config.downsamplings)):
+            features = nn.functional.interpolate(features, scale_factor=self.config.factors()[level], mode="nearest")
+            features = self.up[level](features)
+        return self.final(features)
+
+
+def reconstruction_target(raw: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """The centre of the network input that a `ReconstructionDecoder`'s output shows (what the bottleneck saw)."""
+    return _center_crop(raw, reconstruction.shape[-3:])
 
 
 def inference_model(model: UNet3D) -> UNet3D:

@@ -16,6 +16,11 @@ which reads the context the clean-up needs (`prediction_stages`).
 Defaults from the model. An exported model records the threshold, test-time augmentation and clean-up it was
 chosen with (`recommended_settings`); `predict` uses them unless told otherwise.
 
+Normalization. The raw data (unsigned, signed or float) is normalized by the rule the model was trained with
+(`nn.normalization`: bit depth for unsigned raw, each volume's own percentiles for float tomograms); the range it
+gives on the whole raw dataset is computed once, when the outputs are created, and recorded in their provenance,
+so every block, worker and resumed run uses the same one.
+
 Overlap. Within a block a reader thread loads and normalizes the next z-row of passes while the network runs on
 the current one, and a writer thread compresses and stores finished rows; a block is reported done only after
 all its writes.
@@ -42,24 +47,24 @@ from incasem_like.core.errors import FieldError, UserError
 from incasem_like.core.files import file_digest
 from incasem_like.core.geometry import Coordinate, Roi, nm_text, to_world
 from incasem_like.nn.checkpoints import load_checkpoint, model_from_checkpoint
-from incasem_like.nn.inference import TtaMode, normalize, predict_region, raw_with_context, select_device, tta_variants
+from incasem_like.nn.inference import TtaMode, predict_region, raw_with_context, select_device, tta_variants
 from incasem_like.nn.model import NetworkConfig, Triple, inference_model
+from incasem_like.nn.normalization import IntensityRange, NormalizationRule, checkpoint_rule, normalize
 from incasem_like.stages.threshold import CleanUp, Threshold, ThresholdStage, segment
 from incasem_like.store.datasets import (
     DEFAULT_CHUNK,
     DatasetPath,
     Volume,
     create_dataset,
+    dataset_meta,
     open_dataset,
     recorded_preprocessing,
-    value_max,
 )
 
 logger = logging.getLogger(__name__)
 
 PROBABILITIES = "probabilities"
 SEGMENTATION = "segmentation"
-RAW_DTYPES = ("uint8", "uint16")
 
 
 def default_precision(device: str) -> Literal["bf16", "fp32"]:
@@ -162,14 +167,24 @@ class PredictStage(BlockwiseStage):
         transposable = raw.voxel_size[1] == raw.voxel_size[2] and input_shape[1] == input_shape[2]
         return tta_variants(model.config, self.tta, transposable)
 
-    def open_raw(self) -> Volume:
-        raw = open_dataset(self.raw)
-        if raw.dtype.name not in RAW_DTYPES:
-            raise UserError(
-                f"{self.raw}: dtype {raw.dtype} cannot be predicted (needs uint8 or uint16 raw, as in training); "
-                "map float or signed data with incasem-like rescale first"
-            )
-        return raw
+    def check_normalization(self, raw: Volume, rule: NormalizationRule) -> None:
+        """The raw data can be normalized by the model's rule (bit depths are of unsigned raw)."""
+        if rule.accepts(raw.dtype):
+            return
+        fix = (
+            "map it to uint8/uint16 with incasem-like rescale, as the model's training data was"
+            if rule.mode == "bit_depth"
+            else "predict an integer or float image"
+        )
+        raise UserError(f"{self.raw}: dtype {raw.dtype} does not fit {self.checkpoint}'s {rule.text()}; {fix}")
+
+    def intensity_range(self, raw: Volume, rule: NormalizationRule) -> IntensityRange:
+        """The normalization range recorded with the outputs when they were created (for outputs of older versions:
+        the rule's range on `raw`, as it was then)."""
+        recorded = dataset_meta(self.datasets()[0]).get("source", {}).get("raw_normalization")
+        if recorded is None:
+            return rule.range_of(raw)
+        return IntensityRange(recorded["low"], recorded["high"], recorded["clip"])
 
     def check_preprocessing(self, state: dict) -> None:
         """The raw data should have had the preprocessing the model's training data had (a warning; --strict
@@ -203,7 +218,8 @@ class PredictStage(BlockwiseStage):
         check_block(self.block, self.chunk)
         model, state = model_from_checkpoint(self.checkpoint)
         _, _, context = self.pass_shapes(model)
-        raw = self.open_raw()
+        raw = open_dataset(self.raw)
+        self.check_normalization(raw, checkpoint_rule(state))
         self.check_voxel_size(raw, state)
         self.check_preprocessing(state)
         if DatasetPath.parse(self.raw) in self.datasets():
@@ -220,7 +236,10 @@ class PredictStage(BlockwiseStage):
         state = load_checkpoint(self.checkpoint)
         model_info = {key: state.get(key) for key in ("organelle", "iteration", "voxel_size", "network", "provenance")}
         model, _ = model_from_checkpoint(self.checkpoint)
-        tta = {"mode": self.tta, "variants": len(self.variants(model, self.open_raw()))}
+        raw = open_dataset(self.raw)
+        tta = {"mode": self.tta, "variants": len(self.variants(model, raw))}
+        rule = checkpoint_rule(state)
+        normalization = {**rule.model_dump(mode="json"), **rule.range_of(raw).record()}
         roi = layout.total_write_roi
         for path, kind in zip(self.datasets(), ("probabilities", "labels")):
             create_dataset(
@@ -237,6 +256,7 @@ class PredictStage(BlockwiseStage):
                         "predict": self.model_dump(),
                         "model": model_info,
                         "test_time_augmentation": tta,
+                        "raw_normalization": normalization,
                     },
                 },
             )
@@ -251,11 +271,12 @@ class PredictStage(BlockwiseStage):
     def block_processor(self) -> Callable[[Block], None]:
         if file_digest(self.checkpoint) != self.checkpoint_sha256:
             raise UserError(f"{self.checkpoint} changed since this prediction started; rerun with --overwrite")
-        model, _ = model_from_checkpoint(self.checkpoint)
+        model, state = model_from_checkpoint(self.checkpoint)
         device = self.torch_device()
         precision = default_precision(device.type) if self.precision == "auto" else self.precision
         bf16 = precision == "bf16"
-        raw = self.open_raw()
+        raw = open_dataset(self.raw)
+        intensity = self.intensity_range(raw, checkpoint_rule(state))
         variants = self.variants(model, raw)
         logger.info("predicting on %s in %s, %d test-time variant(s) per pass", device, precision, len(variants))
         input_shape, output_shape, context = self.pass_shapes(model)
@@ -269,10 +290,9 @@ class PredictStage(BlockwiseStage):
             output=output_shape * raw.voxel_size,
         )
         reader, writer = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
-        maximum = value_max(raw)
 
         def read(region: Roi) -> np.ndarray:
-            return normalize(raw_with_context(raw, region, context), maximum)
+            return normalize(raw_with_context(raw, region, context), intensity)
 
         def store(roi: Roi, result: np.ndarray) -> None:
             probabilities[roi] = result

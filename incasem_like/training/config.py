@@ -8,13 +8,15 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from incasem_like.core.bounds import STRICT, Count, Edges, Minutes, Seed, VoxelOffsets, Voxels
+from incasem_like.core.bounds import STRICT, Count, Edges, Minutes, Seed, SliceIndices, VoxelOffsets, Voxels
 from incasem_like.core.config_files import read_yaml_mapping
 from incasem_like.core.errors import UserError, describe_validation_error
 from incasem_like.core.geometry import Coordinate, Roi, nm_text, roi_from_voxels
 from incasem_like.nn.model import NetworkConfig
+from incasem_like.nn.normalization import NormalizationRule, default_rule
 from incasem_like.store.datasets import DatasetPath, Volume, open_dataset
 
 
@@ -34,6 +36,24 @@ class VoxelRoi(_Section):
         return value
 
 
+class ImageData(_Section):
+    """A region of a raw dataset without labels (the unlabelled data of semi-supervised training)."""
+
+    container: str
+    raw: str = "volumes/raw_clahe"
+    roi: VoxelRoi | None = None
+
+    def path(self, dataset: str) -> DatasetPath:
+        return DatasetPath(Path(self.container), dataset)
+
+    def datasets(self) -> dict[str, str]:
+        """Role -> dataset name of the datasets this region uses."""
+        return {"raw": self.raw}
+
+    def sparse(self) -> bool:
+        return False
+
+
 class CellData(_Section):
     """One annotated region of a cell: datasets inside one zarr container and the ROI that is used."""
 
@@ -43,14 +63,36 @@ class CellData(_Section):
     mask: str | None = Field(None, description="cell mask (1 = inside); voxels outside do not count")
     metric_mask: str | None = Field(None, description="1 = counts; the exclusion zone (0) does not count")
     roi: VoxelRoi | None = None
+    annotated: str | None = Field(
+        None, description="sparse annotation: mask of the annotated voxels (1 = annotated); the others do not count"
+    )
+    annotated_slices: SliceIndices | None = Field(
+        None,
+        description="sparse annotation: only these slices of the labels are annotated (START:STOP:STEP, a comma list "
+        "or a list; voxels from the raw dataset's first, along annotated_axis)",
+    )
+    annotated_axis: Literal["z", "y", "x"] = "z"
+    unannotated_label: int | None = Field(
+        None, ge=1, le=2**63 - 1, description="sparse annotation: the label value of unannotated voxels (e.g. 255)"
+    )
 
     def path(self, dataset: str) -> DatasetPath:
         return DatasetPath(Path(self.container), dataset)
 
     def datasets(self) -> dict[str, str]:
         """Role -> dataset name of the datasets this cell uses."""
-        roles = {"raw": self.raw, "labels": self.labels, "mask": self.mask, "metric_mask": self.metric_mask}
+        roles = {
+            "raw": self.raw,
+            "labels": self.labels,
+            "mask": self.mask,
+            "metric_mask": self.metric_mask,
+            "annotated": self.annotated,
+        }
         return {role: name for role, name in roles.items() if name}
+
+    def sparse(self) -> bool:
+        """Whether only some voxels of the labels are annotated."""
+        return self.annotated is not None or self.annotated_slices is not None or self.unannotated_label is not None
 
 
 class Sampling(_Section):
@@ -122,6 +164,19 @@ class Augmentation(_Section):
     noise: Noise | None = Field(None, description="Gaussian noise (not in the method; off by default)")
 
 
+class SemiSupervised(_Section):
+    """A reconstruction decoder on the network's bottleneck (`nn.model.ReconstructionDecoder`), trained on the
+    unlabelled regions beside the segmentation (Dyhr et al.); prediction and export never see it."""
+
+    unlabelled: list[ImageData] = Field(min_length=1, description="raw regions without labels")
+    weight: float = Field(1.0, gt=0, le=1000, description="the reconstruction loss's weight (Huber)")
+    schedule: Literal["alternate", "joint"] = Field(
+        "alternate",
+        description="alternate: even iterations train segmentation and reconstruction on labelled data, odd ones "
+        "reconstruction alone on unlabelled data (Dyhr et al.'s protocol); joint: both every iteration",
+    )
+
+
 class Optimizer(_Section):
     learning_rate: float = Field(3e-5, gt=0, le=10)
     weight_decay: float = Field(3e-5, ge=0, le=10)
@@ -161,6 +216,13 @@ class TrainConfig(_Section):
         "balanced_bce",
         description="balanced_bce: the method's class-balanced binary cross-entropy; bce_dice: binary cross-entropy "
         "plus soft Dice, both over the voxels that count",
+    )
+    semi_supervised: SemiSupervised | None = None
+    raw_normalization: NormalizationRule | None = Field(
+        None,
+        description="how raw values become the network's input, recorded in the checkpoint and applied alike by "
+        "predict: mode bit_depth (unsigned raw), percentiles (each volume's own, default [0.5, 99.5]: float "
+        "tomograms) or value_range [LOW, HIGH]; default bit_depth where all raw is unsigned, else percentiles",
     )
     max_class_ratio: float = Field(100.0, ge=1, le=10**9, description="class weights are clipped at 1:max_class_ratio")
     batch_size: int = Field(1, ge=1, le=4096, description="samples per iteration, each drawn and augmented on its own")
@@ -217,10 +279,14 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
         raise UserError(f"{path}: {describe_validation_error(error, TrainConfig)} (see configs/training/)") from None
 
 
+#: the roles of a cell's integer datasets (labels and masks)
+MASKS = ("labels", "mask", "metric_mask", "annotated")
+
+
 class CellVolumes:
     """The opened datasets of one `CellData` entry and its ROI in world units, checked for consistency."""
 
-    def __init__(self, cell: CellData, key: str):
+    def __init__(self, cell: CellData | ImageData, key: str):
         self.cell, self.key = cell, key
         self.volumes: dict[str, Volume] = {}
         for role, name in cell.datasets().items():
@@ -235,12 +301,7 @@ class CellVolumes:
                     f"{key}.{role}: voxel size {nm_text(volume.voxel_size)} of {cell.path(cell.datasets()[role])} "
                     f"differs from the raw data's {nm_text(raw.voxel_size)}; resample it to the raw grid"
                 )
-        if raw.dtype.kind != "u":
-            raise UserError(
-                f"{key}.raw: dtype {raw.dtype} of {cell.path(cell.raw)}; expected uint8 or uint16: map float or signed "
-                "data with incasem-like rescale first (its rule is recorded with the model)"
-            )
-        for role in ("labels", "mask", "metric_mask"):
+        for role in MASKS:
             if role in self.volumes and self.volumes[role].dtype.kind not in "iub":
                 raise UserError(f"{key}.{role}: dtype {self.volumes[role].dtype} is not an integer label/mask type")
         if cell.roi is None:
@@ -259,10 +320,32 @@ class CellVolumes:
                     f"{key}.roi: offset {list(cell.roi.offset)} shape {list(cell.roi.shape)} (voxels) lies outside "
                     f"the raw data of shape {list(raw.shape)}; choose a region inside it"
                 )
+        self._check_annotated_slices()
+
+    def _check_annotated_slices(self) -> None:
+        cell = self.cell
+        if not isinstance(cell, CellData) or cell.annotated_slices is None:
+            return
+        slices = cell.annotated_slices
+        axis = "zyx".index(cell.annotated_axis)
+        raw = self.volumes["raw"]
+        if slices[-1] >= raw.shape[axis]:
+            raise UserError(
+                f"{self.key}.annotated_slices: slice {slices[-1]} lies beyond the {raw.shape[axis]} slices of "
+                f"{self.cell.path(self.cell.raw)} along {cell.annotated_axis}; list slices of the data"
+            )
+        first = (self.roi.begin[axis] - raw.offset[axis]) // raw.voxel_size[axis]
+        inside = [s for s in slices if first <= s < first + self.roi.shape[axis] // raw.voxel_size[axis]]
+        if not inside:
+            raise UserError(
+                f"{self.key}.annotated_slices: none of them lies in the cell's ROI (slices {first}.."
+                f"{first + self.roi.shape[axis] // raw.voxel_size[axis] - 1} along {cell.annotated_axis}); "
+                "list the annotated slices or widen the roi"
+            )
 
     def _annotated_roi(self) -> Roi:
         roi = self.volumes["raw"].roi
-        for role in ("labels", "mask", "metric_mask"):
+        for role in MASKS:
             if role in self.volumes:
                 roi = roi.intersect(self.volumes[role].roi)
         if roi.empty:
@@ -272,6 +355,23 @@ class CellVolumes:
     @property
     def voxel_size(self) -> Coordinate:
         return self.volumes["raw"].voxel_size
+
+    def annotation(self, roi: Roi, labels: np.ndarray, annotated: np.ndarray | None) -> np.ndarray:
+        """Which voxels of `roi` (world units, on the raw grid) are annotated (bool), given the label values there
+        and, for a cell with an `annotated` mask, the mask's values: the mask's ones, without `unannotated_label`,
+        on `annotated_slices`."""
+        cell = self.cell
+        assert isinstance(cell, CellData), "only labelled regions are annotated"
+        result = np.ones(labels.shape, bool) if annotated is None else annotated > 0
+        if cell.unannotated_label is not None:
+            result &= labels != cell.unannotated_label
+        if cell.annotated_slices is not None:
+            axis = "zyx".index(cell.annotated_axis)
+            raw = self.volumes["raw"]
+            first = (roi.begin[axis] - raw.offset[axis]) // raw.voxel_size[axis]
+            on_slices = np.isin(np.arange(first, first + labels.shape[axis]), cell.annotated_slices)
+            result &= on_slices.reshape([-1 if a == axis else 1 for a in range(3)])
+        return result
 
 
 def open_cells(config: TrainConfig) -> tuple[list[CellVolumes], list[CellVolumes]]:
@@ -286,3 +386,46 @@ def open_cells(config: TrainConfig) -> tuple[list[CellVolumes], list[CellVolumes
                 f"{nm_text(reference)}; one model is trained at one voxel size (downsample to match)"
             )
     return training, validation
+
+
+def open_unlabelled(config: TrainConfig, reference: CellVolumes) -> list[CellVolumes]:
+    """Open and check semi-supervised training's unlabelled regions: the voxel size and raw dtype of `reference`
+    (training[0]), and at least one network input in each."""
+    if config.semi_supervised is None:
+        return []
+    regions = []
+    for index, region in enumerate(config.semi_supervised.unlabelled):
+        cell = CellVolumes(region, f"semi_supervised.unlabelled[{index}]")
+        raw, expected = cell.volumes["raw"], reference.volumes["raw"]
+        if cell.voxel_size != reference.voxel_size:
+            raise UserError(
+                f"{cell.key}.raw: voxel size {nm_text(cell.voxel_size)} of {region.path(region.raw)} differs from "
+                f"training[0]'s {nm_text(reference.voxel_size)}; downsample it to match"
+            )
+        if raw.dtype != expected.dtype:
+            raise UserError(
+                f"{cell.key}.raw: dtype {raw.dtype} of {region.path(region.raw)} differs from training[0]'s "
+                f"{expected.dtype}; convert or rescale it like the labelled data"
+            )
+        shape = cell.roi.shape / cell.voxel_size
+        if any(edge < needed for edge, needed in zip(shape, config.network.input_shape)):
+            raise UserError(
+                f"{cell.key}.roi: shape {list(shape)} (voxels) is smaller than the network input "
+                f"{list(config.network.input_shape)}; choose a larger region"
+            )
+        regions.append(cell)
+    return regions
+
+
+def normalization_rule(config: TrainConfig, cells: list[CellVolumes]) -> NormalizationRule:
+    """The configured normalization, else `default_rule` of the cells' raw dtypes; every cell's raw must fit it."""
+    rule = config.raw_normalization or default_rule([cell.volumes["raw"].dtype for cell in cells])
+    for cell in cells:
+        raw = cell.volumes["raw"]
+        if not rule.accepts(raw.dtype):
+            raise UserError(
+                f"{cell.key}.raw: dtype {raw.dtype} of {cell.cell.path(cell.cell.raw)} does not fit "
+                f"raw_normalization mode {rule.mode} (unsigned raw only); use raw_normalization mode percentiles or "
+                "value_range, or map the data with incasem-like rescale first"
+            )
+    return rule

@@ -26,8 +26,8 @@ from funlib.persistence import Array, open_ds
 
 from incasem_like.core.errors import UserError
 from incasem_like.core.geometry import Coordinate, Roi
-from incasem_like.store.datasets import value_max
-from incasem_like.training.config import CellVolumes, TrainConfig, open_cells
+from incasem_like.nn.normalization import IntensityRange, NormalizationRule
+from incasem_like.training.config import CellVolumes, TrainConfig, normalization_rule, open_cells, open_unlabelled
 from incasem_like.training.loss import loss_weights
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ RAW = gp.ArrayKey("RAW")
 LABELS = gp.ArrayKey("LABELS")
 MASK = gp.ArrayKey("MASK")
 METRIC_MASK = gp.ArrayKey("METRIC_MASK")
+#: annotated voxels (1) of sparsely annotated cells
+ANNOTATED = gp.ArrayKey("ANNOTATED")
 WEIGHTS = gp.ArrayKey("WEIGHTS")
 
 
@@ -89,16 +91,35 @@ class Reject(gp.Reject):
     With seeded requests the original retries with the same seed, gets the same block back and waits forever.
     """
 
-    def __init__(self, mask, min_masked: float, what: str, fix: str, reject_probability=1.0, max_attempts=10000):
+    def __init__(
+        self,
+        mask,
+        min_masked: float,
+        what: str,
+        fix: str,
+        reject_probability=1.0,
+        max_attempts=10000,
+        within: gp.ArrayKey | None = None,
+    ):
         super().__init__(mask=mask, min_masked=min_masked, reject_probability=reject_probability)
-        self.what, self.fix, self.max_attempts = what, fix, max_attempts
+        self.what, self.fix, self.max_attempts, self.within = what, fix, max_attempts, within
         self.gave_up: UserError | None = None
 
+    def share(self, batch: gp.Batch) -> float:
+        """The mask's mean over the sample, or over its `within` voxels (0 where there are none)."""
+        data = batch[self.mask].data
+        if self.within is None:
+            return float(data.mean())
+        inside = batch[self.within].crop(batch[self.mask].spec.roi).data > 0
+        return float(data[inside].mean()) if inside.any() else 0.0
+
     def provide(self, request):
+        if self.within is not None and self.within not in request:
+            request[self.within] = request[self.mask].copy()
         attempt, best = request, 0.0
         for attempts in range(1, self.max_attempts + 1):
             batch = self.upstream_provider.request_batch(attempt)
-            share = float(batch[self.mask].data.mean())
+            share = self.share(batch)
             if share > self.min_masked:
                 return batch
             if np.random.default_rng(attempt.random_seed).random() >= self.reject_probability:
@@ -143,11 +164,70 @@ class GaussianNoise(gp.BatchFilter):
         array.data = array.data + noise
 
 
-class LossWeights(gp.BatchFilter):
-    """WEIGHTS: the loss's per-voxel weights (`loss_weights`), 0 outside the cell and in the metric exclusion zone."""
+class NormalizeRange(gp.BatchFilter):
+    """`key` -> float32 in 0..1 over an `IntensityRange` (`IntensityRange.unit`), as `predict` normalizes it."""
 
-    def __init__(self, loss: str, max_class_ratio: float):
-        self.loss, self.max_class_ratio = loss, max_class_ratio
+    def __init__(self, key: gp.ArrayKey, intensity: IntensityRange):
+        self.key, self.intensity = key, intensity
+
+    def setup(self):
+        self.enable_autoskip()
+        spec = self.spec[self.key].copy()
+        spec.dtype = np.float32
+        self.updates(self.key, spec)
+
+    def prepare(self, request):
+        deps = gp.BatchRequest()
+        deps[self.key] = request[self.key].copy()
+        deps[self.key].dtype = None
+        return deps
+
+    def process(self, batch, request):
+        array = batch[self.key]
+        array.data = self.intensity.unit(array.data)
+        array.spec.dtype = np.float32
+
+
+class Annotation(gp.BatchFilter):
+    """A sparsely annotated cell's LABELS (their values) -> 0/1 foreground where annotated, and ANNOTATED -> 0/1
+    the annotated voxels (`CellVolumes.annotation`)."""
+
+    def __init__(self, cell: CellVolumes):
+        self.cell = cell
+
+    def setup(self):
+        for key in (LABELS, ANNOTATED):
+            spec = self.spec[key].copy()
+            spec.dtype = np.uint8
+            self.updates(key, spec)
+
+    def prepare(self, request):
+        rois = [request[key].roi for key in (LABELS, ANNOTATED) if key in request]
+        roi = rois[0] if len(rois) == 1 else rois[0].union(rois[1])
+        deps = gp.BatchRequest()
+        for key in (LABELS, ANNOTATED):
+            deps[key] = gp.ArraySpec(roi=roi)
+        return deps
+
+    def process(self, batch, request):
+        labels = batch[LABELS]
+        annotated = self.cell.annotation(labels.spec.roi, labels.data, batch[ANNOTATED].data)
+        outputs = gp.Batch()
+        for key, data in ((LABELS, (labels.data > 0) & annotated), (ANNOTATED, annotated)):
+            if key in request:
+                spec = batch[key].spec.copy()
+                spec.dtype = np.uint8
+                outputs[key] = gp.Array(data.astype(np.uint8), spec).crop(request[key].roi)
+        return outputs
+
+
+class LossWeights(gp.BatchFilter):
+    """WEIGHTS: the loss's per-voxel weights (`loss_weights`), 0 outside the cell, in the metric exclusion zone and,
+    with `sparse` annotation, on unannotated voxels (class balancing then counts annotated voxels only)."""
+
+    def __init__(self, loss: str, max_class_ratio: float, sparse: bool = False):
+        self.loss, self.max_class_ratio, self.sparse = loss, max_class_ratio, sparse
+        self.counted_keys = (MASK, METRIC_MASK, ANNOTATED) if sparse else (MASK, METRIC_MASK)
 
     def setup(self):
         spec = self.spec[LABELS].copy()
@@ -156,12 +236,12 @@ class LossWeights(gp.BatchFilter):
 
     def prepare(self, request):
         deps = gp.BatchRequest()
-        for key in (LABELS, MASK, METRIC_MASK):
+        for key in (LABELS, *self.counted_keys):
             deps[key] = request[WEIGHTS].copy()
         return deps
 
     def process(self, batch, request):
-        counted = (batch[MASK].data > 0) & (batch[METRIC_MASK].data > 0)
+        counted = np.logical_and.reduce([batch[key].data > 0 for key in self.counted_keys])
         spec = batch[LABELS].spec.copy()
         spec.dtype = np.float32
         outputs = gp.Batch()
@@ -184,20 +264,37 @@ def _array_source(key: gp.ArrayKey, cell: CellVolumes, role: str, interpolatable
     return gp.ArraySource(key, array, interpolatable=interpolatable)
 
 
-def cell_pipeline(cell: CellVolumes, config: TrainConfig, output_shape: Coordinate) -> gp.Pipeline:
-    """Sources of one cell, cut to its ROI, padded, at random locations, with rejection."""
+def cell_pipeline(
+    cell: CellVolumes, config: TrainConfig, output_shape: Coordinate, intensity: IntensityRange, sparse: bool
+) -> gp.Pipeline:
+    """Sources of one cell, raw normalized over `intensity`, cut to its ROI, padded, at random locations, with
+    rejection; with `sparse` (some cell is sparsely annotated) also ANNOTATED, and the foreground share that
+    rejection asks for is that of the annotated voxels."""
     voxel_size = cell.voxel_size
     pad = (output_shape // 2) * voxel_size
-    normalize = gp.Normalize(RAW, factor=1.0 / value_max(cell.volumes["raw"]))  # as `predict` normalizes it
+    normalize = NormalizeRange(RAW, intensity)
     sources = [_array_source(RAW, cell, "raw", True) + normalize + gp.Pad(RAW, None, mode="reflect")]
-    for key, role in ((LABELS, "labels"), (MASK, "mask"), (METRIC_MASK, "metric_mask")):
+    roles = {LABELS: "labels", MASK: "mask", METRIC_MASK: "metric_mask"} | ({ANNOTATED: "annotated"} if sparse else {})
+    for key, role in roles.items():
         if role in cell.volumes:
-            source = _array_source(key, cell, role, False) + Binarize(key) + gp.Crop(key, cell.roi)
+            source = _array_source(key, cell, role, False)
+            source += gp.Crop(key, cell.roi) if key == LABELS and sparse else Binarize(key) + gp.Crop(key, cell.roi)
         else:
             source = Ones(key, cell.roi, voxel_size)
         sources.append(source + gp.Pad(key, pad))
     sampling = config.sampling
-    pipeline = tuple(sources) + gp.MergeProvider() + gp.RandomLocation()
+    pipeline = tuple(sources) + gp.MergeProvider()
+    if sparse:
+        pipeline += Annotation(cell)
+    pipeline += gp.RandomLocation()
+    if cell.cell.sparse():  # a sample without annotated voxels teaches nothing (a slice-wise sample often has none)
+        pipeline += Reject(
+            ANNOTATED,
+            0.0,
+            f"{cell.key}: annotated share of a sample",
+            f"check {cell.key}'s annotated slices or mask",
+            max_attempts=sampling.max_attempts,
+        )
     if sampling.max_outside_mask < 1:
         pipeline += Reject(
             MASK,
@@ -210,24 +307,32 @@ def cell_pipeline(cell: CellVolumes, config: TrainConfig, output_shape: Coordina
         pipeline += Reject(
             LABELS,
             sampling.min_foreground,
-            f"{cell.key}: foreground share of a sample",
+            f"{cell.key}: foreground share of a sample" + (" (of its annotated voxels)" if sparse else ""),
             f"lower sampling.min_foreground or sampling.reject_probability, or check {cell.key}'s labels",
             reject_probability=sampling.reject_probability,
             max_attempts=sampling.max_attempts,
+            within=ANNOTATED if sparse else None,
         )
     return pipeline
 
 
-def labelled_voxels(cell: CellVolumes) -> int:
-    """Foreground voxels of a cell's labels inside its ROI (read chunk by chunk)."""
-    labels = cell.volumes["labels"]
-    begin = (cell.roi.begin - labels.offset) / labels.voxel_size
-    end = (cell.roi.end - labels.offset) / labels.voxel_size
-    step = max(1, labels.data.chunks[0])
-    return sum(
-        int(np.count_nonzero(labels.data[z : min(z + step, end[0]), begin[1] : end[1], begin[2] : end[2]]))
-        for z in range(begin[0], end[0], step)
-    )
+def annotated_voxels(cell: CellVolumes) -> tuple[int, int]:
+    """Annotated voxels and annotated foreground voxels of a cell's labels inside its ROI (read in chunk-deep
+    slabs; every voxel of a densely annotated cell is annotated)."""
+    labels, annotated = cell.volumes["labels"], cell.volumes.get("annotated")
+    depth = max(1, labels.data.chunks[0]) * labels.voxel_size[0]
+    counts = [0, 0]
+    for z in range(cell.roi.begin[0], cell.roi.end[0], depth):
+        slab = cell.roi.intersect(Roi((z, *cell.roi.begin[1:]), (depth, *cell.roi.shape[1:])))
+        values = labels[slab]
+        if cell.cell.sparse():
+            inside = cell.annotation(slab, values, None if annotated is None else annotated[slab])
+            counts[0] += int(np.count_nonzero(inside))
+            counts[1] += int(np.count_nonzero((values > 0) & inside))
+        else:
+            counts[0] += values.size
+            counts[1] += int(np.count_nonzero(values))
+    return counts[0], counts[1]
 
 
 def transposable_axes(config: TrainConfig, voxel_size: Coordinate) -> list[int]:
@@ -239,13 +344,39 @@ def transposable_axes(config: TrainConfig, voxel_size: Coordinate) -> list[int]:
     return [axis for axis in range(3) if shapes[axis] == shapes[1]]
 
 
-def training_pipeline(config: TrainConfig, cells: list[CellVolumes], probabilities: list[float]) -> gp.Pipeline:
-    """The whole graph, ending in RAW (in [-1, 1]), LABELS (0/1) and WEIGHTS."""
+def training_pipeline(
+    config: TrainConfig, cells: list[CellVolumes], probabilities: list[float], ranges: dict[str, IntensityRange]
+) -> gp.Pipeline:
+    """The whole graph, ending in RAW (in [-1, 1]), LABELS (0/1) and WEIGHTS; cells are drawn by `probabilities`
+    and normalized over their `ranges` (by key)."""
     output_shape = Coordinate(config.network.output_shape())
-    pipeline = tuple(cell_pipeline(cell, config, output_shape) for cell in cells)
+    sparse = any(cell.cell.sparse() for cell in cells)
+    pipeline = tuple(cell_pipeline(cell, config, output_shape, ranges[cell.key], sparse) for cell in cells)
     pipeline += gp.RandomProvider(probabilities=probabilities)
+    pipeline = augmented(pipeline, config, cells[0].voxel_size)
+    pipeline += LossWeights(config.loss, config.max_class_ratio, sparse)
+    return pipeline
+
+
+def unlabelled_pipeline(config: TrainConfig, regions: list[CellVolumes], ranges: dict[str, IntensityRange]):
+    """RAW (in [-1, 1]) of semi-supervised training's unlabelled regions, drawn by volume, augmented as the
+    labelled data."""
+    sources = tuple(
+        _array_source(RAW, region, "raw", True)
+        + NormalizeRange(RAW, ranges[region.key])
+        + gp.Crop(RAW, region.roi)
+        + gp.RandomLocation()
+        for region in regions
+    )
+    volumes = [math.prod(region.roi.shape / region.voxel_size) for region in regions]
+    pipeline = sources + gp.RandomProvider(probabilities=[v / sum(volumes) for v in volumes])
+    return augmented(pipeline, config, regions[0].voxel_size)
+
+
+def augmented(pipeline, config: TrainConfig, voxel_size: Coordinate):
+    """`pipeline` with the configured augmentations and RAW scaled from 0..1 to [-1, 1]."""
     augmentation = config.augmentation
-    mirror_transpose = gp.SimpleAugment(transpose_only=transposable_axes(config, cells[0].voxel_size))
+    mirror_transpose = gp.SimpleAugment(transpose_only=transposable_axes(config, voxel_size))
     if augmentation.mirror_transpose:
         pipeline += mirror_transpose
     if augmentation.elastic:
@@ -267,9 +398,7 @@ def training_pipeline(config: TrainConfig, cells: list[CellVolumes], probabiliti
         pipeline += gp.IntensityAugment(RAW, scale[0], scale[1], shift[0], shift[1])
     if augmentation.noise:
         pipeline += GaussianNoise(RAW, augmentation.noise.max_sigma, augmentation.noise.probability)
-    pipeline += gp.IntensityScaleShift(RAW, 2, -1)
-    pipeline += LossWeights(config.loss, config.max_class_ratio)
-    return pipeline
+    return pipeline + gp.IntensityScaleShift(RAW, 2, -1)
 
 
 def batch_request(config: TrainConfig, voxel_size: Coordinate, seed: int) -> gp.BatchRequest:
@@ -281,14 +410,30 @@ def batch_request(config: TrainConfig, voxel_size: Coordinate, seed: int) -> gp.
 
 
 def batch_seed(config_seed: int, iteration: int, sample: int = 0, stream: int = 0) -> int:
-    """The seed of sample `sample` of batch `iteration` of `stream` (0: training, 1: batch-norm calibration),
+    """The seed of sample `sample` of batch `iteration` of `stream` (`TRAINING`, `CALIBRATION`, `UNLABELLED`),
     independent of which process prepares it (sample 0 of training keeps the seed a batch of one has always had)."""
     entropy = [config_seed, iteration] + ([sample] if sample or stream else []) + ([stream] if stream else [])
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-#: the stream of batch-norm calibration batches
-CALIBRATION = 1
+#: the streams of batches: training, batch-norm calibration, and (mixed into a sample's seed) unlabelled samples
+TRAINING, CALIBRATION, UNLABELLED = 0, 1, 2
+
+
+def batch_kinds(config: TrainConfig, iteration: int) -> tuple[str, ...]:
+    """What training batch `iteration` holds: labelled samples, and with semi-supervised training unlabelled ones
+    too (`joint`) or instead on odd iterations (`alternate`)."""
+    semi = config.semi_supervised
+    if semi is None:
+        return ("labelled",)
+    if semi.schedule == "joint":
+        return ("labelled", "unlabelled")
+    return ("unlabelled",) if iteration % 2 else ("labelled",)
+
+
+def normalization_ranges(rule: NormalizationRule, cells: list[CellVolumes]) -> dict[str, IntensityRange]:
+    """Each cell's (or region's) normalization range by `rule`, by key (percentiles read its whole raw dataset)."""
+    return {cell.key: rule.range_of(cell.volumes["raw"]) for cell in cells}
 
 
 def calibration_config(config: TrainConfig) -> TrainConfig:
@@ -298,13 +443,20 @@ def calibration_config(config: TrainConfig) -> TrainConfig:
     norm would otherwise learn)."""
     augmentation = config.augmentation.model_copy(update={"elastic": None, "intensity": None, "noise": None})
     sampling = config.sampling.model_copy(update={"reject_probability": 0.0})
-    return config.model_copy(update={"augmentation": augmentation, "sampling": sampling, "data_workers": 0})
+    update = {"augmentation": augmentation, "sampling": sampling, "data_workers": 0, "semi_supervised": None}
+    return config.model_copy(update=update)
 
 
 def check_trainable(config: TrainConfig, cells: list[CellVolumes]) -> None:
-    """Training ROIs must hold at least one network output; otherwise say which input shape would fit."""
+    """Training ROIs must hold at least one network output (otherwise say which input shape would fit) and, when
+    sparsely annotated, an annotated voxel."""
     output_shape = Coordinate(config.network.output_shape())
     for cell in cells:
+        if cell.cell.sparse() and annotated_voxels(cell)[0] == 0:
+            raise UserError(
+                f"{cell.key}: no voxel of its roi is annotated (annotated, annotated_slices, unannotated_label "
+                "leave none); check the annotated mask and slices, or leave the cell out"
+            )
         roi_shape = cell.roi.shape / cell.voxel_size
         if any(r < o for r, o in zip(roi_shape, output_shape)):
             raise UserError(
@@ -314,36 +466,58 @@ def check_trainable(config: TrainConfig, cells: list[CellVolumes]) -> None:
 
 
 class BatchSource:
-    """The training graph built once in this process: batch(i) -> dict of numpy arrays (raw, labels, weights)."""
+    """The training graph built once in this process: batch(i) -> dict of numpy arrays (raw, labels, weights; with
+    semi-supervised training also or instead `unlabelled` raw, `batch_kinds`)."""
 
-    def __init__(self, config: TrainConfig, probabilities: list[float] | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        probabilities: list[float] | None = None,
+        ranges: dict[str, IntensityRange] | None = None,
+    ):
         self.config = config
-        cells, _ = open_cells(config)
+        cells, validation = open_cells(config)
         check_trainable(config, cells)
+        unlabelled = open_unlabelled(config, cells[0])
         if probabilities is None:
             probabilities = cell_probabilities(cells)
+        if ranges is None:
+            ranges = normalization_ranges(normalization_rule(config, cells + validation), cells + unlabelled)
         self.voxel_size = cells[0].voxel_size
-        self.pipeline = training_pipeline(config, cells, probabilities)
-        self._build = gp.build(self.pipeline)
-        self._build.__enter__()
+        self.pipeline = training_pipeline(config, cells, probabilities, ranges)
+        self.unlabelled = unlabelled_pipeline(config, unlabelled, ranges) if unlabelled else None
+        self._builds = [gp.build(p) for p in (self.pipeline, self.unlabelled) if p is not None]
+        for build in self._builds:
+            build.__enter__()
 
     def batch(self, iteration: int, stream: int = 0) -> dict[str, Any]:
         """Batch `iteration` of `stream`: raw, labels and weights stacked over its samples (N, z, y, x), and where
-        its first sample was taken (for the snapshot)."""
-        samples = [
-            self._sample(
-                batch_request(self.config, self.voxel_size, batch_seed(self.config.seed, iteration, sample, stream))
-            )
-            for sample in range(self.config.batch_size)
-        ]
-        return {
-            "iteration": iteration,
-            "raw": np.stack([s[RAW].data.astype(np.float32, copy=False) for s in samples]),
-            "labels": np.stack([s[LABELS].data for s in samples]),
-            "weights": np.stack([s[WEIGHTS].data for s in samples]),
-            "raw_offset": tuple(samples[0][RAW].spec.roi.offset),
-            "labels_offset": tuple(samples[0][LABELS].spec.roi.offset),
-        }
+        its first sample was taken (for the snapshot); `unlabelled` raw where `batch_kinds` asks for it."""
+        batch: dict[str, Any] = {"iteration": iteration}
+        kinds = batch_kinds(self.config, iteration) if stream == TRAINING else ("labelled",)
+        if "labelled" in kinds:
+            seeds = [
+                batch_seed(self.config.seed, iteration, sample, stream) for sample in range(self.config.batch_size)
+            ]
+            samples = [self._sample(batch_request(self.config, self.voxel_size, seed)) for seed in seeds]
+            batch |= {
+                "raw": np.stack([s[RAW].data.astype(np.float32, copy=False) for s in samples]),
+                "labels": np.stack([s[LABELS].data for s in samples]),
+                "weights": np.stack([s[WEIGHTS].data for s in samples]),
+                "raw_offset": tuple(samples[0][RAW].spec.roi.offset),
+                "labels_offset": tuple(samples[0][LABELS].spec.roi.offset),
+            }
+        if "unlabelled" in kinds:
+            assert self.unlabelled is not None, "semi-supervised configs have unlabelled regions"
+            shape = Coordinate(self.config.network.input_shape) * self.voxel_size
+            requests = [
+                gp.BatchRequest(random_seed=batch_seed(self.config.seed, iteration, sample, UNLABELLED))
+                for sample in range(self.config.batch_size)
+            ]
+            for request in requests:
+                request.add(RAW, shape)
+            batch["unlabelled"] = np.stack([self.unlabelled.request_batch(r)[RAW].data for r in requests])
+        return batch
 
     def _sample(self, request: gp.BatchRequest) -> gp.Batch:
         try:
@@ -355,7 +529,8 @@ class BatchSource:
             raise
 
     def close(self) -> None:
-        self._build.__exit__(None, None, None)
+        for build in self._builds:
+            build.__exit__(None, None, None)
 
 
 def _nodes(pipeline: gp.Pipeline) -> list[gp.BatchProvider]:
@@ -366,7 +541,7 @@ def _nodes(pipeline: gp.Pipeline) -> list[gp.BatchProvider]:
 
 def cell_probabilities(cells: list[CellVolumes]) -> list[float]:
     """Chance of each training cell: its share of the labelled voxels (uniform if none is labelled)."""
-    counts = [labelled_voxels(cell) for cell in cells]
+    counts = [annotated_voxels(cell)[1] for cell in cells]
     total = sum(counts)
     return [count / total for count in counts] if total else [1 / len(cells)] * len(cells)
 
@@ -374,9 +549,9 @@ def cell_probabilities(cells: list[CellVolumes]) -> list[float]:
 _worker_source: BatchSource | None = None
 
 
-def _start_worker(config_json: str, probabilities: list[float]) -> None:
+def _start_worker(config_json: str, probabilities: list[float], ranges: dict[str, IntensityRange] | None) -> None:
     global _worker_source
-    _worker_source = BatchSource(TrainConfig.model_validate_json(config_json), probabilities)
+    _worker_source = BatchSource(TrainConfig.model_validate_json(config_json), probabilities, ranges)
 
 
 def _worker_batch(iteration: int) -> dict[str, Any]:
@@ -384,10 +559,17 @@ def _worker_batch(iteration: int) -> dict[str, Any]:
     return _worker_source.batch(iteration)
 
 
-def batch_stream(config: TrainConfig, start: int, stop: int, probabilities: list[float]) -> Generator[dict]:
-    """Batches start..stop-1 in order; `config.data_workers` processes prepare up to 2 per worker ahead."""
+def batch_stream(
+    config: TrainConfig,
+    start: int,
+    stop: int,
+    probabilities: list[float],
+    ranges: dict[str, IntensityRange] | None = None,
+) -> Generator[dict]:
+    """Batches start..stop-1 in order (see `BatchSource`: `ranges` are found by each process where not given);
+    `config.data_workers` processes prepare up to 2 per worker ahead."""
     if config.data_workers == 0:
-        source = BatchSource(config, probabilities)
+        source = BatchSource(config, probabilities, ranges)
         try:
             for iteration in range(start, stop):
                 yield source.batch(iteration)
@@ -395,7 +577,7 @@ def batch_stream(config: TrainConfig, start: int, stop: int, probabilities: list
             source.close()
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-    with context.Pool(config.data_workers, _start_worker, (config.model_dump_json(), probabilities)) as pool:
+    with context.Pool(config.data_workers, _start_worker, (config.model_dump_json(), probabilities, ranges)) as pool:
         pending: deque = deque()
         upcoming = iter(range(start, stop))
         for iteration in upcoming:

@@ -14,6 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,13 +28,13 @@ from incasem_like.core.geometry import Coordinate, to_nm
 from incasem_like.nn.checkpoints import checkpoints, load_checkpoint, save_checkpoint
 from incasem_like.nn.inference import (
     autocast,
-    normalize,
     predict_region,
     probabilities,
     raw_with_context,
     select_device,
 )
-from incasem_like.nn.model import UNet3D, inference_model
+from incasem_like.nn.model import ReconstructionDecoder, UNet3D, inference_model, reconstruction_target
+from incasem_like.nn.normalization import IntensityRange, checkpoint_rule, normalize
 from incasem_like.ops.metrics import EXCLUSION_ZONE, overlap_scores, threshold_counts, value_histograms
 from incasem_like.store.datasets import (
     RUN_DIR,
@@ -41,9 +42,8 @@ from incasem_like.store.datasets import (
     create_dataset,
     recorded_preprocessing,
     update_dataset_meta,
-    value_max,
 )
-from incasem_like.training.config import CellVolumes, TrainConfig, open_cells
+from incasem_like.training.config import CellVolumes, TrainConfig, normalization_rule, open_cells, open_unlabelled
 from incasem_like.training.loss import loss_weights, training_loss
 from incasem_like.training.pipeline import (
     CALIBRATION,
@@ -52,6 +52,7 @@ from incasem_like.training.pipeline import (
     calibration_config,
     cell_probabilities,
     check_trainable,
+    normalization_ranges,
 )
 
 SUMMARY = "summary.json"
@@ -72,25 +73,33 @@ def uses_bf16(device: torch.device) -> bool:
 
 @dataclass
 class ValidationCell:
-    """A validation ROI held in memory: raw with context (uint), labels and the voxels that count for ASEM's metric
-    (inside the cell mask, outside the exclusion zone; for the field's metric every voxel counts)."""
+    """A validation ROI held in memory: raw with context, labels, the voxels that count for ASEM's metric (inside
+    the cell mask, outside the exclusion zone) and, for sparse ground truth, the annotated voxels, the only ones
+    either metric counts (for the field's metric every annotated voxel counts)."""
 
     key: str
     raw: np.ndarray
     labels: np.ndarray
     counted: np.ndarray
-    #: the raw value normalized to 1 (`value_max`)
-    raw_max: int
+    #: the range normalized to -1 .. 1, by the run's rule
+    intensity: IntensityRange
+    #: annotated voxels of sparse ground truth (None: all are)
+    annotated: np.ndarray | None = None
 
     @classmethod
-    def load(cls, cell: CellVolumes, context) -> "ValidationCell":
-        labels = cell.volumes["labels"][cell.roi] > 0
-        counted = np.ones(labels.shape, dtype=bool)
+    def load(cls, cell: CellVolumes, context, intensity: IntensityRange) -> "ValidationCell":
+        values = cell.volumes["labels"][cell.roi]
+        annotated = None
+        if cell.cell.sparse():
+            mask = cell.volumes["annotated"][cell.roi] if "annotated" in cell.volumes else None
+            annotated = cell.annotation(cell.roi, values, mask)
+        labels = values > 0 if annotated is None else (values > 0) & annotated
+        counted = np.ones(labels.shape, dtype=bool) if annotated is None else annotated.copy()
         for role in ("mask", "metric_mask"):
             if role in cell.volumes:
                 counted &= cell.volumes[role][cell.roi] > 0
         raw = cell.volumes["raw"]
-        return cls(cell.key, raw_with_context(raw, cell.roi, context), labels, counted, value_max(raw))
+        return cls(cell.key, raw_with_context(raw, cell.roi, context), labels, counted, intensity, annotated)
 
 
 #: thresholds of the validation sweep (the best one is reported beside the F1 at the configured threshold)
@@ -121,12 +130,12 @@ def validate(
     histograms = {"all": np.zeros((2, 256), np.int64), EXCLUSION_ZONE: np.zeros((2, 256), np.int64)}
     network = inference_model(model)
     for cell in cells:
-        logits = predict_region(network, normalize(cell.raw, cell.raw_max), input_shape, device, uses_bf16(device))
+        logits = predict_region(network, normalize(cell.raw, cell.intensity), input_shape, device, uses_bf16(device))
         weights = loss_weights(loss, cell.labels, cell.counted, config.max_class_ratio)
         value = float(training_loss(loss, *(torch.from_numpy(a)[None, None] for a in (logits, cell.labels, weights))))
         quantized = np.round(probabilities(logits) * 255).astype(np.uint8)
         cell_histograms = {
-            "all": value_histograms(quantized, cell.labels),
+            "all": value_histograms(quantized, cell.labels, cell.annotated),
             EXCLUSION_ZONE: value_histograms(quantized, cell.labels, cell.counted),
         }
         for kind, counts in cell_histograms.items():
@@ -175,8 +184,15 @@ class Run:
         self.bf16 = uses_bf16(self.device)
         self.training, validation = open_cells(config)
         check_trainable(config, self.training)
+        unlabelled = open_unlabelled(config, self.training[0])
+        self.normalization = normalization_rule(config, self.training + validation)
+        #: each training cell's and unlabelled region's normalization range, by key (percentiles: read once here,
+        #: not in every data worker)
+        self.ranges = normalization_ranges(self.normalization, self.training + unlabelled)
         context = Coordinate(config.network.context())
-        self.validation = [ValidationCell.load(cell, context) for cell in validation]
+        self.validation = [
+            ValidationCell.load(cell, context, self.normalization.range_of(cell.volumes["raw"])) for cell in validation
+        ]
         for cell in self.validation:
             if not cell.labels[cell.counted].any():
                 raise UserError(
@@ -187,10 +203,13 @@ class Run:
         config.network.output_shape(self.validation_input_shape)  # UserError naming valid edges if it does not fit
         torch.manual_seed(config.seed)
         self.model = UNet3D(config.network).to(self.device)
+        #: semi-supervised training's second decoder (`ReconstructionDecoder`), kept apart from the model
+        self.reconstruction = ReconstructionDecoder(config.network).to(self.device) if config.semi_supervised else None
         if self.bf16:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
+        parameters = [*self.model.parameters(), *(self.reconstruction.parameters() if self.reconstruction else [])]
         self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=config.optimizer.learning_rate, weight_decay=config.optimizer.weight_decay
+            parameters, lr=config.optimizer.learning_rate, weight_decay=config.optimizer.weight_decay
         )
         self.history: list[dict] = []
         #: training seconds of the run's earlier invocations (resumed from a checkpoint that records them)
@@ -215,7 +234,16 @@ class Run:
             iteration, path = list(existing.items())[-1]
             state = load_checkpoint(path, self.config.network)
             self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            if self.reconstruction is not None:
+                if state.get("reconstruction") is None:
+                    raise UserError(
+                        f"{path}: holds no reconstruction decoder, but the config asks for semi_supervised; start "
+                        "the run afresh with --overwrite"
+                    )
+                self.reconstruction.load_state_dict(state["reconstruction"])
+            self.load_optimizer(
+                state, path, "restore the run's semi_supervised setting or start afresh with --overwrite"
+            )
             self.previous_seconds = float(state.get("run_seconds", 0.0))
             budget = self.config.time_budget_minutes
             if budget and self.previous_seconds >= budget * 60:
@@ -243,7 +271,18 @@ class Run:
         if with_optimizer:
             if state["optimizer"] is None:
                 raise UserError(f"{checkpoint}: holds no optimizer state; fine-tune without --with-optimizer")
+            self.load_optimizer(state, checkpoint, "fine-tune without --with-optimizer")
+
+    def load_optimizer(self, state: dict, checkpoint, fix: str) -> None:
+        """The optimizer state of `checkpoint`, which must be of the same parameters (a reconstruction decoder's
+        included or not)."""
+        try:
             self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError:
+            raise UserError(
+                f"{checkpoint}: its optimizer state belongs to other parameters than this run's (with or without "
+                f"semi_supervised's reconstruction decoder); {fix}"
+            ) from None
 
     # --- the loop -----------------------------------------------------------------------------------------------
     def run(self, start: int, progress: bool = True, extra_summary: dict | None = None) -> dict:
@@ -259,7 +298,7 @@ class Run:
         if self.validation and start == 0:
             validation_seconds = self.record_validation(0, writer)
         probabilities = cell_probabilities(self.training)
-        stream = batch_stream(config, start + 1, config.iterations + 1, probabilities)
+        stream = batch_stream(config, start + 1, config.iterations + 1, probabilities, self.ranges)
         data_seconds = compute_seconds = 0.0
         bar = tqdm(total=config.iterations, initial=start, disable=not progress, unit="it", dynamic_ncols=True)
         waited = time.perf_counter()
@@ -270,14 +309,16 @@ class Run:
                 ready = time.perf_counter()
                 data_seconds += ready - waited
                 learning_rate = config.optimizer.learning_rate_at(iteration, config.iterations)
-                loss, logits = self.step(batch, learning_rate, iteration)
+                losses = self.step(batch, learning_rate, iteration)
                 compute_seconds += time.perf_counter() - ready
-                writer.add_scalar("loss/train", loss, iteration)
+                for name, tag in (("loss", "loss/train"), ("reconstruction_loss", "loss/reconstruction")):
+                    if name in losses:
+                        writer.add_scalar(tag, losses[name], iteration)
                 writer.add_scalar("learning_rate", learning_rate, iteration)
                 bar.update()
-                bar.set_postfix(loss=f"{loss:.4f}")
-                if iteration % config.snapshot_every == 0:
-                    write_snapshot(self.dir, iteration, batch, logits, self.training[0].voxel_size)
+                bar.set_postfix({name: f"{value:.4f}" for name, value in losses.items() if name != "logits"})
+                if iteration % config.snapshot_every == 0 and "logits" in losses:
+                    write_snapshot(self.dir, iteration, batch, losses["logits"], self.training[0].voxel_size)
                 step_seconds = time.perf_counter() - waited
                 out_of_time = time.perf_counter() + step_seconds + validation_seconds > deadline
                 last = iteration == config.iterations or out_of_time
@@ -294,6 +335,8 @@ class Run:
                         to_nm(self.training[0].voxel_size),
                         run_seconds=round(self.previous_seconds + time.perf_counter() - started, 1),
                         preprocessing=recorded_preprocessing(self.training[0].cell.path(self.training[0].cell.raw)),
+                        raw_normalization=self.normalization.model_dump(mode="json"),
+                        **({"reconstruction": self.reconstruction.state_dict()} if self.reconstruction else {}),
                     )
                 if validate_now:
                     validation_seconds = self.record_validation(iteration, writer)
@@ -317,24 +360,55 @@ class Run:
         }
         return self.write_summary(timing, extra_summary or {})
 
-    def step(self, batch: dict, learning_rate: float, iteration: int) -> tuple[float, np.ndarray]:
+    def step(self, batch: dict, learning_rate: float, iteration: int) -> dict[str, Any]:
+        """One optimizer step on `batch`: the segmentation loss of its labelled samples and, with semi-supervised
+        training, the weighted reconstruction loss of every sample (`batch_kinds`). Returns the losses and the
+        logits of the labelled samples (for the snapshot)."""
         self.model.train()
+        if self.reconstruction is not None:
+            self.reconstruction.train()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
-        raw, labels, weights = (
-            torch.from_numpy(np.ascontiguousarray(batch[k]))[:, None] for k in ("raw", "labels", "weights")
-        )
-        raw = raw.to(self.device, memory_format=torch.channels_last_3d) if self.bf16 else raw.to(self.device)
-        with autocast(self.device, self.bf16):
-            logits = self.model(raw)
-        loss = training_loss(self.config.loss, logits, labels.to(self.device), weights.to(self.device))
-        value = float(loss.detach())
+        terms: list[torch.Tensor] = []
+        result: dict[str, Any] = {}
+        if "raw" in batch:
+            raw, labels, weights = (self.tensor(batch[key]) for key in ("raw", "labels", "weights"))
+            with autocast(self.device, self.bf16):
+                features, skips = self.model.encode(raw)
+                logits = self.model.decode(features, skips)
+            loss = training_loss(self.config.loss, logits, labels, weights)
+            terms.append(loss)
+            result |= {"loss": float(loss.detach()), "logits": logits.detach().float().cpu().numpy()[:, 0]}
+            if self.reconstruction is not None:
+                terms.append(self.reconstruction_loss(features, raw))
+        if "unlabelled" in batch:
+            raw = self.tensor(batch["unlabelled"])
+            with autocast(self.device, self.bf16):
+                features, _ = self.model.encode(raw)
+            terms.append(self.reconstruction_loss(features, raw))
+        if self.reconstruction is not None:
+            result["reconstruction_loss"] = float(terms[-1].detach())
+        total = sum(terms[1:], terms[0])
+        value = float(total.detach())
         if not math.isfinite(value):
             raise self.diverged(f"at iteration {iteration}: the loss is {value}", learning_rate)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         self.optimizer.step()
-        return value, logits.detach().float().cpu().numpy()[:, 0]
+        return result
+
+    def tensor(self, array: np.ndarray) -> torch.Tensor:
+        """A batch array (N, z, y, x) as a float (N, 1, z, y, x) tensor on the device (channels-last with bf16)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(array))[:, None]
+        return tensor.to(self.device, memory_format=torch.channels_last_3d) if self.bf16 else tensor.to(self.device)
+
+    def reconstruction_loss(self, features: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        """The weighted Huber loss of the reconstruction decoder's image against the centre of the input."""
+        assert self.reconstruction is not None and self.config.semi_supervised is not None
+        with autocast(self.device, self.bf16):
+            image = self.reconstruction(features)
+        target = reconstruction_target(raw, image)
+        return self.config.semi_supervised.weight * torch.nn.functional.smooth_l1_loss(image.float(), target.float())
 
     def diverged(self, what: str, learning_rate: float) -> UserError:
         """Training cannot go on: the loss or a weight is not finite (e.g. a learning rate far too high)."""
@@ -360,7 +434,7 @@ class Run:
         if not norms or not self.config.batch_norm_calibration:
             return
         if self.calibration_source is None:
-            self.calibration_source = BatchSource(calibration_config(self.config))
+            self.calibration_source = BatchSource(calibration_config(self.config), ranges=self.ranges)
         momenta = [norm.momentum for norm in norms]
         for norm in norms:
             norm.reset_running_stats()
@@ -403,6 +477,10 @@ class Run:
             + (f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else ""),
             "bf16": self.bf16,
             "network": self.config.network.model_dump(mode="json"),
+            "raw_normalization": {
+                **self.normalization.model_dump(mode="json"),
+                "ranges": {key: [r.low, r.high] for key, r in self.ranges.items()},
+            },
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "iterations": max(saved, default=0),
             "checkpoints": {str(i): str(p) for i, p in saved.items()},
@@ -461,10 +539,17 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
 def finetune(
     config: TrainConfig, checkpoint: str, with_optimizer: bool = False, overwrite: bool = False, progress: bool = True
 ) -> dict:
-    """Train from `checkpoint`'s weights on the config's cells; F1 on the validation ROIs before and after."""
+    """Train from `checkpoint`'s weights on the config's cells, raw normalized by the checkpoint's rule; F1 on the
+    validation ROIs before and after."""
     if not config.validation:
         raise UserError("validation: fine-tuning needs held-out ground truth of the new cell; add a validation entry")
-    run = Run(config)
+    rule = checkpoint_rule(load_checkpoint(checkpoint))
+    if config.raw_normalization not in (None, rule):
+        raise UserError(
+            f"raw_normalization: {config.raw_normalization.text()} differs from the {rule.text()} {checkpoint} was "
+            "trained with; remove raw_normalization from the config (fine-tuning keeps the model's)"
+        )
+    run = Run(config.model_copy(update={"raw_normalization": rule}))
     run.load_weights(checkpoint, with_optimizer)
     with RunLock(run.lock_path, str(run.dir)):
         run.prepare_directory(resume=False, overwrite=overwrite)

@@ -28,8 +28,8 @@ from incasem_like.blockwise.outputs import DatasetOutput
 from incasem_like.blockwise.runner import run_stage
 from incasem_like.cli.main import main
 from incasem_like.nn.checkpoints import save_checkpoint
-from incasem_like.nn.inference import normalize
 from incasem_like.nn.model import NetworkConfig, UNet3D
+from incasem_like.nn.normalization import normalize
 from incasem_like.stages.clahe import ClaheStage
 from incasem_like.stages.predict import PredictStage
 from incasem_like.store.datasets import RUN_DIR, open_dataset

@@ -10,8 +10,9 @@ import torch
 import zarr
 
 from incasem_like.nn.checkpoints import export_weights, save_checkpoint
-from incasem_like.nn.inference import normalize, predict_region, tta_variants
+from incasem_like.nn.inference import predict_region, tta_variants
 from incasem_like.nn.model import NetworkConfig, UNet3D, inference_model
+from incasem_like.nn.normalization import normalize
 from incasem_like.ops.morphology import segment
 from incasem_like.stages.predict import PredictStage
 from incasem_like.stages.threshold import CleanUp
@@ -191,7 +192,7 @@ def _foreign_architecture(checkpoint: Path, tmp_path: Path) -> Path:
         ("not a checkpoint", "not a readable checkpoint"),
         ("foreign architecture", "do not fit the network it describes"),
         ("no raw", "no such dataset"),
-        ("float raw", "dtype float32 cannot be predicted"),
+        ("float raw", "dtype float32 does not fit"),
         ("roi outside", "lies outside"),
         ("bad step", "--step 6 6 6 must be positive multiples of 4 4 4"),
         ("bad threshold", "--threshold 1.5: Input should be less than 1"),

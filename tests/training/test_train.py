@@ -21,9 +21,9 @@ from incasem_like.nn.model import NetworkConfig, UNet3D
 from incasem_like.nn.models import bundled_model
 from incasem_like.store.datasets import open_dataset
 from incasem_like.training.config import Optimizer, load_config
-from incasem_like.training.train import train
-from tests.conftest import REPO, run_cli, run_cli_in_process
-from tests.training_data import TINY_NETWORK, sample_cell, write_config
+from incasem_like.training.train import finetune, train
+from tests.conftest import REPO, run_cli, run_cli_in_process, write_dataset
+from tests.training_data import TINY_NETWORK, sample_cell, sample_stack, write_config
 
 
 @pytest.fixture
@@ -215,6 +215,34 @@ def test_finetune_refuses_a_checkpoint_of_another_architecture(tmp_path, cell):
         (lambda c: c.update(loss="dice"), "loss = 'dice'"),
         (lambda c: c["training"][0].update(mask="volumes/coarse"), r"training\[0\]\.mask: voxel size \(10, 10, 10\)"),
         (
+            lambda c: c["training"][0].update(annotated_slices="0:60:20"),
+            r"training\[0\]\.annotated_slices: slice 40 lies beyond the 40 slices of .* along z",
+        ),
+        (
+            lambda c: c["training"][0].update(annotated_slices="30, 35"),
+            r"training\[0\]\.annotated_slices: none of them lies in the cell's ROI \(slices 0\.\.27 along z\)",
+        ),
+        (
+            lambda c: c["training"][0].update(annotated_slices="0:20:0"),
+            r"training\[0\]\.annotated_slices = '0:20:0': .*START:STOP:STEP \(STEP at least 1\)",
+        ),
+        (
+            lambda c: c["training"][0].update(annotated="volumes/coarse_zero"),
+            r"training\[0\]: no voxel of its roi is annotated",
+        ),
+        (
+            lambda c: c["training"][0].update(raw="volumes/float"),
+            r"training\[0\]\.raw: dtype float32 of .*float does not fit raw_normalization mode bit_depth",
+        ),
+        (
+            lambda c: c.update(raw_normalization={"mode": "percentiles", "value_range": [0, 1]}),
+            "raw_normalization = .*value_range \\[LOW, HIGH\\] is given with mode value_range, and only then",
+        ),
+        (
+            lambda c: c.update(raw_normalization={"mode": "percentiles", "percentiles": [99, 1]}),
+            r"raw_normalization = .*percentiles \[99.0, 1.0\]: the first must be below the second",
+        ),
+        (
             lambda c: c.update(optimizer={"schedule": "cosine", "learning_rate": 1e-4, "final_learning_rate": 1e-3}),
             "optimizer = .*final_learning_rate 0.001 exceeds learning_rate 0.0001",
         ),
@@ -226,7 +254,11 @@ def test_bad_configs_fail_with_one_line(tmp_path, cell, change, message, capsys)
     coarse = DatasetPath.parse(tmp_path / "cell.zarr/volumes/coarse")
     create_dataset(coarse, (20, 48, 48), to_world((10, 10, 10)), (0, 0, 0), np.uint8)
     update_dataset_meta(coarse, complete=True)
-    path = write_config(tmp_path / "c.yaml", tmp_path / "run", [training_of(cell)])
+    write_dataset(tmp_path / "cell.zarr/volumes/float", np.zeros((40, 96, 96), np.float32))
+    write_dataset(tmp_path / "cell.zarr/volumes/coarse_zero", np.zeros((40, 96, 96), np.uint8))
+    path = write_config(
+        tmp_path / "c.yaml", tmp_path / "run", [training_of(cell)], raw_normalization={"mode": "bit_depth"}
+    )
     content = yaml.safe_load(path.read_text())
     change(content)
     path.write_text(yaml.safe_dump(content))
@@ -367,3 +399,105 @@ def test_time_budget_counts_every_invocation(tmp_path, cell):
     again = run_cli("train", path, "--resume", "--quiet", cwd=tmp_path)
 
     assert again.returncode == 2 and "spent its time budget" in again.stderr and "time_budget_minutes" in again.stderr
+
+
+def test_finetune_keeps_the_checkpoints_raw_normalization(tmp_path, cell):
+    model = UNet3D(NetworkConfig.model_validate(TINY_NETWORK))
+    checkpoint = save_checkpoint(tmp_path / "a", model, None, 1, "mito", (5, 5, 5))  # no rule recorded: bit depth
+    percentiles = {"mode": "percentiles"}
+    path = write_config(tmp_path / "t.yaml", tmp_path / "t", [training_of(cell)], [validation_of(cell)],
+                        raw_normalization=percentiles)  # fmt: skip
+    with pytest.raises(UserError, match="raw_normalization: normalization by each volume's percentiles 0.5 and 99.5 "
+                       "differs from the normalization by bit depth"):  # fmt: skip
+        finetune(load_config(path), str(checkpoint))
+    assert not (tmp_path / "t").exists()
+
+
+def semi_supervised(tmp_path, schedule="alternate") -> dict:
+    """The raw of another crop of the sample as unlabelled data."""
+    write_dataset(tmp_path / "other.zarr/volumes/raw", sample_stack("raw", (40, 192, 192))[:, 96:, 96:])
+    return {"unlabelled": [{"container": str(tmp_path / "other.zarr"), "raw": "volumes/raw"}], "schedule": schedule}
+
+
+def test_semi_supervised_training_learns_to_reconstruct_and_prediction_and_export_never_see_the_decoder(tmp_path, cell):
+    path = write_config(
+        tmp_path / "c.yaml",
+        tmp_path / "run",
+        [training_of(cell)],
+        [validation_of(cell)],
+        iterations=40,
+        checkpoint_every=40,
+        validate_every=40,
+        snapshot_every=40,
+        augmentation={"mirror_transpose": False, "elastic": None, "intensity": None},
+        sampling={"max_outside_mask": 1.0, "min_foreground": 0.0},
+        optimizer={"learning_rate": 3e-3, "weight_decay": 0},
+        semi_supervised=semi_supervised(tmp_path),
+    )
+    summary = train(load_config(path), progress=False)
+    reconstruction = _scalars(tmp_path / "run" / "tensorboard", "loss/reconstruction")
+    assert len(reconstruction) == 40 and len(_scalars(tmp_path / "run" / "tensorboard", "loss/train")) == 20
+    assert np.mean(reconstruction[-10:]) < 0.7 * np.mean(reconstruction[:10])
+    checkpoint = checkpoints(tmp_path / "run")[40]
+    state = torch.load(checkpoint, weights_only=True)
+    assert {"reconstruction", "model"} <= set(state) and not any(k.startswith("reconstruction") for k in state["model"])
+    assert summary["best"]["iteration"] == 40
+    exported = export_weights(checkpoint, tmp_path / "model.pt", provenance={})
+    assert "reconstruction" not in torch.load(exported, weights_only=True)
+    model, _ = model_from_checkpoint(exported)
+    assert sum(p.numel() for p in model.parameters()) == NetworkConfig.model_validate(TINY_NETWORK).parameter_count()
+
+
+@pytest.mark.slow  # heavy (~40 s): run in CI with -m slow, beside the real-data tests
+@pytest.mark.parametrize("schedule", ["alternate", "joint"])
+def test_semi_supervised_runs_resume_exactly(tmp_path, cell, schedule):
+    half = assert_resumed_run_equals_the_whole(tmp_path, cell, semi_supervised=semi_supervised(tmp_path, schedule))
+    a, b = (load_checkpoint(checkpoints(tmp_path / run)[4]) for run in ("a", "b"))
+    for key, value in a["reconstruction"].items():
+        assert torch.equal(value, b["reconstruction"][key]), key
+    assert half.exists()
+
+
+def unlabelled_raw(content: dict, tmp_path, volume: np.ndarray, **options) -> None:
+    """The config's unlabelled region made `volume` (written with `options`)."""
+    write_dataset(tmp_path / "other.zarr/volumes/other", volume, **options)
+    content["semi_supervised"]["unlabelled"][0]["raw"] = "volumes/other"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda c, tmp: c.update(network={**TINY_NETWORK, "downsamplings": 0, "input_shape": [10, 10, 10]}),
+            "semi_supervised: a reconstruction decoder needs a network with a bottleneck; set network.downsamplings",
+        ),
+        (
+            lambda c, tmp: unlabelled_raw(c, tmp, np.zeros((40, 96, 96), np.uint8), voxel_size=(10, 10, 10)),
+            r"unlabelled\[0\]\.raw: voxel size \(10, 10, 10\) nm of .* differs from training\[0\]'s \(5, 5, 5\) nm",
+        ),
+        (
+            lambda c, tmp: unlabelled_raw(c, tmp, np.zeros((40, 96, 96), np.uint16)),
+            r"semi_supervised\.unlabelled\[0\]\.raw: dtype uint16 of .* differs from training\[0\]'s uint8",
+        ),
+        (
+            lambda c, tmp: c["semi_supervised"]["unlabelled"][0].update(
+                roi={"offset": [0, 0, 0], "shape": [20, 96, 96]}
+            ),
+            r"semi_supervised\.unlabelled\[0\]\.roi: shape \[20, 96, 96\] \(voxels\) is smaller than the network input",
+        ),
+        (lambda c, tmp: c["semi_supervised"].update(unlabelled=[]), "semi_supervised.unlabelled"),
+    ],
+)
+def test_bad_semi_supervised_configs_fail_with_one_line(tmp_path, cell, change, message, capsys):
+    content = yaml.safe_load(
+        write_config(
+            tmp_path / "c.yaml", tmp_path / "run", [training_of(cell)], semi_supervised=semi_supervised(tmp_path)
+        ).read_text()
+    )
+    change(content, tmp_path)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(content))
+    result = run_cli_in_process(capsys, "train", tmp_path / "c.yaml", "--quiet", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), lines
+    assert not (tmp_path / "run").exists()

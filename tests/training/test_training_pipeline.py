@@ -1,11 +1,16 @@
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from incasem_like.core.errors import UserError
+from incasem_like.core.geometry import Coordinate
+from incasem_like.nn.model import NetworkConfig, UNet3D
+from incasem_like.nn.normalization import IntensityRange
 from incasem_like.training.config import TrainConfig, open_cells
-from incasem_like.training.loss import balanced_weights
-from incasem_like.training.pipeline import BatchSource, batch_stream, cell_probabilities
+from incasem_like.training.loss import balanced_weights, loss_weights, training_loss
+from incasem_like.training.pipeline import BatchSource, annotated_voxels, batch_stream, cell_probabilities
+from incasem_like.training.train import ValidationCell, validate
 from tests.conftest import write_dataset
 from tests.training_data import TINY_NETWORK, sample_cell, sample_stack
 
@@ -166,3 +171,119 @@ def test_training_roi_smaller_than_the_output_is_refused(tmp_path):
     cell = sample_cell(tmp_path / "cell.zarr", shape=(20, 64, 64))
     with pytest.raises(UserError, match=r"training\[0\]\.roi: shape \[20, 30, 64\].*smaller than the network output"):
         BatchSource(config([{**cell, "roi": {"offset": [0, 0, 0], "shape": [20, 30, 64]}}]))
+
+
+ANNOTATED_SLICES = "2:40:6"
+
+
+def sparse_cells(tmp_path) -> tuple[dict, dict]:
+    """A sample cell annotated on every 6th slice, and the same cell whose unannotated slices hold other labels."""
+    cell = sample_cell(tmp_path / "cell.zarr")
+    labels = sample_stack("mito", (40, 96, 96)) > 0
+    changed = blobs((40, 96, 96), seed=3)
+    changed[2::6] = labels[2::6]
+    write_dataset(tmp_path / "cell.zarr/volumes/changed", changed)
+    sparse = {**cell, "annotated_slices": ANNOTATED_SLICES}
+    return sparse, {**sparse, "labels": "volumes/changed"}
+
+
+def batches_of(cell, count=4, **fields) -> list[dict]:
+    source = BatchSource(config([cell], network=TINY_NETWORK, **fields))
+    try:
+        return [source.batch(i) for i in range(count)]
+    finally:
+        source.close()
+
+
+def loss_and_gradients(batch) -> tuple[float, list[np.ndarray]]:
+    torch.manual_seed(0)
+    model = UNet3D(NetworkConfig.model_validate(TINY_NETWORK))
+    raw, labels, weights = (torch.from_numpy(batch[key])[:, None] for key in ("raw", "labels", "weights"))
+    loss = training_loss("balanced_bce", model(raw), labels, weights)
+    loss.backward()
+    return float(loss), [p.grad.numpy().copy() for p in model.parameters()]
+
+
+def test_unannotated_voxels_carry_no_weight_and_changing_them_changes_no_loss_or_gradient(tmp_path):
+    """With every augmentation and rejection: the cell and the same cell with other labels off its annotated
+    slices give the same batches, losses and gradients."""
+    sparse, changed = sparse_cells(tmp_path)
+    augmentation = {"mirror_transpose": True, "elastic": {}, "intensity": {}}
+    sampling = {"min_foreground": 0.05, "reject_probability": 0.9}
+    first, second = (batches_of(cell, augmentation=augmentation, sampling=sampling) for cell in (sparse, changed))
+    dense = batches_of({key: value for key, value in changed.items() if key != "annotated_slices"},
+                       augmentation=augmentation, sampling=sampling)  # fmt: skip
+    for a, b, c in zip(first, second, dense):
+        for key in ("raw", "labels", "weights"):
+            np.testing.assert_array_equal(a[key], b[key])
+        loss_a, gradients_a = loss_and_gradients(a)
+        loss_b, gradients_b = loss_and_gradients(b)
+        assert loss_a == loss_b
+        for gradient_a, gradient_b in zip(gradients_a, gradients_b):
+            np.testing.assert_array_equal(gradient_a, gradient_b)
+        assert (a["weights"] > 0).mean() < 0.5 * (c["weights"] > 0).mean()  # the check sees dense labels
+
+
+def test_only_annotated_slices_count_and_class_balance_counts_them_alone(tmp_path):
+    """Raw holding each slice's index tells where a sample lies: its weights are 0 off the annotated slices, and
+    on them those of class balancing over the counted (annotated, inside the cell) voxels alone."""
+    sparse, _ = sparse_cells(tmp_path)
+    ramp = np.broadcast_to(np.arange(40, dtype=np.uint8)[:, None, None], (40, 96, 96))
+    write_dataset(tmp_path / "cell.zarr/volumes/z", ramp)
+    for batch in batches_of({**sparse, "raw": "volumes/z"}):
+        context = (batch["raw"].shape[1] - batch["labels"].shape[1]) // 2
+        slices = np.rint((batch["raw"][0, context:-context, 0, 0] + 1) / 2 * 255).astype(int)
+        weights, labels = batch["weights"][0], batch["labels"][0]
+        on_annotated = np.isin(slices, range(2, 40, 6))
+        assert on_annotated.any() and weights[~on_annotated].sum() == 0
+        counted = weights > 0
+        assert counted[on_annotated].any()
+        np.testing.assert_array_equal(weights, loss_weights("balanced_bce", labels, counted, 100.0))
+
+
+def test_rejection_asks_for_foreground_among_the_annotated_voxels(tmp_path):
+    """Foreground everywhere but on the annotated slices: a dense cell would pass, the sparse one finds no sample
+    with foreground where it is annotated."""
+    cell = sample_cell(tmp_path / "cell.zarr")
+    labels = np.ones((40, 96, 96), np.uint8)
+    labels[2::6] = 0
+    write_dataset(tmp_path / "cell.zarr/volumes/inverse", labels)
+    sampling = {"min_foreground": 0.05, "reject_probability": 1.0, "max_attempts": 20}
+    inverse = {**cell, "labels": "volumes/inverse"}
+    assert batches_of(inverse, count=1, sampling=sampling)
+    with pytest.raises(UserError, match=r"training\[0\]: foreground share of a sample \(of its annotated voxels\)"):
+        batches_of({**inverse, "annotated_slices": ANNOTATED_SLICES}, count=1, sampling=sampling)
+
+
+def test_an_annotated_mask_and_an_unannotated_label_value_mark_what_is_annotated(tmp_path):
+    cell = sample_cell(tmp_path / "cell.zarr")
+    labels = sample_stack("mito", (40, 96, 96)) > 0
+    marked = labels.astype(np.uint8)
+    marked[:, :, 48:] = 255  # right half unsure
+    region = np.zeros((40, 96, 96), np.uint8)
+    region[:, :60] = 1
+    write_dataset(tmp_path / "cell.zarr/volumes/marked", marked)
+    write_dataset(tmp_path / "cell.zarr/volumes/region", region)
+    sparse = {**cell, "labels": "volumes/marked", "unannotated_label": 255, "annotated": "volumes/region"}
+    cells, _ = open_cells(config([sparse]))
+    roi = cells[0].roi
+    annotated = cells[0].annotation(roi, marked, region)
+    assert annotated.sum() == 40 * 60 * 48 and annotated[:, :60, :48].all()
+    assert cell_probabilities(cells) == [1.0]
+    assert annotated_voxels(cells[0]) == (40 * 60 * 48, int(labels[:, :60, :48].sum()))
+    for batch in batches_of(sparse, count=2):
+        assert batch["labels"].max() <= 1
+
+
+def test_validation_on_sparse_ground_truth_counts_annotated_voxels_only(tmp_path):
+    sparse, changed = sparse_cells(tmp_path)
+    cells = [open_cells(config([cell]))[0][0] for cell in (sparse, changed)]
+    loaded = [ValidationCell.load(cell, Coordinate((9, 9, 9)), IntensityRange(0, 255, False)) for cell in cells]
+    assert loaded[0].annotated.sum() == 7 * 96 * 96 and loaded[0].counted.sum() == 7 * 96 * 96
+    for a, b in zip(loaded[0].__dict__.values(), loaded[1].__dict__.values()):
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b)
+    model = UNet3D(NetworkConfig.model_validate(TINY_NETWORK)).eval()
+    result = validate(model, loaded[:1], torch.device("cpu"), config([sparse]), TINY_NETWORK["input_shape"])
+    total = sum(result[key] for key in ("true_positives", "false_positives", "false_negatives"))
+    assert 0 < total <= 7 * 96 * 96

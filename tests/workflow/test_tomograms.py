@@ -13,13 +13,15 @@ import torch
 import zarr
 
 from incasem_like.core.geometry import to_world
-from incasem_like.nn.checkpoints import save_checkpoint
+from incasem_like.nn.checkpoints import checkpoints, save_checkpoint
 from incasem_like.nn.model import NetworkConfig, UNet3D
 from incasem_like.store.datasets import DatasetPath, dataset_meta, open_dataset
 from incasem_like.store.mrc import is_mrc_path
-from tests.conftest import SHARED_DATA, read_dataset, run_cli, write_slices
+from incasem_like.training.config import load_config
+from incasem_like.training.train import train
+from tests.conftest import SHARED_DATA, read_dataset, run_cli, write_dataset, write_slices
 from tests.store.test_mrc import reference
-from tests.training_data import sample_stack
+from tests.training_data import sample_stack, write_config
 
 MRC_FILES = sorted(path for path in (SHARED_DATA / "mrc").glob("*") if is_mrc_path(path))
 needs_shared = pytest.mark.skipif(not (SHARED_DATA / "mrc").is_dir(), reason=f"no shared data at {SHARED_DATA}")
@@ -148,7 +150,53 @@ def test_rescale_maps_recorded_percentiles_equal_in_any_block_and_predict_knows_
     assert predicted.returncode == 0, predicted.stderr
     assert "data after rescale (dtype uint8, percentiles [1.0, 99.0], value_range None), but" in predicted.stderr
     refused = run_cli("predict", "--checkpoint", checkpoint, "--raw", raw_float, "--out", tmp_path / "t.zarr/p2")
-    assert refused.returncode == 2 and "incasem-like rescale first" in refused.stderr
+    assert refused.returncode == 2, refused.stderr
+    assert "dtype float32 does not fit" in refused.stderr and "normalization by bit depth" in refused.stderr
+    assert "map it to uint8/uint16 with incasem-like rescale" in refused.stderr
+    assert not (tmp_path / "t.zarr/p2").exists()
+
+
+@pytest.mark.slow  # heavy (~45 s: a training run and two predictions): run in CI with -m slow
+def test_a_model_trained_on_float_raw_normalizes_the_next_tomogram_by_the_same_rule(tmp_path):
+    """Float raw (negative values) trains and predicts directly: the checkpoint records the rule (each volume's
+    percentiles), the training summary the range it gave, each prediction the range on its raw; a second tomogram
+    at another scale and offset is predicted as the first."""
+    labels = sample_stack("mito", (40, 96, 96)) > 0
+    tomogram = sample_stack("raw", (40, 96, 96)).astype(np.float32) * 0.02 - 1.7
+    container = tmp_path / "tomo.zarr"
+    write_dataset(container / "volumes/raw", tomogram, voxel_size=(9.8, 9.8, 9.8))
+    write_dataset(container / "volumes/second", tomogram * 3 + 40, voxel_size=(9.8, 9.8, 9.8))
+    write_dataset(container / "volumes/mito", labels.astype(np.uint8), voxel_size=(9.8, 9.8, 9.8))
+    cell = {"container": str(container), "raw": "volumes/raw", "labels": "volumes/mito"}
+    config = write_config(
+        tmp_path / "c.yaml",
+        tmp_path / "run",
+        [{**cell, "roi": {"offset": [0, 0, 0], "shape": [28, 96, 96]}}],
+        [{**cell, "roi": {"offset": [28, 0, 0], "shape": [12, 96, 96]}}],
+        iterations=2,
+    )
+    summary = train(load_config(config), progress=False)
+    state = torch.load(checkpoints(tmp_path / "run")[2], weights_only=True)
+    assert state["raw_normalization"] == {"mode": "percentiles", "percentiles": [0.5, 99.5], "value_range": None}
+    low, high = summary["raw_normalization"]["ranges"]["training[0]"]
+    width = float(tomogram.max() - tomogram.min()) / 2**16
+    assert low == pytest.approx(np.percentile(tomogram, 0.5), abs=width)
+    assert high == pytest.approx(np.percentile(tomogram, 99.5), abs=width)
+
+    predicted = {}
+    for name in ("raw", "second"):
+        out = container / f"volumes/predictions/{name}"
+        checkpoint = checkpoints(tmp_path / "run")[2]
+        result = run_cli("predict", "--checkpoint", checkpoint, "--raw", container / f"volumes/{name}", "--out", out,
+                         "--block", 32, "--chunk", 16, "--quiet")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        predicted[name] = read_dataset(out / "probabilities").astype(int)
+        recorded = dataset_meta(DatasetPath.parse(out / "probabilities"))["source"]["raw_normalization"]
+        assert recorded["mode"] == "percentiles" and recorded["clip"]
+        scale, shift = (1, 0) if name == "raw" else (3, 40)
+        assert (recorded["low"], recorded["high"]) == pytest.approx((low * scale + shift, high * scale + shift), 1e-5)
+    assert np.abs(predicted["raw"] - predicted["second"]).max() <= 1
+    assert (predicted["raw"] == predicted["second"]).mean() > 0.99
 
 
 def test_non_integer_voxels_survive_convert_predict_objects_export_to_mrc_and_the_viewer(tmp_path):

@@ -18,10 +18,10 @@ def register(subparsers) -> None:
             slice_10), one multi-page (Big)TIFF, or one MRC/REC/MAP/ST file (also .gz/.bz2; modes 0, 1, 2, 6),
             read memory-mapped with its voxel size from the header (Å; --voxel-size overrides it, with a
             warning where they differ). uint8, uint16, int8, int16 and float32 images are kept as they are
-            (float data must be finite; `incasem-like rescale` maps them to uint8/uint16 for CLAHE and the
-            models); with --labels, 0/255 masks become 0/1 uint8 and other integer labels are kept. Every
-            slice is checked before anything is written. Rerunning an interrupted command finishes only the
-            missing blocks."""
+            (float data must be finite; training and prediction normalize them by a recorded rule, and
+            `incasem-like rescale` maps them to uint8/uint16 for CLAHE); with --labels, 0/255 masks become 0/1
+            uint8 and other integer labels are kept. Every slice is checked before anything is written.
+            Rerunning an interrupted command finishes only the missing blocks."""
         ),
         epilog=textwrap.dedent(
             """\

@@ -20,8 +20,9 @@ def register(subparsers) -> None:
         description=textwrap.dedent(
             """\
             Rescale an image dataset (float32 tomograms, int8/int16 MRC data, 16-bit images) to uint8 or
-            uint16, blockwise and resumable, for CLAHE and the models. The LOW and HIGH percentiles of the
-            whole dataset (or of --roi) map to 0 and the dtype's maximum, linearly; values beyond are clipped.
+            uint16, blockwise and resumable, for CLAHE and models trained on unsigned data. The LOW and HIGH
+            percentiles of the whole dataset (or of --roi) map to 0 and the dtype's maximum, linearly; values
+            beyond are clipped.
             The percentiles come from a histogram of every voxel (exact for integers, 65536 bins between the
             minimum and maximum for floats) computed before any block is written; the values they give are
             recorded in the output, with the rule, so a resumed run and `predict` see the same rule. --range

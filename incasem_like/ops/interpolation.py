@@ -2,7 +2,7 @@
 
 The labels of two annotated slices `first` and `last` (n slices apart) become signed distances (negative inside,
 clipped at +-`clip`), interpolated linearly across the gap: the shape prior, whose zero level is plain shape
-interpolation. A voxel farther than `band + growth * (slices to the nearer annotated slice)` in-plane voxels from
+interpolation. A voxel farther than `band + growth * (distance to the nearer annotated slice)` in-plane voxels from
 that zero level keeps the prior's answer; the voxels inside this band are left to a random walker (Grady 2006)
 over the image of the whole gap: 6-connected, edge weights exp(-beta * (difference / std)^2) on the image smoothed
 in-plane by `sigma` (std: of both annotated slices, so `beta` means the same on any intensity scale), seeded by
@@ -84,11 +84,14 @@ def interpolate_gap(
     growth: float = 0.5,
     margin: float = 0.25,
     sampling: tuple[float, float] = (1.0, 1.0),
+    spacing: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The slices strictly between two annotated slices: (labels uint8 0/1, sure uint8 0/1), each of shape
     `(gap - 1, Y, X)`, from `raw` (the gap's image, `gap + 1` slices, annotated ones included, any real dtype) and
-    the bool labels `first`, `last` of its two ends. `method` "shape" is the prior alone (sure outside the band);
-    `sampling` is the in-plane voxel size relative to the smallest in-plane one.
+    the bool labels `first`, `last` of its two ends. `method` "shape" is the prior alone (sure outside the band).
+    Distances are in units of the smallest in-plane voxel: `sampling` is the in-plane voxel size and `spacing` the
+    distance between slices in that unit (so the prior's clip is `gap * spacing`, and the band grows by `growth`
+    per unit of distance to the nearer annotated slice).
 
     A dark half ball (295 voxels between the annotated slices) with the wrong voxels of each method:
 
@@ -104,8 +107,8 @@ def interpolate_gap(
     gap = raw.shape[0] - 1
     if gap < 2:
         return np.zeros((0, *raw.shape[1:]), np.uint8), np.zeros((0, *raw.shape[1:]), np.uint8)
-    prior = shape_prior(first, last, gap, sampling)
-    unknown = np.abs(prior) < band_width(gap, band, growth)[:, None, None]
+    prior = shape_prior(first, last, gap, sampling, gap * spacing)
+    unknown = np.abs(prior) < band_width(gap, band, growth * spacing)[:, None, None]
     unknown[0] = unknown[-1] = False
     foreground = prior < 0
     foreground[0], foreground[-1] = first, last

@@ -30,6 +30,7 @@ from incasem_like.ops.surfaces import SMOOTH_ITERATIONS, Iterations
 from incasem_like.stages.clahe import ClaheStage
 from incasem_like.stages.convert import ConvertStage, label_mode_for
 from incasem_like.stages.downsample import DownsampleStage, Kind, resolve_kind
+from incasem_like.stages.interpolate import InterpolateLabelsStage
 from incasem_like.stages.labels import (
     CleanLabelsStage,
     DilateLabelsStage,
@@ -172,6 +173,14 @@ class LabelsMetricMaskStep(_OrganelleDefaults, MetricMaskStage):
     command: Literal["labels metric-mask"] = "labels metric-mask"
     stage_class = MetricMaskStage
     parameters = ("dilation_voxels", "erosion_voxels")
+
+
+class LabelsInterpolateStep(StageStep, InterpolateLabelsStage):
+    command: Literal["labels interpolate"] = "labels interpolate"
+    stage_class = InterpolateLabelsStage
+
+    def reads(self) -> list[str]:
+        return [self.input, self.raw]
 
 
 # --- commands that compose stages ----------------------------------------------------------------------------------
@@ -613,6 +622,7 @@ STEP_TYPES: dict[str, type[Step]] = {
         LabelsCleanStep,
         LabelsDilateStep,
         LabelsMetricMaskStep,
+        LabelsInterpolateStep,
         DownsampleStep,
         ThresholdStep,
         PredictStep,
@@ -634,6 +644,7 @@ AnyStep = Annotated[
     | LabelsCleanStep
     | LabelsDilateStep
     | LabelsMetricMaskStep
+    | LabelsInterpolateStep
     | DownsampleStep
     | ThresholdStep
     | PredictStep

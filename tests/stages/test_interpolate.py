@@ -124,8 +124,8 @@ def test_lucchi_every_20th_slice_beats_shape_interpolation(tmp_path):
     roi = ("--roi", 0, 256, 256, 81, 256, 256)
     raw, labels = "cell.zarr/volumes/raw", "cell.zarr/volumes/labels/mito"
     for source, target, extra in (("raw", raw, []), ("mito", labels, ["--labels"])):
-        result = run_cli("convert", SHARED_DATA / "lucchi_pp_train" / source, tmp_path / target, "--voxel-size", 5, 5, 5,
-                         *roi, *extra, "--quiet")  # fmt: skip
+        data = SHARED_DATA / "lucchi_pp_train" / source
+        result = run_cli("convert", data, tmp_path / target, "--voxel-size", 5, 5, 5, *roi, *extra, "--quiet")
         assert result.returncode == 0, result.stderr
     truth = read(tmp_path / labels) > 0
     between = np.ones(81, bool)

@@ -82,7 +82,7 @@ def interpolate_gap(
     sigma: float = 1.0,
     band: float = 3.0,
     growth: float = 0.5,
-    margin: float = 0.25,
+    margin: float = 0.35,
     sampling: tuple[float, float] = (1.0, 1.0),
     spacing: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +135,7 @@ def _random_walk(
     scale = float(np.concatenate([image[0].ravel(), image[-1].ravel()]).std()) or 1.0
     image = image / np.float32(scale)
     count = int(unknown.sum())
-    index = np.full(raw.shape, -1, np.int64)
+    index = np.full(raw.shape, -1, np.int32 if count < 2**31 else np.int64)
     index[unknown] = np.arange(count)
     rows, columns, weights = [], [], []
     degree = np.zeros(count)

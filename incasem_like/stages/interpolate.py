@@ -77,7 +77,7 @@ class InterpolateLabelsStage(BlockwiseStage):
     sigma: Annotated[float, Field(ge=0, le=100)] = 1.0
     band: Annotated[float, Field(ge=0, le=1e4)] = 3.0
     growth: Annotated[float, Field(ge=0, le=100)] = 0.5
-    margin: Annotated[float, Field(ge=0, le=0.5)] = 0.25
+    margin: Annotated[float, Field(ge=0, le=0.5)] = 0.35
     block: Voxels = DEFAULT_BLOCK
     chunk: Voxels = DEFAULT_CHUNK
 
@@ -94,6 +94,8 @@ class InterpolateLabelsStage(BlockwiseStage):
             raise FieldError(
                 f"{{annotated}} {','.join(map(str, self.annotated))}: give each slice once, in increasing order"
             )
+        if self.sure_output.rstrip("/") == self.output.rstrip("/"):
+            raise FieldError(f"{{sure}} {self.sure}: the sure mask needs a dataset of its own, not {{output}}'s")
         return self
 
     @property

@@ -182,6 +182,10 @@ class LabelsInterpolateStep(StageStep, InterpolateLabelsStage):
     def reads(self) -> list[str]:
         return [self.input, self.raw]
 
+    def run(self, execution: Execution) -> None:
+        if not run_and_report(self.stage(), execution).get("already_complete"):
+            print(f"  and {self.sure_output}: 1 = sure, 0 = unsure (a metric mask: training ignores the unsure voxels)")
+
 
 # --- commands that compose stages ----------------------------------------------------------------------------------
 class PredictStep(Step):

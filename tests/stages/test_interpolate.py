@@ -93,6 +93,7 @@ def test_a_pipeline_stage_takes_the_slices_as_text_or_a_list():
         ("raw voxel size", ["--annotated-slices", "0:40:5"], "differs from"),
         ("ok", ["--annotated-slices", "0:40:5", "--axis", "w"], "argument --axis: invalid choice: 'w'"),
         ("existing", ["--annotated-slices", "0:40:5"], "pass --overwrite"),
+        ("sure", ["--annotated-slices", "0:40:5"], "the sure mask needs a dataset of its own, not OUT's"),
     ],
 )
 def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, setup, options, message, capsys):
@@ -104,6 +105,8 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, setup, optio
     if setup == "existing":
         write_dataset(out, np.full(SHAPE, 7, np.uint8))
 
+    if setup == "sure":
+        options = [*options, "--sure", str(out)]
     result = run_cli_in_process(capsys, "labels", "interpolate", labels, out, "--raw", raw_path, *options)
 
     assert result.returncode == 2

@@ -150,7 +150,7 @@ def _register_interpolate(operations) -> None:
         ("--sigma", 1.0, "in-plane smoothing of the image, in voxels"),
         ("--band", 3.0, "half-width of the band the walker decides, in voxels, at the annotated slices"),
         ("--growth", 0.5, "the band's growth per voxel of distance to the nearer annotated slice"),
-        ("--margin", 0.25, "unsure where the walker's probability lies within this of 0.5"),
+        ("--margin", 0.35, "unsure where the walker's probability lies within this of 0.5"),
     ):
         sub.add_argument(flag, type=float, default=default, metavar="V", help=f"{what} (default {default:g})")
     add_block_options(sub, of="slices along --axis; ")

@@ -9,6 +9,7 @@ from incasem_like.store.datasets import DatasetPath, dataset_meta
 from incasem_like.workflow.steps import STEP_TYPES
 from tests import conftest
 from tests.conftest import SHARED_DATA, run_cli, run_cli_in_process
+from tests.toy_stages import SlowInterpolateLabelsStage, kill_midway
 
 write_dataset = partial(conftest.write_dataset, offset=(0, 50, 100), chunk=8)
 read = conftest.read_dataset
@@ -44,16 +45,20 @@ def interpolate(labels, raw, out, *options):
     return read(out), read(f"{out}_sure")
 
 
-def test_blocks_and_workers_give_the_whole_volume_result(tmp_path):
-    """Slabs of 8 slices (gaps of 6 cross blocks) on 2 workers, from labels that keep only the annotated slices:
-    the same bits as the pure function gap by gap on the whole volume."""
+def test_blocks_workers_and_a_resume_give_the_whole_volume_result(tmp_path):
+    """Slabs of 8 slices (gaps of 6 cross blocks), killed after 2 blocks and resumed on 2 workers, from labels that
+    keep only the annotated slices: the same bits as the pure function gap by gap on the whole volume."""
     labels, raw_path, truth, raw = cell(tmp_path)
     sparse_volume = np.zeros(SHAPE, np.uint16)
     sparse_volume[ANNOTATED] = read(labels)[ANNOTATED]
     sparse = write_dataset(tmp_path / "cell.zarr/volumes/labels/sparse", sparse_volume)
     out = tmp_path / "cell.zarr/volumes/dense"
-    result, sure = interpolate(sparse, raw_path, out, "--annotated-slices", "3:40:6", "--block", 8, "--chunk", 8,
-                               "--workers", 2)  # fmt: skip
+    fields = {"input": str(sparse), "raw": str(raw_path), "output": str(out), "annotated": "3:40:6"}
+    kill_midway(SlowInterpolateLabelsStage(**fields, block=8, chunk=8), 2, 0.5)
+    resumed = run_cli("labels", "interpolate", sparse, out, "--raw", raw_path, "--annotated-slices", "3:40:6",
+                      "--block", 8, "--chunk", 8, "--workers", 2, "--quiet")  # fmt: skip
+    assert resumed.returncode == 0 and " 0 skipped" not in resumed.stdout, resumed.stdout + resumed.stderr
+    result, sure = read(out), read(f"{out}_sure")
     want = expected(raw, truth, ANNOTATED)
     np.testing.assert_array_equal(result, want[0])
     np.testing.assert_array_equal(sure, want[1])

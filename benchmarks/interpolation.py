@@ -10,7 +10,8 @@ they are not scored either): Dice, IoU, and how the sure mask sorts the errors.
 
 The walker's parameters (the defaults: beta, sigma, band, growth, margin) were chosen on the gaps of z 0-80 with
 every 20th slice annotated; `report_z80_160` is the gaps of z 80-160, which took no part in that choice. Seconds are
-the command's wall time on one worker (one block: the whole volume), and per 10^8 voxels of the volume.
+the command's wall time on one worker (one block: the whole volume), and per 10^8 voxels of the volume, with the
+1-minute load average before and after (other jobs on the machine slow it down).
 
     python benchmarks/interpolation.py --work /tmp/interpolation
 """
@@ -18,6 +19,7 @@ the command's wall time on one worker (one block: the whole volume), and per 10^
 import argparse
 import datetime
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -90,6 +92,7 @@ def run(step: int, method: str, truth: np.ndarray, work: Path) -> dict:
     command = ["labels", "interpolate", f"{CONTAINER}/volumes/labels/mito_every_{step}", f"{CONTAINER}/{out}",
                "--raw", f"{CONTAINER}/volumes/raw", "--annotated-slices", f"0:165:{step}", "--method", method,
                "--workers", 1, "--overwrite", "--quiet"]  # fmt: skip
+    load = os.getloadavg()[0]
     started = time.perf_counter()
     cli(*command, cwd=work)
     seconds = time.perf_counter() - started
@@ -101,6 +104,8 @@ def run(step: int, method: str, truth: np.ndarray, work: Path) -> dict:
         "seconds": round(seconds, 1),
         "voxels": int(truth.size),
         "seconds_per_1e8_voxels": round(seconds / truth.size * 1e8, 1),
+        "load_average_before": round(load, 2),
+        "load_average_after": round(os.getloadavg()[0], 2),
     }
 
 

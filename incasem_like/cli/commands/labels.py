@@ -71,7 +71,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "labels",
         help="label preparation: clean, dilate, metric-mask (per-organelle defaults), interpolate",
-        description="Label preparation with the ASEM method's per-organelle defaults.\n\n"
+        description="Label preparation with the ASEM method's per-organelle defaults (clean, dilate, metric-mask),\n"
+        "and dense labels from labels annotated on a few slices (interpolate).\n\n"
         + "\n".join(
             f"  {name:12} {summary}" for name, (summary, _) in {**OPERATIONS, "interpolate": INTERPOLATE}.items()
         )

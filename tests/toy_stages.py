@@ -21,6 +21,7 @@ from incasem_like.core.geometry import Coordinate, to_world, voxel_box_text
 from incasem_like.stages.clahe import ClaheStage
 from incasem_like.stages.convert import ConvertStage
 from incasem_like.stages.downsample import DownsampleStage, PyramidLevelStage
+from incasem_like.stages.interpolate import InterpolateLabelsStage
 from incasem_like.stages.labels import CleanLabelsStage, DilateLabelsStage, MetricMaskStage
 from incasem_like.stages.mask import MaskStage
 from incasem_like.store.datasets import DatasetPath, create_dataset, open_dataset
@@ -171,6 +172,10 @@ class SlowDilateLabelsStage(SlowBlocks, DilateLabelsStage):
 
 
 class SlowMetricMaskStage(SlowBlocks, MetricMaskStage):
+    pass
+
+
+class SlowInterpolateLabelsStage(SlowBlocks, InterpolateLabelsStage):
     pass
 
 

@@ -30,6 +30,7 @@ from incasem_like.ops.surfaces import SMOOTH_ITERATIONS, Iterations
 from incasem_like.stages.clahe import ClaheStage
 from incasem_like.stages.convert import ConvertStage, label_mode_for
 from incasem_like.stages.downsample import DownsampleStage, Kind, resolve_kind
+from incasem_like.stages.interpolate import InterpolateLabelsStage
 from incasem_like.stages.labels import (
     CleanLabelsStage,
     DilateLabelsStage,
@@ -172,6 +173,18 @@ class LabelsMetricMaskStep(_OrganelleDefaults, MetricMaskStage):
     command: Literal["labels metric-mask"] = "labels metric-mask"
     stage_class = MetricMaskStage
     parameters = ("dilation_voxels", "erosion_voxels")
+
+
+class LabelsInterpolateStep(StageStep, InterpolateLabelsStage):
+    command: Literal["labels interpolate"] = "labels interpolate"
+    stage_class = InterpolateLabelsStage
+
+    def reads(self) -> list[str]:
+        return [self.input, self.raw]
+
+    def run(self, execution: Execution) -> None:
+        if not run_and_report(self.stage(), execution).get("already_complete"):
+            print(f"  and {self.sure_output}: 1 = sure, 0 = unsure (a metric mask: training ignores the unsure voxels)")
 
 
 # --- commands that compose stages ----------------------------------------------------------------------------------
@@ -613,6 +626,7 @@ STEP_TYPES: dict[str, type[Step]] = {
         LabelsCleanStep,
         LabelsDilateStep,
         LabelsMetricMaskStep,
+        LabelsInterpolateStep,
         DownsampleStep,
         ThresholdStep,
         PredictStep,
@@ -634,6 +648,7 @@ AnyStep = Annotated[
     | LabelsCleanStep
     | LabelsDilateStep
     | LabelsMetricMaskStep
+    | LabelsInterpolateStep
     | DownsampleStep
     | ThresholdStep
     | PredictStep

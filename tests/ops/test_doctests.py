@@ -12,7 +12,7 @@ MODULES = [module.name for module in pkgutil.iter_modules(incasem_like.ops.__pat
 
 
 def test_every_module_shows_an_example():
-    assert {"clahe", "components", "downsample", "metrics", "morphology", "surfaces"} <= set(MODULES)
+    assert {"clahe", "components", "downsample", "interpolation", "metrics", "morphology", "surfaces"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,4 +1,5 @@
-"""`incasem-like labels clean|dilate|metric-mask`: label preparation with per-organelle defaults."""
+"""`incasem-like labels clean|dilate|metric-mask|interpolate`: label preparation with per-organelle defaults, and
+dense labels from labels annotated on some slices only."""
 
 import argparse
 
@@ -21,7 +22,9 @@ examples:
   incasem-like labels dilate cell_6.zarr/volumes/labels/mito_clean cell_6.zarr/volumes/labels/mito_dilated \\
       --organelle mito
   incasem-like labels metric-mask cell_6.zarr/volumes/labels/mito cell_6.zarr/volumes/metric_masks/mito \\
-      --organelle mito --workers 8"""
+      --organelle mito --workers 8
+  incasem-like labels interpolate cell_6.zarr/volumes/labels/mito_sparse cell_6.zarr/volumes/labels/mito \\
+      --raw cell_6.zarr/volumes/raw --annotated-slices 0:165:20 --workers 4"""
 
 OPERATIONS = {
     "clean": (
@@ -44,6 +47,19 @@ OPERATIONS = {
     ),
 }
 
+INTERPOLATE = (
+    "dense labels from labels annotated on some slices",
+    "Fill the slices between annotated slices (--annotated-slices along --axis) from the raw image: shape\n"
+    "interpolation of the two annotated slices around a gap (signed distances, linear) gives a prior; within a band\n"
+    "around its boundary (--band voxels, growing by --growth per voxel of distance to the nearer annotated slice) a\n"
+    "random walker on the image decides (edge weights exp(-beta * (difference / std)^2), image smoothed in-plane by\n"
+    "--sigma); --method shape keeps the prior alone. Annotated slices are copied (foreground = labels > 0).\n"
+    "Writes OUT (uint8 0/1) and OUT_sure (or --sure): 1 = sure, 0 = unsure (walker probability within --margin of\n"
+    "0.5, and every slice before the first or after the last annotated slice, where OUT is 0). OUT_sure follows\n"
+    "the metric-mask convention, so training takes it as a cell's metric_mask and ignores the unsure voxels.\n"
+    "Exact blockwise: blocks are slabs of --block slices along --axis; each gap is solved whole.",
+)
+
 COMMON = (
     "All operations read integer labels (foreground = labels > 0) and write uint8 0/1, blockwise and resumable;\n"
     "outside the dataset the labels are 0. Defaults come from configs/organelles/<organelle>.yaml (or\n"
@@ -54,9 +70,12 @@ COMMON = (
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "labels",
-        help="label preparation: clean, dilate, metric-mask (per-organelle defaults)",
-        description="Label preparation with the ASEM method's per-organelle defaults.\n\n"
-        + "\n".join(f"  {name:12} {summary}" for name, (summary, _) in OPERATIONS.items())
+        help="label preparation: clean, dilate, metric-mask (per-organelle defaults), interpolate",
+        description="Label preparation with the ASEM method's per-organelle defaults (clean, dilate, metric-mask),\n"
+        "and dense labels from labels annotated on a few slices (interpolate).\n\n"
+        + "\n".join(
+            f"  {name:12} {summary}" for name, (summary, _) in {**OPERATIONS, "interpolate": INTERPOLATE}.items()
+        )
         + "\n\n"
         + COMMON,
         epilog=EXAMPLES,
@@ -98,6 +117,50 @@ def register(subparsers) -> None:
         add_roi_option(sub, "process only this region")
         add_blockwise_options(sub)
         sub.set_defaults(run=run, operation=name, field_flags=PARAMETERS[name])
+    _register_interpolate(operations)
+
+
+def _register_interpolate(operations) -> None:
+    summary, description = INTERPOLATE
+    sub = operations.add_parser(
+        "interpolate",
+        help=summary,
+        description=description,
+        epilog=_examples_for("interpolate"),
+        formatter_class=formatter,
+    )
+    sub.add_argument("input", metavar="SPARSE_LABELS", help="labels annotated on some slices (integer, > 0 = object)")
+    sub.add_argument("output", metavar="OUT", help="output dataset (0/1); OUT_sure beside it")
+    sub.add_argument("--raw", required=True, metavar="RAW", help="the raw image, on the labels' voxel grid")
+    sub.add_argument(
+        "--annotated-slices",
+        required=True,
+        metavar="SLICES",
+        help="the annotated slices along --axis: START:STOP:STEP (e.g. 0:165:20) or a comma list (0,20,45)",
+    )
+    sub.add_argument("--axis", choices=("z", "y", "x"), default="z", help="the axis the slices cut (default z)")
+    sub.add_argument("--sure", metavar="DATASET", help="where the sure mask goes (default OUT_sure)")
+    sub.add_argument(
+        "--method",
+        choices=("random-walker", "shape"),
+        default="random-walker",
+        help="random-walker (default) or shape (shape interpolation alone)",
+    )
+    for flag, default, what in (
+        ("--beta", 40.0, "edge sharpness of the random walker"),
+        ("--sigma", 1.0, "in-plane smoothing of the image, in voxels"),
+        ("--band", 3.0, "half-width of the band the walker decides, in voxels, at the annotated slices"),
+        ("--growth", 0.5, "the band's growth per voxel of distance to the nearer annotated slice"),
+        ("--margin", 0.35, "unsure where the walker's probability lies within this of 0.5"),
+    ):
+        sub.add_argument(flag, type=float, default=default, metavar="V", help=f"{what} (default {default:g})")
+    add_block_options(sub, of="slices along --axis; ")
+    add_blockwise_options(sub)
+    sub.set_defaults(
+        run=run_interpolate,
+        operation="interpolate",
+        field_flags={"input": "SPARSE_LABELS", "annotated": "--annotated-slices"},
+    )
 
 
 def _examples_for(name: str) -> str:
@@ -137,6 +200,21 @@ def run(args: argparse.Namespace) -> None:
             "block": args.block,
             "chunk": args.chunk,
             **roi_arguments(args),
+        }
+    )
+    run_command(step, args)
+
+
+def run_interpolate(args: argparse.Namespace) -> None:
+    from incasem_like.workflow.steps import LabelsInterpolateStep
+
+    fields = ("input", "output", "raw", "axis", "sure", "method", "beta", "sigma", "band", "growth", "margin")
+    step = LabelsInterpolateStep.model_validate(
+        {
+            **{field: getattr(args, field) for field in fields},
+            "annotated": args.annotated_slices,
+            "block": args.block,
+            "chunk": args.chunk,
         }
     )
     run_command(step, args)

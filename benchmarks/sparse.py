@@ -7,9 +7,11 @@ the recipe `2d_d3` (configs/training/lucchi_recipes/2d_d3.yaml) with a fixed num
 budget: rows stay comparable on a busy machine), its training entry annotated on `k` slices spread evenly over
 0-124 (`annotated_slices`; unannotated voxels get no loss weight, samples without annotated voxels are redrawn):
 
-    python benchmarks/sparse.py --work /tmp/quality --rows 1 5 10 20 dense 5+unlabelled
+    python benchmarks/sparse.py --work /tmp/quality --rows 1 5 10 20 dense 5+unlabelled 20+interpolated
 
-`K+unlabelled` adds the raw of slices 0-124 as unlabelled data for a reconstruction decoder (`semi_supervised`,
+`K+interpolated` trains on labels interpolated from the K annotated slices (`incasem-like labels interpolate`,
+random walker) with the unsure voxels left out (`annotated: ..._sure`). `K+unlabelled` adds the raw of slices
+0-124 as unlabelled data for a reconstruction decoder (`semi_supervised`,
 schedule `joint`, so the segmentation gets as many updates as without it). `../shared/data/vnc_sstem/stack2` does
 not apply as a second unlabelled tissue: its voxels (4.6 x 4.6 x 50 nm) differ from Lucchi's (5 nm), and a model
 is trained at one voxel size.
@@ -27,7 +29,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from convert import machine, source_digest  # noqa: E402  (shared helpers)
-from quality import CHOICE, REPORT, evaluate, predict, prepare, recipe_config, scores, train_run  # noqa: E402
+from quality import CHOICE, REPORT, cli, evaluate, predict, prepare, recipe_config, scores, train_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULT = REPO / "benchmarks" / "results" / "sparse_lucchi.json"
@@ -48,7 +50,13 @@ def row_config(row: str, work: Path) -> Path:
     config = yaml.safe_load(recipe_config(RECIPE).read_text())
     config["run_dir"] = f"runs/sparse/{row.replace('+', '_')}"
     config.update(iterations=ITERATIONS, time_budget_minutes=None, checkpoint_every=60, validate_every=60)
-    if count != "dense":
+    if "interpolated" in extras:  # dense labels interpolated from the annotated slices; unsure voxels do not count
+        labels = f"volumes/labels/mito_interpolated_{count}"
+        cli("labels", "interpolate", "lucchi.zarr/volumes/labels/mito", f"lucchi.zarr/{labels}", "--raw",
+            "lucchi.zarr/volumes/raw_clahe", "--annotated-slices", ",".join(map(str, annotated_slices(int(count)))),
+            "--workers", 2, "--overwrite", "--quiet", cwd=work)  # fmt: skip
+        config["training"][0].update(labels=labels, annotated=f"{labels}_sure")
+    elif count != "dense":
         config["training"][0]["annotated_slices"] = annotated_slices(int(count))
     if "unlabelled" in extras:
         raw = {key: config["training"][0][key] for key in ("container", "raw", "roi")}
@@ -70,7 +78,8 @@ def run_row(row: str, work: Path) -> dict:
     config = yaml.safe_load(config_path.read_text())
     return {
         "row": row,
-        "annotated_slices": config["training"][0].get("annotated_slices", "all of 0-124"),
+        "annotated_slices": config["training"][0].get("annotated_slices")
+        or (annotated_slices(int(row.split("+")[0])) if "interpolated" in row else "all of 0-124"),
         "semi_supervised": config.get("semi_supervised"),
         "config": config,
         "training": trained["training"],
@@ -93,11 +102,13 @@ def plot(result: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
-    for semi, label, marker in ((False, "annotated slices only", "o"), (True, "+ unlabelled remainder", "s")):
+    kinds = (("", "annotated slices only", "o"), ("unlabelled", "+ unlabelled remainder", "s"),
+             ("interpolated", "labels interpolated between them", "^"))  # fmt: skip
+    for kind, label, marker in kinds:
         points = sorted(
             (TRAINING_SLICES if row.startswith("dense") else int(row.split("+")[0]), r["held_out_slices_145_164"]["f1"])
             for row, r in result["rows"].items()
-            if bool(r.get("semi_supervised")) == semi
+            if (row.split("+") + [""])[1] == kind
         )
         if points:
             axes.plot(*zip(*points), marker=marker, label=label)

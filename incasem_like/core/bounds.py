@@ -58,28 +58,33 @@ VoxelOffsets = tuple[VoxelOffset, VoxelOffset, VoxelOffset]
 Radius = Annotated[int, Field(ge=0, le=4096)]
 
 
-def slice_indices(value: str | Sequence[int]) -> tuple[int, ...]:
-    """Slice indices from START:STOP:STEP (STEP 1 when left out), a comma list or a list of integers: sorted,
-    without repeats; a ValueError says what is wrong.
+#: how slice indices are written
+SLICES_HINT = "write START:STOP:STEP (e.g. 0:165:20) or a comma list of slice indices (e.g. 0,20,45)"
 
-    >>> slice_indices("0:165:20")[:3], slice_indices("7, 3,3"), slice_indices([5, 1])
-    ((0, 20, 40), (3, 7), (1, 5))
+
+def slice_indices(value: str | Sequence[int]) -> tuple[int, ...]:
+    """Slice indices from START:STOP:STEP (Python's range), a comma list or a list of integers, sorted; a
+    ValueError says what is wrong (no slices, a negative one, a step below 1, a slice given twice).
+
+    >>> slice_indices("0:165:20")[:3], slice_indices("40, 3,10"), slice_indices([5, 1])
+    ((0, 20, 40), (3, 10, 40), (1, 5))
     """
-    if not isinstance(value, str):
-        return tuple(sorted(set(value)))
+    text = value if isinstance(value, str) else ",".join(map(str, value))
     try:
-        if ":" in value:
-            parts = [int(part) for part in value.split(":")]
-            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] < 1):
-                raise ValueError
-            indices = list(range(*parts))
+        if ":" in text:
+            start, stop, step = (int(part) for part in text.split(":"))
+            if step < 1:
+                raise ValueError(f"{text}: the step must be at least 1; {SLICES_HINT}")
+            indices = list(range(start, stop, step))
         else:
-            indices = [int(part) for part in value.split(",")]
-    except ValueError:
-        raise ValueError(f"{value!r}: give slices as START:STOP:STEP (STEP at least 1) or a comma list") from None
+            indices = [int(part) for part in text.split(",")]
+    except ValueError as error:
+        raise (error if "step" in str(error) else ValueError(f"{text!r}: not slice indices; {SLICES_HINT}")) from None
     if not indices or min(indices) < 0:
-        raise ValueError(f"{value!r}: no slices, or a negative one; give slices as START:STOP:STEP or a comma list")
-    return tuple(sorted(set(indices)))
+        raise ValueError(f"{text}: no slices, or a negative one; {SLICES_HINT}")
+    if len(set(indices)) < len(indices):
+        raise ValueError(f"{text}: give each slice once")
+    return tuple(sorted(indices))
 
 
 #: slice indices (voxels from the dataset's first), as START:STOP:STEP, a comma list or a list

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from incasem_like.blockwise.outputs import DatasetOutput, StageOutput
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage, check_block
 from incasem_like.blockwise.volume_stage import DEFAULT_BLOCK
-from incasem_like.core.bounds import VoxelOffset, Voxels
+from incasem_like.core.bounds import VoxelOffset, Voxels, slice_indices
 from incasem_like.core.errors import FieldError, UserError
 from incasem_like.core.geometry import Coordinate, nm_text
 from incasem_like.ops.interpolation import Method, interpolate_gap
@@ -36,29 +36,6 @@ from incasem_like.store.datasets import DEFAULT_CHUNK, DatasetPath, Volume, crea
 AXES = ("z", "y", "x")
 #: raw image dtypes the walker reads
 RAW_DTYPES = ("uint8", "uint16", "int8", "int16", "float32")
-
-
-def parse_slices(text: str) -> tuple[int, ...]:
-    """Slice indices from START:STOP:STEP (Python's range) or a comma list, sorted; `FieldError` naming the
-    `annotated` field otherwise.
-
-    >>> parse_slices("0:165:20")
-    (0, 20, 40, 60, 80, 100, 120, 140, 160)
-    >>> parse_slices("40, 3,10")
-    (3, 10, 40)
-    """
-    hint = "write START:STOP:STEP (e.g. 0:165:20) or a comma list of slice indices (e.g. 0,20,45)"
-    try:
-        if ":" in text:
-            start, stop, step = (int(part) for part in text.split(":"))
-            if step < 1:
-                raise FieldError(f"{{annotated}} {text}: the step must be at least 1; {hint}")
-            slices = tuple(range(start, stop, step))
-        else:
-            slices = tuple(sorted(int(part) for part in text.split(",")))
-    except ValueError:
-        raise FieldError(f"{{annotated}} {text!r}: not slice indices; {hint}") from None
-    return slices
 
 
 class InterpolateLabelsStage(BlockwiseStage):
@@ -84,16 +61,13 @@ class InterpolateLabelsStage(BlockwiseStage):
     @field_validator("annotated", mode="before")
     @classmethod
     def _parse(cls, value):
-        return parse_slices(value) if isinstance(value, str) else value
+        try:
+            return slice_indices(value)
+        except (TypeError, ValueError) as error:
+            raise FieldError(f"{{annotated}} {error}") from None
 
     @model_validator(mode="after")
-    def _distinct(self) -> "InterpolateLabelsStage":
-        if not self.annotated:
-            raise FieldError("{annotated}: no slices; give at least one annotated slice, e.g. 0:165:20")
-        if list(self.annotated) != sorted(set(self.annotated)):
-            raise FieldError(
-                f"{{annotated}} {','.join(map(str, self.annotated))}: give each slice once, in increasing order"
-            )
+    def _own_sure_dataset(self) -> "InterpolateLabelsStage":
         if self.sure_output.rstrip("/") == self.output.rstrip("/"):
             raise FieldError(f"{{sure}} {self.sure}: the sure mask needs a dataset of its own, not {{output}}'s")
         return self

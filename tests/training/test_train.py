@@ -224,7 +224,7 @@ def test_finetune_refuses_a_checkpoint_of_another_architecture(tmp_path, cell):
         ),
         (
             lambda c: c["training"][0].update(annotated_slices="0:20:0"),
-            r"training\[0\]\.annotated_slices = '0:20:0': .*START:STOP:STEP \(STEP at least 1\)",
+            r"training\[0\]\.annotated_slices = '0:20:0': .*0:20:0: the step must be at least 1",
         ),
         (
             lambda c: c["training"][0].update(annotated="volumes/coarse_zero"),

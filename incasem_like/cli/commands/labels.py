@@ -56,7 +56,8 @@ INTERPOLATE = (
     "--sigma); --method shape keeps the prior alone. Annotated slices are copied (foreground = labels > 0).\n"
     "Writes OUT (uint8 0/1) and OUT_sure (or --sure): 1 = sure, 0 = unsure (walker probability within --margin of\n"
     "0.5, and every slice before the first or after the last annotated slice, where OUT is 0). OUT_sure follows\n"
-    "the metric-mask convention, so training takes it as a cell's metric_mask and ignores the unsure voxels.\n"
+    "the mask convention (1 = counts), so a training cell takes it as its `annotated` mask: unsure voxels get no\n"
+    "weight and count nowhere.\n"
     "Exact blockwise: blocks are slabs of --block slices along --axis; each gap is solved whole.",
 )
 

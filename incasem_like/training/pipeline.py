@@ -8,6 +8,11 @@ axes of equal edge and voxel size: all three for a cubic input, y and x for a sl
 deformation with x-y rotation, mirror + transpose again, intensity scale/shift, optional Gaussian noise, scaling
 to [-1, 1] and the loss weights (class-balanced for the method's loss, 0/1 for BCE + Dice).
 
+Sparse annotation: where a cell is annotated only in part (`CellData.sparse`), ANNOTATED marks its annotated
+voxels; samples without any are redrawn, rejection asks for foreground among them, and the loss weights (and
+class balancing) count them alone. Semi-supervised training adds a second graph of unlabelled raw regions,
+augmented alike (`unlabelled_pipeline`).
+
 A batch holds `batch_size` samples, each requested on its own. Sample k of batch i is requested with a seed
 derived from (config seed, i, k), so the sequence of batches does not depend on how many processes prepare them:
 `--resume` replays exactly, and `data_workers` only changes the speed.

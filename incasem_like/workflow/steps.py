@@ -184,7 +184,7 @@ class LabelsInterpolateStep(StageStep, InterpolateLabelsStage):
 
     def run(self, execution: Execution) -> None:
         if not run_and_report(self.stage(), execution).get("already_complete"):
-            print(f"  and {self.sure_output}: 1 = sure, 0 = unsure (a metric mask: training ignores the unsure voxels)")
+            print(f"  and {self.sure_output}: 1 = sure, 0 = unsure (a training cell's `annotated` mask)")
 
 
 # --- commands that compose stages ----------------------------------------------------------------------------------

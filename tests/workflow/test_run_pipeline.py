@@ -498,6 +498,29 @@ def test_the_shipped_pipelines_check_out_on_the_sample(tmp_path, monkeypatch):
     )
 
 
+def test_the_sparse_finetuning_pipeline_checks_out_on_the_sample(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    steps = shipped("finetune_sparse_cell", raw_tiffs=SAMPLE_DIR / "raw", labels_tiffs=SAMPLE_DIR / "mito")
+    assert [s.stage.command for s in steps] == [
+        "convert",
+        "convert",
+        "clahe",
+        "labels interpolate",
+        "labels metric-mask",
+        "finetune",
+        "predict",
+        "evaluate",
+        "view",
+    ]
+    interpolate, finetune = steps[3].stage.step, steps[5].stage.step
+    assert interpolate.annotated == (0, 10, 20, 29) and interpolate.raw == "naive_cell.zarr/volumes/raw_clahe"
+    # the fine-tuning reads the interpolated labels and their sure mask, so it follows the interpolation
+    assert {
+        "naive_cell.zarr/volumes/labels/mito_interpolated",
+        "naive_cell.zarr/volumes/labels/mito_interpolated_sure",
+    } <= set(finetune.reads())
+
+
 # --- slow: the training pipelines on the whole sample --------------------------------------------------------------
 @pytest.mark.slow
 def test_prepare_training_and_finetune_cell_run_on_the_sample(tmp_path):
@@ -530,3 +553,21 @@ def test_prepare_training_and_finetune_cell_run_on_the_sample(tmp_path):
     evaluation = json.loads((tmp_path / "evaluation_finetuned_mito.json").read_text())
     assert 0 < evaluation["best"]["f1"] <= 1
     assert Path(best).name in finetuned.stdout  # predict names the checkpoint the run folder stands for
+
+
+@pytest.mark.slow
+def test_finetune_sparse_cell_runs_on_the_sample(tmp_path):
+    config = yaml.safe_load((REPO / "configs/training/finetune_sparse_cell_mito.yaml").read_text())
+    config.update(iterations=2, validate_every=2, checkpoint_every=2, snapshot_every=2, data_workers=0, device="cpu")
+    (tmp_path / "finetune.yaml").write_text(yaml.safe_dump(config))
+    arguments = ["--set", f"raw_tiffs={SAMPLE_DIR / 'raw'}", "--set", f"labels_tiffs={SAMPLE_DIR / 'mito'}",
+                 "--set", "training_config=finetune.yaml"]  # fmt: skip
+    finetuned = run_cli(
+        "run", PIPELINES / "finetune_sparse_cell.yaml", *arguments, "--quiet", cwd=tmp_path, timeout=1200
+    )
+    assert finetuned.returncode == 0, finetuned.stderr
+    assert {status for status, _ in summary(finetuned.stdout).values()} == {"ran"}
+    sure = read_dataset(tmp_path / "naive_cell.zarr/volumes/labels/mito_interpolated_sure")
+    assert sure[:30].mean() > 0.9 and not sure[30:].any()  # nothing is extrapolated beyond slice 29
+    evaluation = json.loads((tmp_path / "evaluation_finetuned_sparse_mito.json").read_text())
+    assert 0 < evaluation["best"]["f1"] <= 1

@@ -33,6 +33,7 @@ COMMANDS = (
     "export",
     "objects",
     "mesh",
+    "report",
     "view",
     "run",
 )

@@ -615,6 +615,42 @@ class ViewStep(Step):
             serve(self)
 
 
+class ReportStep(Step):
+    """A container's results summarised (counts, volumes, fractions of the cell, histograms, slice overlays) in
+    the folder `out`: report.html, report.json and the images."""
+
+    command: Literal["report"] = "report"
+    container: str
+    out: str | None = None
+    datasets: list[str] = []
+    mask: str | None = None
+    raw: str | None = None
+
+    @property
+    def folder(self) -> str:
+        return self.out or f"{self.container.rstrip('/').removesuffix('.zarr')}_report"
+
+    def reads(self) -> list[str]:
+        return [self.container]
+
+    def writes(self) -> list[Output]:
+        return [Output(self.folder, marker="report.html")]
+
+    def shown(self) -> str:
+        return f"{self.folder}/report.html"
+
+    def run(self, execution: Execution) -> None:
+        from incasem_like.review.report import write_report
+
+        reports = write_report(
+            Path(self.container), Path(self.folder), self.datasets, self.mask, self.raw, execution.overwrite
+        )
+        for report in reports:
+            count = report.summary.get("objects")
+            print(f"  {report.name}: {report.summary['volume_nm3']:.4g} nm^3" + (f", {count} objects" if count else ""))
+        print(f"report: {self.folder}/report.html")
+
+
 #: every step, by its command
 STEP_TYPES: dict[str, type[Step]] = {
     step.model_fields["command"].default: step
@@ -636,6 +672,7 @@ STEP_TYPES: dict[str, type[Step]] = {
         MeshStep,
         TrainStep,
         FinetuneStep,
+        ReportStep,
         ViewStep,
     )
 }
@@ -658,6 +695,7 @@ AnyStep = Annotated[
     | MeshStep
     | TrainStep
     | FinetuneStep
+    | ReportStep
     | ViewStep,
     Field(discriminator="command"),
 ]

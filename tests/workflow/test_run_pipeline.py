@@ -33,7 +33,7 @@ ORGANELLES = ("mito", "er", "golgi", "nuclear_pore", "ccp")
 def summary(stdout: str) -> dict[str, tuple[str, str]]:
     """The summary table's rows: stage -> (status, output)."""
     lines = stdout.splitlines()
-    header = max(i for i, line in enumerate(lines) if line.startswith("#  stage"))
+    header = max(i for i, line in enumerate(lines) if line.lstrip().startswith("#  stage"))
     columns = lines[header].index("status"), lines[header].index("seconds"), lines[header].index("output")
     rows = {}
     for line in lines[header + 1 :]:
@@ -76,13 +76,15 @@ def test_predict_cell_runs_skips_what_is_complete_and_reruns_only_what_is_missin
         "mask": "ran",
         "predict_mito": "ran",
         **{f"predict_{organelle}": "not requested" for organelle in ORGANELLES[1:]},
+        "objects_mito": "ran",
+        "report": "ran",
         "view": "ran",
     }
     assert rows["predict_er"][1] == "--set er_checkpoint=... to run it"
     assert rows["predict_mito"][1] == "cell.zarr/volumes/predictions/run1/mito"
     # a progress line per stage, naming the command it runs
     assert (
-        "[4/9] predict_mito: running: predict checkpoint=bundled:mito raw=cell.zarr/volumes/raw_clahe " in first.stdout
+        "[4/11] predict_mito: running: predict checkpoint=bundled:mito raw=cell.zarr/volumes/raw_clahe " in first.stdout
     )
     assert "neuroglancer: not served; rerun with --serve" in first.stdout.splitlines()[-1]
     container = tmp_path / "cell.zarr"
@@ -99,6 +101,8 @@ def test_predict_cell_runs_skips_what_is_complete_and_reruns_only_what_is_missin
         "clahe",
         "mask",
         "predict_mito",
+        "objects_mito",
+        "report",
     ]
     assert statuses["view"] == "ran"  # it only shows the datasets
     assert files(container) == before
@@ -109,8 +113,10 @@ def test_predict_cell_runs_skips_what_is_complete_and_reruns_only_what_is_missin
     third = predict_cell(tmp_path)
     assert third.returncode == 0, third.stderr
     statuses = {stage: status for stage, (status, _) in summary(third.stdout).items()}
-    assert [stage for stage, status in statuses.items() if status == "ran"] == ["mask", "predict_mito", "view"]
-    assert "[4/9] predict_mito: resuming (incomplete)" in third.stdout
+    # and the stages reading what they wrote
+    ran = [stage for stage, status in statuses.items() if status == "ran"]
+    assert ran == ["mask", "predict_mito", "objects_mito", "report", "view"]
+    assert "[4/11] predict_mito: resuming (incomplete)" in third.stdout
     assert "0 blocks processed, 1 skipped (already done)" in third.stdout
     after = files(container)
     unchanged = [name for name in before if name.startswith(("volumes/raw/", "volumes/raw_clahe/"))]
@@ -461,6 +467,8 @@ def test_the_shipped_pipelines_check_out_on_the_sample(tmp_path, monkeypatch):
         ("predict_mito", "predict", "run"),
         ("predict_er", "predict", "run"),
         *((f"predict_{o}", "predict", "not requested") for o in ORGANELLES[2:]),
+        ("objects_mito", "objects", "run"),
+        ("report", "report", "run"),
         ("view", "view", "run"),
     ]
     assert steps[3].stage.step.checkpoint == "bundled:mito"

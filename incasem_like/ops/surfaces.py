@@ -19,7 +19,7 @@ A ball of radius 16 nm (4 pi r^2 = 3217 nm^2), smoothed, then simplified to unde
 ...     vertices, triangles = object_mesh(ball, np.array([2.0, 2.0, 2.0]), np.zeros(3), reduction=reduction)
 ...     print(len(triangles), round(surface_area(vertices, triangles)))
 2492 3277
-780 3275
+796 3276
 """
 
 from typing import Annotated
@@ -69,8 +69,8 @@ def object_mesh(
     Marching cubes (zmesh) on the binary mask, vertices on the faces between object and background voxels (`step`
     > 1 samples every step-th voxel, for coarse meshes), then `smooth_iterations` Taubin steps, then, with
     `reduction` > 1, `simplify` towards 1/`reduction` of the triangles with errors up to `max_error` sample spacings
-    (voxel edge x step, the finest axis'). Empty arrays if the samples miss the object (objects smaller than
-    `step`)."""
+    (voxel edge x step, the finest axis'), kept only if the result is still closed. Empty arrays if the samples miss
+    the object (objects smaller than `step`)."""
     samples = np.ascontiguousarray(mask[::step, ::step, ::step], dtype=np.uint8)
     if not samples.any():
         return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
@@ -79,12 +79,12 @@ def object_mesh(
     mesher.mesh(samples)
     mesh = mesher.get(1)
     vertices = taubin_smooth(mesh.vertices.astype(np.float64), mesh.faces.astype(np.int64), smooth_iterations)
-    triangles = mesh.faces.astype(np.int64)
+    triangles = mesh.faces[:, ::-1].astype(np.int64)  # zmesh winds z, y, x counter-clockwise: reversed for x, y, z
     if reduction > 1:
-        vertices, triangles = simplify(vertices, triangles, reduction, max_error * step * voxel_size.min())
+        simplified = simplify(vertices, triangles, reduction, max_error * step * voxel_size.min())
+        if is_closed(simplified[1]):  # the reduction may break a surface (it ignores topology): then keep all
+            vertices, triangles = simplified
     vertices += np.asarray(corner, dtype=np.float64) + voxel_size / 2  # crop voxel 0's centre in the world
-    if signed_volume(vertices, triangles) > 0:  # z, y, x is a mirror image of x, y, z: make the x, y, z winding CCW
-        triangles = triangles[:, ::-1]
     return vertices, triangles
 
 
@@ -121,6 +121,17 @@ def taubin_smooth(vertices: np.ndarray, triangles: np.ndarray, iterations: int) 
         for factor in (TAUBIN_LAMBDA, TAUBIN_MU):
             vertices = vertices + factor * (neighbour_mean @ vertices - vertices)
     return vertices
+
+
+def is_closed(triangles: np.ndarray) -> bool:
+    """Whether every edge runs through exactly two triangles, once in each direction (a closed, oriented surface)."""
+    if len(triangles) == 0:
+        return False
+    count = int(triangles.max()) + 1
+    following = triangles[:, [1, 2, 0]].ravel()
+    forward = np.sort(triangles.ravel() * count + following)
+    backward = np.sort(following * count + triangles.ravel())
+    return bool((forward[1:] != forward[:-1]).all() and np.array_equal(forward, backward))
 
 
 def signed_volume(vertices: np.ndarray, triangles: np.ndarray) -> float:

@@ -9,14 +9,14 @@ of 5 x 5 x 5 and 8 x 5 x 5 nm, z y x) each meshed on its `crop_box` crop, throug
   takes its areas from;
 - `after_mesh`: `object_mesh` as `incasem-like mesh` calls it by default (+ simplification, reduction 4, errors up to
   0.25 voxels).
-Seconds per 10^6 object voxels (the median over `--repeats` passes over all the objects), triangles, and each
-surface's area against the shape's analytic one (4 pi r^2, the ellipsoid's elliptic integrals, 2 pi r h + 2 pi r^2,
-4 pi^2 R r).
+Seconds per 10^6 object voxels (the median over `--repeats` passes over all the objects, the three implementations
+taking turns), triangles, and each surface's area against the shape's analytic one (4 pi r^2, the ellipsoid's
+elliptic integrals, 2 pi r h + 2 pi r^2, 4 pi^2 R r), and that of the raw (unsmoothed) marching cubes.
 
-Labelling: a 256^3 block of organelle-sized blobs (random ellipsoids with semi-axes of 6-30 voxels, ~15% foreground)
+Labelling: a 256^3 block of organelle-sized blobs (random ellipsoids with semi-axes of 6-30 voxels, 18% foreground)
 labelled with face connectivity by `scipy.ndimage.label` and by cc3d (`cc3d.connected_components`, what
 `block_fragments` uses), checked equal, and the whole `block_fragments` of the block (labels + statistics), medians
-over `--repeats`. The 1-minute load average before and after is recorded (the machine is shared).
+over `--repeats` taken in turns. The 1-minute load average before and after is recorded (the machine is shared).
 
     python benchmarks/mesh.py
 """
@@ -128,13 +128,16 @@ def blobs(shape: tuple[int, int, int], count: int, semi_axes: tuple[int, int], s
 
 
 # --- the measurements ------------------------------------------------------------------------------------------
-def median_seconds(run, repeats: int) -> float:
-    times = []
+def median_seconds(runs: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each of `runs` (name -> callable), taken in turns so that the load of a shared machine
+    falls on all alike."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def mesh_case(voxel_size: tuple[float, float, float], repeats: int) -> dict:
@@ -147,21 +150,36 @@ def mesh_case(voxel_size: tuple[float, float, float], repeats: int) -> dict:
         "after_mesh": lambda mask: object_mesh(mask, size, np.zeros(3), reduction=SIMPLIFY, max_error=MAX_ERROR),
     }
     case: dict = {"voxel_size_nm_zyx": list(voxel_size), "objects": len(objects), "object_voxels": voxels}
+    seconds = median_seconds(
+        {
+            name: lambda mesh=mesh: [mesh(mask) for mask, _ in objects.values()]
+            for name, mesh in implementations.items()
+        },
+        repeats,
+    )
     for name, mesh in implementations.items():
-        seconds = median_seconds(lambda: [mesh(mask) for mask, _ in objects.values()], repeats)
         errors, triangles = {}, 0
         for key, (mask, area) in objects.items():
             vertices, faces = mesh(mask)
             errors[key] = round(surface_area(vertices, faces) / area - 1, 4)
             triangles += len(faces)
         case[name] = {
-            "seconds": round(seconds, 4),
-            "seconds_per_million_object_voxels": round(seconds / voxels * 1e6, 4),
+            "seconds": round(seconds[name], 4),
+            "seconds_per_million_object_voxels": round(seconds[name] / voxels * 1e6, 4),
             "triangles": triangles,
             "area_error_mean_abs": round(float(np.mean(np.abs(list(errors.values())))), 4),
             "area_error_max_abs": round(float(np.max(np.abs(list(errors.values())))), 4),
             "area_error_by_object": errors,
         }
+    raw = {
+        key: surface_area(*object_mesh(mask, size, np.zeros(3), smooth_iterations=0)) / area - 1
+        for key, (mask, area) in objects.items()
+    }
+    case["raw_marching_cubes_area_error"] = {
+        "mean": round(float(np.mean(list(raw.values()))), 4),
+        "min": round(min(raw.values()), 4),
+        "max": round(max(raw.values()), 4),
+    }
     for name in ("after_areas", "after_mesh"):
         case[name]["speedup_vs_before"] = round(case["before"]["seconds"] / case[name]["seconds"], 2)
     return case
@@ -174,11 +192,14 @@ def labelling_case(repeats: int) -> dict:
     expected, count = ndimage.label(volume, structure=FACE_CONNECTIVITY)
     labels = cc3d.connected_components(volume, connectivity=6, out_dtype=np.uint32)
     local, _ = block_fragments(volume, np.zeros(3, np.int64), volume.shape)
-    scipy_seconds = median_seconds(lambda: ndimage.label(volume, structure=FACE_CONNECTIVITY), repeats)
-    cc3d_seconds = median_seconds(
-        lambda: cc3d.connected_components(volume, connectivity=6, out_dtype=np.uint32), repeats
+    seconds = median_seconds(
+        {
+            "scipy": lambda: ndimage.label(volume, structure=FACE_CONNECTIVITY),
+            "cc3d": lambda: cc3d.connected_components(volume, connectivity=6, out_dtype=np.uint32),
+            "block_fragments": lambda: block_fragments(volume, np.zeros(3, np.int64), volume.shape),
+        },
+        repeats,
     )
-    fragments_seconds = median_seconds(lambda: block_fragments(volume, np.zeros(3, np.int64), volume.shape), repeats)
     return {
         "block": [BLOCK] * 3,
         "blobs": BLOBS,
@@ -188,16 +209,16 @@ def labelling_case(repeats: int) -> dict:
         "components": int(count),
         "cc3d_ids_equal_scipy": bool((labels == expected).all()),
         "block_fragments_ids_equal_scipy": bool((local == expected).all()),
-        "scipy_label_seconds": round(scipy_seconds, 4),
-        "cc3d_seconds": round(cc3d_seconds, 4),
-        "cc3d_speedup": round(scipy_seconds / cc3d_seconds, 2),
-        "block_fragments_seconds": round(fragments_seconds, 4),
+        "scipy_label_seconds": round(seconds["scipy"], 4),
+        "cc3d_seconds": round(seconds["cc3d"], 4),
+        "cc3d_speedup": round(seconds["scipy"] / seconds["cc3d"], 2),
+        "block_fragments_seconds": round(seconds["block_fragments"], 4),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="repeats of every measurement (medians reported)")
+    parser.add_argument("--repeats", type=int, default=9, help="repeats of every measurement (medians reported)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "mesh.json")
     args = parser.parse_args()
 

@@ -94,7 +94,7 @@ def simplify(
     """Quadric edge collapse (zmesh's fast quadric mesh reduction) towards len(triangles) // `reduction` triangles,
     stopping once a collapse would cost more than `max_error` (same units as the vertices; the quadric error, the
     squared distances to the planes of the merged triangles, is capped at `max_error`^2): small objects keep their
-    shape, smooth large ones lose 3/4 of their triangles at `reduction` 4 for an area change of ~0.1%."""
+    shape, smooth large ones lose 3/4 of their triangles at `reduction` 4 for an area change under 0.1%."""
     threshold_steps = (max_error**2 / FQMR_ALPHA) ** (1 / FQMR_AGGRESSIVENESS) - FQMR_K
     mesh = zmesh.simplify_fqmr(
         zmesh.Mesh(vertices.astype(np.float32), triangles.astype(np.uint32), None),

@@ -4,10 +4,12 @@ import struct
 
 import numpy as np
 import pytest
+import zmesh
 
 from incasem_like.cli.main import main
 from incasem_like.ops.surfaces import signed_volume, surface_area
 from incasem_like.review.view import view_state
+from incasem_like.stages.mesh import neuroglancer_fragment
 from incasem_like.stages.objects import find_objects
 from tests.conftest import run_cli
 from tests.ops.test_surfaces import is_closed_and_oriented
@@ -192,3 +194,9 @@ def test_meshes_inside_the_container_become_the_segmentation_layers_mesh_source(
         "zarr://http://127.0.0.1:8000/volumes/seg_ids",
         "precomputed://http://127.0.0.1:8000/meshes/seg/neuroglancer",
     ]
+
+
+def test_fragments_are_the_bytes_zmesh_writes_for_neuroglancer():
+    vertices = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]], np.float32)
+    triangles = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], np.uint32)
+    assert neuroglancer_fragment(vertices, triangles) == zmesh.Mesh(vertices, triangles, None).to_precomputed()

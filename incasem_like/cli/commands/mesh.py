@@ -16,7 +16,7 @@ def register(subparsers) -> None:
             (--labels-out; a binary segmentation has no object ids: run objects on it first). Marching cubes
             (zmesh) on each object's bounding-box crop, Taubin-smoothed (--smooth), then simplified by quadric
             edge collapse (--simplify, --max-error; the CSV's surface areas are those of the meshes with
-            --simplify 1, the default simplification changes a smooth object's area by ~0.1%), vertices in nm,
+            --simplify 1, the default simplification changes a smooth object's area by under 0.1%), vertices in nm,
             x y z, with the dataset's offset applied.
 
             OUT/neuroglancer/ holds precomputed legacy meshes: add precomputed://<URL of OUT/neuroglancer> as a

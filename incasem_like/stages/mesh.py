@@ -7,13 +7,13 @@ object's bounding box, so no pass over the volume is needed to find the objects.
 Each object's surface is `incasem_like.ops.surfaces.object_mesh` on its bounding-box crop padded by `step_size`
 voxels: marching cubes (zmesh) on the binary object mask, then `--smooth` Taubin iterations (default: the same as
 for the surface areas of `objects`; 0 keeps the raw marching-cubes vertices, which lie on voxel faces: the mesh
-spans the object's bounding box, exactly before simplification), then simplification: quadric edge collapse (zmesh's fast quadric mesh
-reduction) towards 1/`--simplify` of the triangles (default 4; 1 keeps them all, and the mesh's area is then the
-CSV's), each collapse within `--max-error` sample spacings of the surface (default 0.25: small objects keep their
-shape, and the area of a smooth object changes by under 0.1%). `--step-size N` samples every N-th voxel for coarse
-meshes (faces then lie halfway between samples, within N/2 voxels of the voxel faces). Vertices are world
-coordinates in nm (the dataset offset applied), written in x, y, z order; triangles are counter-clockwise seen from
-outside, so normals point out.
+spans the object's bounding box, exactly before simplification), then simplification: quadric edge collapse
+(zmesh's fast quadric mesh reduction) towards 1/`--simplify` of the triangles (default 4; 1 keeps them all, and the
+mesh's area is then the CSV's), each collapse within `--max-error` sample spacings of the surface (default 0.25:
+small objects keep their shape, and the area of a smooth object changes by under 0.1%). `--step-size N` samples
+every N-th voxel for coarse meshes (faces then lie halfway between samples, within N/2 voxels of the voxel faces).
+Vertices are world coordinates in nm (the dataset offset applied), written in x, y, z order; triangles are
+counter-clockwise seen from outside, so normals point out.
 
 Output folder OUT:
 - `neuroglancer/`: precomputed legacy meshes. `info` = {"@type": "neuroglancer_legacy_mesh"}; per object a

@@ -2,7 +2,9 @@
 touch across block faces, and their union into objects numbered like one `scipy.ndimage.label` call.
 
 Foreground is bool (z, y, x); fragment ids uint32, local to their block (0 = background); statistics use global
-voxel indices as int64 / float64. Face connectivity throughout.
+voxel indices as int64 / float64. Face connectivity throughout. Blocks are labelled by connected-components-3d
+(cc3d: ~1.9x faster than `scipy.ndimage.label` on a 256^3 block of organelle-sized blobs, benchmarks/mesh.py),
+which numbers the components of a C-ordered array in raster order of their first voxel, as scipy does.
 
 >>> foreground = np.array([[[1, 0, 1], [1, 0, 1]]], bool)
 >>> local, stats = block_fragments(foreground, np.array([0, 0, 0]), (1, 2, 3))
@@ -12,11 +14,10 @@ voxel indices as int64 / float64. Face connectivity throughout.
 [[1, 3], [2, 4]]
 """
 
+import cc3d
 import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
-
-from incasem_like.ops.morphology import FACE_CONNECTIVITY
 
 #: the per-fragment statistics of `block_fragments`
 STAT_KEYS = ("count", "sums", "moments", "bbox_begin", "bbox_end", "first")
@@ -30,7 +31,9 @@ def block_fragments(foreground: np.ndarray, begin: np.ndarray, volume_shape) -> 
     `begin` is the block's first voxel in the volume (voxel indices), `volume_shape` the volume's shape; the
     statistics use global voxel indices: count, sums (n, 3), second moments (n, 6: `MOMENT_PAIRS`), bbox_begin and
     bbox_end (n, 3, end exclusive) and `first` (raster index of the fragment's first voxel in the volume)."""
-    local, count = ndimage.label(foreground, structure=FACE_CONNECTIVITY)
+    local, count = cc3d.connected_components(
+        np.ascontiguousarray(foreground, dtype=bool), connectivity=6, return_N=True, out_dtype=np.uint32
+    )
     flat = np.flatnonzero(local)
     ids = local.ravel()[flat]
     coords = [c + b for c, b in zip(np.unravel_index(flat, local.shape), begin)]

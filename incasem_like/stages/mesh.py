@@ -5,11 +5,14 @@ object's bounding box, so no pass over the volume is needed to find the objects.
 (e.g. a binary one) is refused with the `objects` command to run first: meshes need object ids.
 
 Each object's surface is `incasem_like.ops.surfaces.object_mesh` on its bounding-box crop padded by `step_size`
-voxels: marching cubes (scikit-image) at level 0.5 on the binary object mask, then `--smooth` Taubin iterations
-(default: the same as for the surface areas of `objects`, so a mesh's area is the CSV's; 0 keeps the raw marching-
-cubes vertices, which lie on voxel faces: the mesh spans exactly the object's bounding box). `--step-size N`
-samples every N-th voxel for coarse meshes (faces then lie halfway between samples, within N/2 voxels of the voxel
-faces). Vertices are world coordinates in nm (the dataset offset applied), written in x, y, z order; triangles are
+voxels: marching cubes (zmesh) on the binary object mask, then `--smooth` Taubin iterations (default: the same as
+for the surface areas of `objects`; 0 keeps the raw marching-cubes vertices, which lie on voxel faces: the mesh
+spans the object's bounding box, exactly before simplification), then simplification: quadric edge collapse
+(zmesh's fast quadric mesh reduction) towards 1/`--simplify` of the triangles (default 4; 1 keeps them all, and the
+mesh's area is then the CSV's), each collapse within `--max-error` sample spacings of the surface (default 0.25:
+small objects keep their shape, and the area of a smooth object changes by under 0.1%). `--step-size N` samples
+every N-th voxel for coarse meshes (faces then lie halfway between samples, within N/2 voxels of the voxel faces).
+Vertices are world coordinates in nm (the dataset offset applied), written in x, y, z order; triangles are
 counter-clockwise seen from outside, so normals point out.
 
 Output folder OUT:
@@ -45,7 +48,14 @@ from incasem_like.core.bounds import Voxels
 from incasem_like.core.errors import FieldError
 from incasem_like.core.files import write_atomically
 from incasem_like.core.geometry import Coordinate, Roi
-from incasem_like.ops.surfaces import SMOOTH_ITERATIONS, Iterations, object_mesh
+from incasem_like.ops.surfaces import (
+    MAX_ERROR,
+    SMOOTH_ITERATIONS,
+    Iterations,
+    Reduction,
+    SimplifyError,
+    object_mesh,
+)
 from incasem_like.stages.objects import DEFAULT_BLOCK, crops_reach, load_object_table
 from incasem_like.store.datasets import DatasetPath, dataset_meta, update_dataset_meta
 from incasem_like.store.object_table import save_npz
@@ -54,6 +64,8 @@ Format = Literal["neuroglancer", "ply", "obj"]
 FORMATS = ("neuroglancer", "ply", "obj")
 DEFAULT_FORMATS: tuple[Format, ...] = ("neuroglancer", "ply")
 NEUROGLANCER_INFO = {"@type": "neuroglancer_legacy_mesh"}
+#: the default triangle reduction of the mesh files
+SIMPLIFY = 4
 
 
 # --- file formats (vertices x, y, z in nm) -----------------------------------------------------------------------
@@ -95,8 +107,8 @@ def write_mesh_files(folder: Path, object_id: int, vertices: np.ndarray, triangl
 
 # --- the stage ---------------------------------------------------------------------------------------------------
 class MeshStage(BlockwiseStage):
-    """Object-id dataset -> mesh files in the folder `output`; `block` in voxels, `step_size` and `smooth` as in
-    `incasem_like.ops.surfaces.object_mesh`."""
+    """Object-id dataset -> mesh files in the folder `output`; `block` in voxels, `step_size`, `smooth`, `simplify`
+    (the reduction) and `max_error` as in `incasem_like.ops.surfaces.object_mesh`."""
 
     task_name = "mesh"
 
@@ -107,6 +119,8 @@ class MeshStage(BlockwiseStage):
     formats: tuple[Format, ...] = DEFAULT_FORMATS
     step_size: Voxels = 1
     smooth: Iterations = SMOOTH_ITERATIONS
+    simplify: Reduction = SIMPLIFY
+    max_error: SimplifyError = MAX_ERROR
     block: Voxels = DEFAULT_BLOCK
 
     @property
@@ -154,7 +168,9 @@ class MeshStage(BlockwiseStage):
             sizes = np.zeros((len(owned), 2), np.int64)
             for k, (row, mask, crop_begin) in enumerate(table.crops(owned, begin, end, self.step_size, read)):
                 corner = table.offset + crop_begin * table.voxel_size
-                vertices, triangles = object_mesh(mask, table.voxel_size, corner, self.step_size, self.smooth)
+                vertices, triangles = object_mesh(
+                    mask, table.voxel_size, corner, self.step_size, self.smooth, self.simplify, self.max_error
+                )
                 if len(triangles):
                     write_mesh_files(self.folder, row + 1, vertices[:, ::-1], triangles, self.formats)
                 sizes[k] = len(vertices), len(triangles)
@@ -214,6 +230,8 @@ def make_meshes(
         "formats": list(stage.formats),
         "step_size": stage.step_size,
         "smooth_iterations": stage.smooth,
+        "simplify": stage.simplify,
+        "max_error": stage.max_error,
         "units": "nm",
         "vertex_axes": ["x", "y", "z"],
     }

@@ -26,7 +26,7 @@ from incasem_like.nn.inference import TtaMode, select_device
 from incasem_like.nn.model import Triple
 from incasem_like.nn.models import checkpoint_location
 from incasem_like.ops.morphology import DEFAULT_MAX_SPAN
-from incasem_like.ops.surfaces import SMOOTH_ITERATIONS, Iterations
+from incasem_like.ops.surfaces import MAX_ERROR, SMOOTH_ITERATIONS, Iterations, Reduction, SimplifyError
 from incasem_like.stages.clahe import ClaheStage
 from incasem_like.stages.convert import ConvertStage, label_mode_for
 from incasem_like.stages.downsample import DownsampleStage, Kind, resolve_kind
@@ -39,7 +39,7 @@ from incasem_like.stages.labels import (
     load_organelle,
 )
 from incasem_like.stages.mask import MaskStage
-from incasem_like.stages.mesh import DEFAULT_FORMATS, Format, MeshStage, make_meshes
+from incasem_like.stages.mesh import DEFAULT_FORMATS, SIMPLIFY, Format, MeshStage, make_meshes
 from incasem_like.stages.objects import DEFAULT_BLOCK as OBJECTS_BLOCK
 from incasem_like.stages.objects import find_objects
 from incasem_like.stages.predict import (
@@ -373,6 +373,8 @@ class MeshStep(Step):
     formats: tuple[Format, ...] = DEFAULT_FORMATS
     step_size: Voxels = 1
     smooth: Iterations = SMOOTH_ITERATIONS
+    simplify: Reduction = SIMPLIFY
+    max_error: SimplifyError = MAX_ERROR
     block: Voxels = OBJECTS_BLOCK
 
     @field_validator("formats")

@@ -4,10 +4,12 @@ import struct
 
 import numpy as np
 import pytest
+import zmesh
 
 from incasem_like.cli.main import main
 from incasem_like.ops.surfaces import signed_volume, surface_area
 from incasem_like.review.view import view_state
+from incasem_like.stages.mesh import neuroglancer_fragment
 from incasem_like.stages.objects import find_objects
 from tests.conftest import run_cli
 from tests.ops.test_surfaces import is_closed_and_oriented
@@ -89,12 +91,31 @@ def test_meshes_in_every_format_read_back_in_nm(objects):
         assert (vertices.min(axis=0) >= begin - slack).all() and (vertices.max(axis=0) <= end + slack).all()
         assert (vertices.min(axis=0) <= begin + VOXEL_SIZE[::-1]).all()
         assert (vertices.max(axis=0) >= end - VOXEL_SIZE[::-1]).all()
-        assert surface_area(vertices.astype(float), triangles) == pytest.approx(float(row["surface_area_nm2"]), 1e-4)
+        # simplified (--simplify 4 by default): the area within 0.5% of the CSV's, which is the unsimplified mesh's
+        assert surface_area(vertices.astype(float), triangles) == pytest.approx(float(row["surface_area_nm2"]), 5e-3)
         volume = signed_volume(vertices.astype(float), triangles)  # positive: triangles wound outward in x y z
         assert volume == pytest.approx(float(row["volume_nm3"]), rel=0.1)
 
     again = run_cli("mesh", labels, out, "--formats", "neuroglancer", "ply", "obj", "--block", 32)
     assert again.returncode == 0 and "already complete" in again.stdout, again.stderr
+
+
+def test_unsimplified_meshes_have_the_csv_areas_and_simplified_ones_fewer_triangles(objects):
+    folder, labels, rows = objects
+    full, simplified = folder / "full", folder / "simplified"
+
+    assert run_cli("mesh", labels, full, "--formats", "ply", "--simplify", 1, "--quiet").returncode == 0
+    assert run_cli("mesh", labels, simplified, "--formats", "ply", "--simplify", 8, "--max-error", 1).returncode == 0
+
+    summaries = [json.loads((out / "summary.json").read_text()) for out in (full, simplified)]
+    assert [(s["simplify"], s["max_error"]) for s in summaries] == [(1, 0.25), (8, 1.0)]
+    assert summaries[1]["triangles"] < summaries[0]["triangles"] / 4
+    for object_id, row in rows.items():
+        vertices, triangles = read_ply(full / f"ply/{object_id}.ply")
+        assert surface_area(vertices.astype(float), triangles) == pytest.approx(float(row["surface_area_nm2"]), 1e-4)
+        vertices, triangles = read_ply(simplified / f"ply/{object_id}.ply")
+        assert is_closed_and_oriented(triangles)
+        assert surface_area(vertices.astype(float), triangles) == pytest.approx(float(row["surface_area_nm2"]), 0.03)
 
 
 def test_raw_coarse_ply_meshes_are_closed_and_in_place(objects, capsys):
@@ -106,6 +127,7 @@ def test_raw_coarse_ply_meshes_are_closed_and_in_place(objects, capsys):
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == [".incasem_run", "ply", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
+    # simplified (the default --simplify 4) without leaving the box: quadric edge collapse keeps its corners
     assert summary["step_size"] == 2 and summary["smooth_iterations"] == 0 and summary["smaller_than_step_size"] == 0
     ball = max(rows, key=lambda i: float(rows[i]["axis_minor_nm"]))
     vertices, triangles = read_ply(out / f"ply/{ball}.ply")
@@ -131,6 +153,8 @@ def test_raw_coarse_ply_meshes_are_closed_and_in_place(objects, capsys):
         ("foreign folder", [], "already exists and was not written by this exact command; pass --overwrite"),
         ("foreign folder", ["--overwrite"], "a folder incasem-like did not write; --overwrite replaces only folders"),
         ("none", ["--step-size", "0"], "--step-size 0: "),
+        ("none", ["--simplify", "0"], "--simplify 0: "),
+        ("none", ["--max-error", "0"], "--max-error 0.0: "),
         ("none", ["--workers", "0"], "--workers 0: need at least one worker"),
     ],
 )
@@ -170,3 +194,9 @@ def test_meshes_inside_the_container_become_the_segmentation_layers_mesh_source(
         "zarr://http://127.0.0.1:8000/volumes/seg_ids",
         "precomputed://http://127.0.0.1:8000/meshes/seg/neuroglancer",
     ]
+
+
+def test_fragments_are_the_bytes_zmesh_writes_for_neuroglancer():
+    vertices = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]], np.float32)
+    triangles = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], np.uint32)
+    assert neuroglancer_fragment(vertices, triangles) == zmesh.Mesh(vertices, triangles, None).to_precomputed()

@@ -41,7 +41,8 @@ from incasem_like.stages.labels import (
 from incasem_like.stages.mask import MaskStage
 from incasem_like.stages.mesh import DEFAULT_FORMATS, Format, MeshStage, make_meshes
 from incasem_like.stages.objects import DEFAULT_BLOCK as OBJECTS_BLOCK
-from incasem_like.stages.objects import find_objects
+from incasem_like.stages.objects import DEFAULT_REACH, find_objects
+from incasem_like.stages.objects import Distance as ObjectsDistance
 from incasem_like.stages.predict import (
     PROBABILITIES,
     SEGMENTATION,
@@ -327,6 +328,9 @@ class ObjectsStep(Step):
     labels_out: str | None = None
     block: Voxels = OBJECTS_BLOCK
     chunk: Voxels = DEFAULT_CHUNK
+    #: split touching objects: the seed distance in nm (None: connected components only) and the growth reach
+    seed_distance: ObjectsDistance | None = None
+    reach: ObjectsDistance = DEFAULT_REACH
 
     @property
     def labels(self) -> str:
@@ -349,6 +353,8 @@ class ObjectsStep(Step):
             overwrite=execution.overwrite,
             progress=execution.progress,
             launcher=execution.launcher,
+            seed_distance=self.seed_distance,
+            reach=self.reach,
         )
         if not result.summaries:
             print(f"{result.labels} is already complete (same command, same parameters)")
@@ -357,7 +363,8 @@ class ObjectsStep(Step):
                 f"{name}: {summary['blocks_processed']} blocks processed, {summary['blocks_skipped']} skipped"
                 for name, summary in result.summaries.items()
             )
-            print(f"wrote {result.labels}: {result.objects} objects (6-connected)\n  {steps}; {result.seconds:.1f} s")
+            kind = "6-connected" if self.seed_distance is None else f"split at {self.seed_distance:g} nm"
+            print(f"wrote {result.labels}: {result.objects} objects ({kind})\n  {steps}; {result.seconds:.1f} s")
         if result.csv_written:
             print(f"wrote {result.csv}: {result.objects} rows (lengths in nm, volumes in nm^3, areas in nm^2)")
         else:

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 from daisy import Block
@@ -65,6 +65,7 @@ from incasem_like.ops.instances import (
     seed_classes,
     split_context,
 )
+from incasem_like.ops.morphometrics import cross_sections, nearest_distance, skeleton_measures
 from incasem_like.ops.surfaces import object_mesh, surface_area
 from incasem_like.stages.labels import LABEL_DTYPES
 from incasem_like.store.datasets import (
@@ -76,7 +77,7 @@ from incasem_like.store.datasets import (
     open_dataset,
     update_dataset_meta,
 )
-from incasem_like.store.object_table import ObjectTable, save_npz
+from incasem_like.store.object_table import MEASURE_KEYS, ObjectTable, save_npz
 
 DEFAULT_BLOCK = 256
 SEGMENTATION_DTYPES = ("bool", *LABEL_DTYPES)
@@ -91,6 +92,8 @@ OBJECTS_FORMAT = 3
 #: `--split` defaults (nm), chosen on Lucchi++ slices 125-144 (benchmarks/objects.py)
 DEFAULT_SEED_DISTANCE = 50.0
 DEFAULT_REACH = 300.0
+#: how far distances to another class or a mask's outside are looked for (nm)
+DEFAULT_MAX_DISTANCE = 1000.0
 Distance = Annotated[float, Field(gt=0, le=1e6)]
 
 
@@ -177,9 +180,9 @@ class ObjectsBlocks(BlockwiseStage):
         return tuple(int(i) for i in (roi.begin - volume.offset) / volume.voxel_size / self.block)
 
 
-def read_box(volume: Volume, begin: np.ndarray, end: np.ndarray, dtype=None) -> np.ndarray:
-    """The voxel box [begin, end) of a dataset (voxel indices, may reach outside it; 0 there)."""
-    result = np.zeros(tuple(int(e - b) for b, e in zip(begin, end)), dtype=dtype or volume.dtype)
+def read_box(volume: Volume, begin: np.ndarray, end: np.ndarray, fill: int = 0) -> np.ndarray:
+    """The voxel box [begin, end) of a dataset (voxel indices, may reach outside it; `fill` there)."""
+    result = np.full(tuple(int(e - b) for b, e in zip(begin, end)), fill, dtype=volume.dtype)
     low, high = np.maximum(begin, 0), np.minimum(end, volume.shape)
     if (high > low).all():
         roi = Roi(volume.offset + Coordinate(low) * volume.voxel_size, Coordinate(high - low) * volume.voxel_size)
@@ -329,14 +332,46 @@ class RelabelStage(ObjectsBlocks):
     task_name = "objects_relabel"
     step = "relabel"
 
+    #: the axis perpendicular to the 2D sections
+    section_axis: Literal["z", "y", "x"] = "z"
+    #: a segmentation of another class (distance to its nearest voxel) and a cell mask (distance to its outside)
+    other: str | None = None
+    mask: str | None = None
+    max_distance: Distance = DEFAULT_MAX_DISTANCE
+
     def outputs(self) -> list[StageOutput]:
         return [DatasetOutput.parse(self.labels)]
 
     def merged_table(self) -> ObjectTable:
         return ObjectTable.load(self.scratch_root() / "objects.npz")
 
+    def distance_margin(self, voxel_size: np.ndarray) -> np.ndarray:
+        """Voxels around an object's crop that its distances read (none without `other` or `mask`)."""
+        if self.other is None and self.mask is None:
+            return np.zeros(3, np.int64)
+        return np.ceil(self.max_distance / voxel_size - 1e-9).astype(np.int64)
+
     def layout(self) -> BlockLayout:
-        return self.segmentation_layout(crops_reach(self.merged_table(), step=1))
+        margin = self.distance_margin(np.array(open_segmentation(self.segmentation).voxel_size_nm))
+        return self.segmentation_layout(crops_reach(self.merged_table(), step=1) + Coordinate(int(m) for m in margin))
+
+    def check_companions(self) -> None:
+        """`other` and `mask` must lie on the segmentation's grid: same voxel size, offset and shape."""
+        segmentation = open_segmentation(self.segmentation)
+        for name, path in (("other", self.other), ("mask", self.mask)):
+            if path is None:
+                continue
+            companion = open_segmentation(path)
+            for what, mine, theirs in (
+                ("voxel size", segmentation.voxel_size_nm, companion.voxel_size_nm),
+                ("offset", segmentation.offset_nm, companion.offset_nm),
+                ("shape", segmentation.shape, companion.shape),
+            ):
+                if tuple(mine) != tuple(theirs):
+                    raise FieldError(
+                        f"{{{name}}} {path}: {what} {tuple(theirs)} differs from {self.segmentation}'s "
+                        f"{tuple(mine)}; give a dataset on the segmentation's grid (resample or crop it)"
+                    )
 
     def create_outputs(self, layout: BlockLayout) -> None:
         segmentation = open_segmentation(self.segmentation)
@@ -369,16 +404,39 @@ class RelabelStage(ObjectsBlocks):
         fragments = open_dataset(self.fragments())
         voxel_size = fragments.voxel_size
 
+        companions = {name: open_dataset(path) for name, path in (("other", self.other), ("mask", self.mask)) if path}
+        margin = self.distance_margin(table.voxel_size)
+        axis = "zyx".index(self.section_axis)
+
+        def distance(mask: np.ndarray, crop_begin: np.ndarray, name: str) -> float:
+            """Distance to the other class or to the mask's outside (not the dataset's) within `max_distance`."""
+            if name not in companions:
+                return np.nan
+            low, high = crop_begin - margin, crop_begin + np.array(mask.shape) + margin
+            values = read_box(companions[name], low, high, fill=int(name == "mask"))
+            target = values > 0 if name == "other" else values == 0
+            found = nearest_distance(np.pad(mask, [(m, m) for m in margin]), target, table.voxel_size)
+            return found if found <= self.max_distance else np.inf
+
         def process(block: Block) -> None:
             begin = np.array((block.write_roi.begin - fragments.offset) / voxel_size)
             end = begin + np.array(block.write_roi.shape / voxel_size)
             labels[block.write_roi] = global_ids(begin, end)
             owned = table.starting_in(begin, end)
-            areas = np.empty(len(owned))
+            areas, measures = np.empty(len(owned)), np.empty((len(owned), len(MEASURE_KEYS)))
             for k, (_, mask, crop_begin) in enumerate(table.crops(owned, begin, end, 1, global_ids)):
                 corner = table.offset + crop_begin * table.voxel_size
                 areas[k] = surface_area(*object_mesh(mask, table.voxel_size, corner))
-            save_npz(self.result_path(self.grid_index(block.write_roi, fragments)), ids=owned + 1, areas=areas)
+                sections = cross_sections(mask, table.voxel_size, axis)
+                skeleton = skeleton_measures(mask, table.voxel_size)
+                distances = (distance(mask, crop_begin, "other"), distance(mask, crop_begin, "mask"))
+                measures[k] = [*sections.values(), *skeleton, *distances]
+            save_npz(
+                self.result_path(self.grid_index(block.write_roi, fragments)),
+                ids=owned + 1,
+                areas=areas,
+                measures=measures,
+            )
 
         return process
 
@@ -514,6 +572,7 @@ def _save_table(stage: ObjectsBlocks, volume: Volume, statistics: dict[str, np.n
         offset=np.array(volume.offset_nm),
         shape=np.array(volume.shape),
         surface_area_nm2=np.full(len(statistics["voxel_count"]), np.nan),
+        measures=np.full((len(statistics["voxel_count"]), len(MEASURE_KEYS)), np.nan),
         **statistics,
     )
     table.save(stage.scratch_root() / "objects.npz")
@@ -545,15 +604,17 @@ def _finished_table(relabel: RelabelStage) -> ObjectTable | None:
 
 
 def _finish_table(relabel: RelabelStage) -> ObjectTable:
-    """The merged table with every object's surface area from the relabel blocks, saved beside the ids."""
+    """The merged table with every object's surface area and measures from the relabel blocks, saved beside the
+    ids."""
     table = relabel.merged_table()
-    areas = table.surface_area_nm2.copy()
+    areas, measures = table.surface_area_nm2.copy(), table.measures.copy()
     for path in relabel.results_dir().glob("b_*.npz"):
         with np.load(path) as result:
             areas[result["ids"] - 1] = result["areas"]
+            measures[result["ids"] - 1] = result["measures"]
     if np.isnan(areas).any():
         raise RuntimeError(f"{relabel.labels}: objects without a surface after the relabel step")
-    table = replace(table, surface_area_nm2=areas)
+    table = replace(table, surface_area_nm2=areas, measures=measures)
     labels = DatasetPath.parse(relabel.labels)
     table.save(table_path(labels))
     update_dataset_meta(labels, objects=len(table))
@@ -572,18 +633,21 @@ def find_objects(
     launcher: Launcher | None = None,
     seed_distance: float | None = None,
     reach: float = DEFAULT_REACH,
+    measures: dict | None = None,
 ) -> ObjectsResult:
     """The `objects` command: object ids into `labels`, statistics into `csv_path`; resumable. With a
     `seed_distance` (nm) touching objects are split (`incasem_like.ops.instances`, growing `reach` nm).
+    `measures` are the relabel step's options: `section_axis`, `other`, `mask`, `max_distance`.
 
     An existing CSV is replaced only with `overwrite`, unless it is exactly the table of this finished command
     (then there is nothing to do)."""
     start = time.perf_counter()
     config = {"segmentation": segmentation, "labels": labels, "block": block, "chunk": chunk}
     config |= {"seed_distance": seed_distance, "reach": reach}
-    fragments, relabel = FragmentsStage(**config), RelabelStage(**config)
+    fragments, relabel = FragmentsStage(**config), RelabelStage(**config, **(measures or {}))
     labels_path, csv_path = DatasetPath.parse(labels), Path(csv_path)
     check_inputs(fragments, csv_path)
+    relabel.check_companions()
     finished = _finished_table(relabel) if not overwrite else None
     if csv_path.exists() and not overwrite:
         if finished is None or csv_path.read_text() != finished.csv_text():

@@ -41,7 +41,7 @@ from incasem_like.stages.labels import (
 from incasem_like.stages.mask import MaskStage
 from incasem_like.stages.mesh import DEFAULT_FORMATS, Format, MeshStage, make_meshes
 from incasem_like.stages.objects import DEFAULT_BLOCK as OBJECTS_BLOCK
-from incasem_like.stages.objects import DEFAULT_REACH, find_objects
+from incasem_like.stages.objects import DEFAULT_MAX_DISTANCE, DEFAULT_REACH, find_objects
 from incasem_like.stages.objects import Distance as ObjectsDistance
 from incasem_like.stages.predict import (
     PROBABILITIES,
@@ -331,13 +331,18 @@ class ObjectsStep(Step):
     #: split touching objects: the seed distance in nm (None: connected components only) and the growth reach
     seed_distance: ObjectsDistance | None = None
     reach: ObjectsDistance = DEFAULT_REACH
+    #: morphometrics: the axis across the 2D sections, another class and a cell mask to measure distances to
+    section_axis: Literal["z", "y", "x"] = "z"
+    other: str | None = None
+    mask: str | None = None
+    max_distance: ObjectsDistance = DEFAULT_MAX_DISTANCE
 
     @property
     def labels(self) -> str:
         return self.labels_out or self.segmentation.rstrip("/") + "_objects"
 
     def reads(self) -> list[str]:
-        return [self.segmentation]
+        return [self.segmentation, *(path for path in (self.other, self.mask) if path)]
 
     def writes(self) -> list[Output]:
         return [Output(self.csv), Output(self.labels, dataset=True)]
@@ -355,6 +360,12 @@ class ObjectsStep(Step):
             launcher=execution.launcher,
             seed_distance=self.seed_distance,
             reach=self.reach,
+            measures={
+                "section_axis": self.section_axis,
+                "other": self.other,
+                "mask": self.mask,
+                "max_distance": self.max_distance,
+            },
         )
         if not result.summaries:
             print(f"{result.labels} is already complete (same command, same parameters)")

@@ -4,7 +4,7 @@ import argparse
 import textwrap
 
 from incasem_like.cli.commands import add_block_options, add_blockwise_options, formatter, run_command
-from incasem_like.stages.objects import DEFAULT_REACH, DEFAULT_SEED_DISTANCE
+from incasem_like.stages.objects import DEFAULT_MAX_DISTANCE, DEFAULT_REACH, DEFAULT_SEED_DISTANCE
 
 
 def register(subparsers) -> None:
@@ -64,6 +64,30 @@ def register(subparsers) -> None:
         help="how far seeds grow through the foreground, in nm (default: %(default)g); foreground beyond it "
         "forms objects of its own",
     )
+    measures = parser.add_argument_group("morphometrics")
+    measures.add_argument(
+        "--section-axis",
+        choices=("z", "y", "x"),
+        default="z",
+        help="the 2D cross-sections are the slices across this axis (default: z, the stack's slices)",
+    )
+    measures.add_argument(
+        "--other",
+        metavar="DATASET",
+        help="a segmentation of another class on the same grid: each object's distance to its nearest voxel",
+    )
+    measures.add_argument(
+        "--mask",
+        metavar="DATASET",
+        help="a cell mask on the same grid: each object's distance to the mask's outside (the cell boundary)",
+    )
+    measures.add_argument(
+        "--max-distance",
+        type=float,
+        default=DEFAULT_MAX_DISTANCE,
+        metavar="NM",
+        help="distances are looked for this far, in nm; farther ones are written as inf (default: %(default)g)",
+    )
     add_block_options(parser, block=256)
     add_blockwise_options(parser)
     parser.set_defaults(run=run)
@@ -80,5 +104,9 @@ def run(args: argparse.Namespace) -> None:
         chunk=args.chunk,
         seed_distance=args.seed_distance if args.split else None,
         reach=args.reach,
+        section_axis=args.section_axis,
+        other=args.other,
+        mask=args.mask,
+        max_distance=args.max_distance,
     )
     run_command(step, args)

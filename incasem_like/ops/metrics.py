@@ -78,7 +78,8 @@ def instance_matches(prediction: np.ndarray, truth: np.ndarray, threshold: float
         raise ValueError("a matching threshold below 0.5 can match an object twice")
     predicted_ids, predicted = np.unique(prediction, return_inverse=True)
     true_ids, true = np.unique(truth, return_inverse=True)
-    pairs, overlap = np.unique(np.stack([predicted.ravel(), true.ravel()]), axis=1, return_counts=True)
+    codes, overlap = np.unique(predicted.ravel() * len(true_ids) + true.ravel(), return_counts=True)
+    pairs = np.divmod(codes, len(true_ids))
     sizes_p, sizes_t = np.bincount(predicted.ravel()), np.bincount(true.ravel())
     both = (predicted_ids[pairs[0]] > 0) & (true_ids[pairs[1]] > 0)
     p, t, overlap = pairs[0][both], pairs[1][both], overlap[both]

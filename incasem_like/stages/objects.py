@@ -18,7 +18,16 @@ Three steps, each resumable; nothing holds the whole volume:
    with `SMOOTH_ITERATIONS` Taubin steps, which remove the voxel staircase that otherwise inflates the area of
    curved surfaces by ~9%; balls of radius 4-16 voxels come within 3% of 4 pi r^2).
 
-Both blockwise steps run through the runner like every stage: their outputs (the scratch fragments, the object-id
+With a seed distance (`objects --split`) touching objects are separated first, by the rule of
+`incasem_like.ops.instances` (cores at least the seed distance from the background, grown through the foreground a
+bounded number of face steps; foreground no seed reaches is an instance of its own), in five steps whose values
+each depend on a bounded neighbourhood, so the ids are again independent of the block size and the workers:
+`SeedsStage` (the seed classes, context the seed distance + the reach), the components of cores and unreached
+foreground (steps 1-2 above, on the seed classes), `GrowStage` (the seeds' global ids grown, context the reach,
+with per-instance partial statistics), a merge of those statistics by id (`merge_fragments`, which numbers the
+instances by their first voxel in raster order like components), and the relabel step on the instances.
+
+Every blockwise step runs through the runner like every stage: their outputs (the scratch fragments, the object-id
 dataset) are locked, resumed or replaced with their fingerprints. The scratch data live in a hidden folder of the
 container (`<container>/.incasem_objects/<dataset name>/`), deleted once the table is written; the object table
 (`.incasem_objects.npz`, which `incasem-like mesh` reads) sits in the object-id dataset's group.
@@ -26,7 +35,13 @@ container (`<container>/.incasem_objects/<dataset name>/`), deleted once the tab
 Statistics (CSV, one row per object, units in the header): voxel count; volume = count x voxel volume (nm^3);
 surface area (nm^2); centroid and bounding box (offset of its first corner and shape, nm); principal axis lengths
 2 sqrt(5 lambda) from the eigenvalues lambda of the covariance of the voxel centres (nm^2; the full axes of a solid
-ellipsoid); whether the object touches the dataset's border (it may continue outside).
+ellipsoid); whether the object touches the dataset's border (it may continue outside); the morphometrics of
+`incasem_like.ops.morphometrics`: surface-to-volume ratio (1/nm), sphericity, equivalent diameter, the major
+axis's direction (unit vector z, y, x), the 2D sections across `section_axis` (count, mean and sd of the first
+and second axis lengths and the perimeter), the skeleton's length and branches, and the distances to the nearest
+voxel of another class (`other`) and to a cell mask's outside (`mask`), looked for up to `max_distance` nm (the
+relabel step reads that much around each crop; farther is inf). All are measured on the object's whole crop in
+the block that owns it, so they too are independent of the block size.
 
 The object ids are uint32 (uint64 for volumes with more than 2^33 voxels), kind "labels". Memory per worker: a
 relabel block reads the ids of the block and up to `CROP_REACH` voxels past it (for the crops of the objects

@@ -22,15 +22,23 @@ def register(subparsers) -> None:
             object, in nm: voxel count, volume, surface area (marching cubes on the object's mask, Taubin-
             smoothed; within 3% of a ball's 4 pi r^2), centroid, bounding box (offset and shape), principal
             axis lengths 2 sqrt(5 lambda) from the covariance of the voxel centres (a solid ellipsoid's full
-            axes) and whether the object touches the dataset's border. `incasem-like mesh` turns the object ids
-            into 3D meshes. Rerunning an interrupted command finishes only the missing blocks."""
+            axes) and whether the object touches the dataset's border; surface-to-volume ratio, sphericity,
+            equivalent diameter, the major axis's direction, 2D sections across --section-axis (mean and sd
+            over slices of the first and second axis lengths and the perimeter), skeleton length and branch
+            count, and distances to --other and to the --mask boundary. `incasem-like mesh` turns the object ids
+            into 3D meshes. Rerunning an interrupted command finishes only the missing blocks.
+
+            --split separates touching objects: voxels at least --seed-distance from the background are seeds
+            (each connected set one instance), grown through the foreground up to --reach; foreground no seed
+            reaches keeps an instance of its own. Still independent of --block and --workers."""
         ),
         epilog=textwrap.dedent(
             """\
             examples:
               incasem-like objects cell_6.zarr/volumes/labels/mito mito_objects.csv \\
                   --labels-out cell_6.zarr/volumes/objects/mito --workers 8
-              incasem-like objects cell_6.zarr/volumes/predictions/run1/mito/segmentation run1_mito.csv"""
+              incasem-like objects cell_6.zarr/volumes/predictions/run1/mito/segmentation run1_mito.csv \\
+                  --split --mask cell_6.zarr/volumes/masks/cell"""
         ),
         formatter_class=formatter,
     )

@@ -105,8 +105,8 @@ INSTANCES_FILE = "instances.npz"
 #: bump when the meaning of the ids, the scratch layout or the table changes
 OBJECTS_FORMAT = 3
 #: `--split` defaults (nm), chosen on Lucchi++ slices 125-144 (benchmarks/objects.py)
-DEFAULT_SEED_DISTANCE = 50.0
-DEFAULT_REACH = 300.0
+DEFAULT_SEED_DISTANCE = 25.0
+DEFAULT_REACH = 150.0
 #: how far distances to another class or a mask's outside are looked for (nm)
 DEFAULT_MAX_DISTANCE = 1000.0
 Distance = Annotated[float, Field(gt=0, le=1e6)]

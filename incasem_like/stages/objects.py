@@ -606,7 +606,13 @@ def load_object_table(path: DatasetPath | str) -> tuple[Volume, ObjectTable]:
             f"{path}: no object table ({TABLE_FILE}); it was not written by incasem-like objects. "
             f"Run `incasem-like objects {path} OBJECTS.csv --labels-out OBJECT_IDS` and use OBJECT_IDS"
         )
-    return labels, ObjectTable.load(table_path(path))
+    try:
+        return labels, ObjectTable.load(table_path(path))
+    except KeyError as missing:
+        raise UserError(
+            f"{path}: its object table has no {missing} (an older incasem-like wrote it); rerun "
+            "`incasem-like objects` with --overwrite to rewrite it"
+        ) from None
 
 
 def _finished_table(relabel: RelabelStage) -> ObjectTable | None:

@@ -80,7 +80,11 @@ class ObjectTable:
 
     @classmethod
     def load(cls, path: Path) -> "ObjectTable":
+        """`KeyError` naming the first field the file lacks (a table of an older version)."""
         with np.load(path) as data:
+            missing = [field.name for field in fields(cls) if field.name not in data.files]
+            if missing:
+                raise KeyError(missing[0])
             return cls(**{field.name: data[field.name] for field in fields(cls)})
 
     def starting_in(self, begin: np.ndarray, end: np.ndarray) -> np.ndarray:

@@ -6,8 +6,9 @@ import pytest
 from scipy import ndimage
 
 from incasem_like.cli.main import main
+from incasem_like.core.errors import UserError
 from incasem_like.core.geometry import to_world
-from incasem_like.stages.objects import SCRATCH, find_objects
+from incasem_like.stages.objects import SCRATCH, find_objects, load_object_table, table_path
 from incasem_like.store.datasets import DatasetPath, create_dataset, dataset_meta, open_dataset, update_dataset_meta
 from incasem_like.store.object_table import CSV_COLUMNS
 from tests.conftest import read_dataset, run_cli
@@ -245,3 +246,10 @@ def test_a_mask_on_another_grid_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and f"--mask {mask}: voxel size (10.0, 10.0, 10.0) differs" in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o.csv").exists()
+
+
+def test_a_table_of_an_older_version_is_refused_in_one_line(tmp_path):
+    ids = write_volume(tmp_path / "c.zarr/volumes/ids", np.zeros((4, 4, 4), np.uint32))
+    np.savez(table_path(ids), voxel_size=np.ones(3))
+    with pytest.raises(UserError, match="its object table has no 'offset' .* rerun `incasem-like objects`"):
+        load_object_table(ids)

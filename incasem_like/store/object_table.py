@@ -11,10 +11,17 @@ from typing import Any
 import numpy as np
 
 from incasem_like.core.files import atomic_file
+from incasem_like.ops.morphometrics import SECTION_KEYS, ellipsoid_fit, equivalent_diameter, sphericity
 from incasem_like.ops.surfaces import crop_box
 
 #: voxels past its far faces that a block reads to cut the crops of the objects starting in it
 CROP_REACH = 64
+
+#: what the relabel step measures on each object's crop, columns of `ObjectTable.measures`
+MEASURE_KEYS = (*SECTION_KEYS, "skeleton_length_nm", "skeleton_branches", "distance_to_other_nm",
+                "distance_to_mask_boundary_nm")  # fmt: skip
+#: integer columns among them
+INTEGER_MEASURES = ("section_count", "skeleton_branches")
 
 CSV_COLUMNS = (
     "object_id",
@@ -34,6 +41,13 @@ CSV_COLUMNS = (
     "axis_middle_nm",
     "axis_minor_nm",
     "touches_border",
+    "surface_to_volume_per_nm",
+    "sphericity",
+    "equivalent_diameter_nm",
+    "axis_major_direction_z",
+    "axis_major_direction_y",
+    "axis_major_direction_x",
+    *MEASURE_KEYS,
 )
 
 
@@ -56,6 +70,7 @@ class ObjectTable:
     bbox_begin: np.ndarray  # (n, 3)
     bbox_end: np.ndarray  # (n, 3), exclusive
     surface_area_nm2: np.ndarray  # (n,), NaN until the surfaces are computed
+    measures: np.ndarray  # (n, len(MEASURE_KEYS)), NaN until measured; distances: NaN not asked, inf beyond reach
 
     def __len__(self) -> int:
         return len(self.voxel_count)
@@ -65,7 +80,11 @@ class ObjectTable:
 
     @classmethod
     def load(cls, path: Path) -> "ObjectTable":
+        """`KeyError` naming the first field the file lacks (a table of an older version)."""
         with np.load(path) as data:
+            missing = [field.name for field in fields(cls) if field.name not in data.files]
+            if missing:
+                raise KeyError(missing[0])
             return cls(**{field.name: data[field.name] for field in fields(cls)})
 
     def starting_in(self, begin: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -97,7 +116,8 @@ class ObjectTable:
         return 2 * np.sqrt(5 * np.clip(eigenvalues[:, ::-1], 0, None))
 
     def csv_text(self) -> str:
-        """The statistics table: one row per object, physical units (nm) named in the header."""
+        """The statistics table: one row per object, physical units (nm) named in the header; a distance not
+        asked for is empty, one farther than the largest asked for is `inf`."""
         voxel_size, offset = self.voxel_size.astype(np.float64), self.offset.astype(np.float64)
         centroid = offset + (self.centroid + 0.5) * voxel_size
         bbox_offset = offset + self.bbox_begin * voxel_size
@@ -107,15 +127,31 @@ class ObjectTable:
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
+        scale = np.diag(voxel_size)
         for i in range(len(self)):
+            volume, area = self.voxel_count[i] * np.prod(voxel_size), self.surface_area_nm2[i]
+            _, direction = ellipsoid_fit(scale @ self.covariance[i] @ scale)
+            measures = [
+                ""
+                if key.startswith("distance") and np.isnan(self.measures[i, k])
+                else _measure(key, self.measures[i, k])
+                for k, key in enumerate(MEASURE_KEYS)
+            ]
             writer.writerow(
-                [i + 1, int(self.voxel_count[i]), _number(self.voxel_count[i] * np.prod(voxel_size))]
-                + [_number(v) for v in (self.surface_area_nm2[i], *centroid[i], *bbox_offset[i], *bbox_shape[i])]
+                [i + 1, int(self.voxel_count[i]), _number(volume)]
+                + [_number(v) for v in (area, *centroid[i], *bbox_offset[i], *bbox_shape[i])]
                 + [_number(v) for v in axes[i]]
                 + [int(border[i])]
+                + [_number(v) for v in (area / volume, sphericity(volume, area), equivalent_diameter(volume))]
+                + [_number(v) for v in direction]
+                + measures
             )
         return text.getvalue()
 
 
 def _number(value: float) -> str:
     return f"{value:.10g}"
+
+
+def _measure(key: str, value: float) -> str:
+    return str(int(value)) if key in INTEGER_MEASURES and np.isfinite(value) else _number(value)

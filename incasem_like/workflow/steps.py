@@ -41,7 +41,8 @@ from incasem_like.stages.labels import (
 from incasem_like.stages.mask import MaskStage
 from incasem_like.stages.mesh import DEFAULT_FORMATS, SIMPLIFY, Format, MeshStage, make_meshes
 from incasem_like.stages.objects import DEFAULT_BLOCK as OBJECTS_BLOCK
-from incasem_like.stages.objects import find_objects
+from incasem_like.stages.objects import DEFAULT_MAX_DISTANCE, DEFAULT_REACH, find_objects
+from incasem_like.stages.objects import Distance as ObjectsDistance
 from incasem_like.stages.predict import (
     PROBABILITIES,
     SEGMENTATION,
@@ -327,13 +328,21 @@ class ObjectsStep(Step):
     labels_out: str | None = None
     block: Voxels = OBJECTS_BLOCK
     chunk: Voxels = DEFAULT_CHUNK
+    #: split touching objects: the seed distance in nm (None: connected components only) and the growth reach
+    seed_distance: ObjectsDistance | None = None
+    reach: ObjectsDistance = DEFAULT_REACH
+    #: morphometrics: the axis across the 2D sections, another class and a cell mask to measure distances to
+    section_axis: Literal["z", "y", "x"] = "z"
+    other: str | None = None
+    mask: str | None = None
+    max_distance: ObjectsDistance = DEFAULT_MAX_DISTANCE
 
     @property
     def labels(self) -> str:
         return self.labels_out or self.segmentation.rstrip("/") + "_objects"
 
     def reads(self) -> list[str]:
-        return [self.segmentation]
+        return [self.segmentation, *(path for path in (self.other, self.mask) if path)]
 
     def writes(self) -> list[Output]:
         return [Output(self.csv), Output(self.labels, dataset=True)]
@@ -349,6 +358,14 @@ class ObjectsStep(Step):
             overwrite=execution.overwrite,
             progress=execution.progress,
             launcher=execution.launcher,
+            seed_distance=self.seed_distance,
+            reach=self.reach,
+            measures={
+                "section_axis": self.section_axis,
+                "other": self.other,
+                "mask": self.mask,
+                "max_distance": self.max_distance,
+            },
         )
         if not result.summaries:
             print(f"{result.labels} is already complete (same command, same parameters)")
@@ -357,7 +374,8 @@ class ObjectsStep(Step):
                 f"{name}: {summary['blocks_processed']} blocks processed, {summary['blocks_skipped']} skipped"
                 for name, summary in result.summaries.items()
             )
-            print(f"wrote {result.labels}: {result.objects} objects (6-connected)\n  {steps}; {result.seconds:.1f} s")
+            kind = "6-connected" if self.seed_distance is None else f"split at {self.seed_distance:g} nm"
+            print(f"wrote {result.labels}: {result.objects} objects ({kind})\n  {steps}; {result.seconds:.1f} s")
         if result.csv_written:
             print(f"wrote {result.csv}: {result.objects} rows (lengths in nm, volumes in nm^3, areas in nm^2)")
         else:

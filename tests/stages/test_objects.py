@@ -6,8 +6,9 @@ import pytest
 from scipy import ndimage
 
 from incasem_like.cli.main import main
+from incasem_like.core.errors import UserError
 from incasem_like.core.geometry import to_world
-from incasem_like.stages.objects import SCRATCH, find_objects
+from incasem_like.stages.objects import SCRATCH, find_objects, load_object_table, table_path
 from incasem_like.store.datasets import DatasetPath, create_dataset, dataset_meta, open_dataset, update_dataset_meta
 from incasem_like.store.object_table import CSV_COLUMNS
 from tests.conftest import read_dataset, run_cli
@@ -194,3 +195,61 @@ def test_bad_input_exits_with_code_2_from_the_command_line(tmp_path):
         and "no such dataset" in result.stderr
     )
     assert not (tmp_path / "objects.csv").exists()
+
+
+def test_morphometrics_in_the_table_with_distances_to_another_class_and_the_cell_boundary(tmp_path):
+    voxel_size = np.array([6.4, 5.0, 5.0])  # anisotropic, non-integer
+    shape = (40, 48, 96)
+    points = (np.indices(shape).T + 0.5).T * voxel_size[:, None, None, None]
+    ball = ((points - np.array([128, 120, 120])[:, None, None, None]) ** 2).sum(axis=0) <= 60**2
+    tube = (np.hypot(points[0] - 128, points[1] - 120) <= 30) & (points[2] > 250) & (points[2] < 430)
+    other = np.zeros(shape, np.uint8)
+    other[:, :, 90:] = 1  # from x = 450 nm: 20 nm beyond the tube, 270 nm beyond the ball
+    cell = np.zeros(shape, np.uint8)
+    cell[1:-1, 1:-1, 1:-1] = 1
+    seg = write_volume(tmp_path / "c.zarr/volumes/seg", (ball | tube).astype(np.uint8), voxel_size=voxel_size)
+    write_volume(tmp_path / "c.zarr/volumes/er", other, voxel_size=voxel_size)
+    write_volume(tmp_path / "c.zarr/volumes/cell", cell, voxel_size=voxel_size)
+
+    result = run_cli(
+        "objects", seg, tmp_path / "m.csv", "--block", 32, "--chunk", 16, "--other", tmp_path / "c.zarr/volumes/er",
+        "--mask", tmp_path / "c.zarr/volumes/cell", "--max-distance", 100, "--section-axis", "x",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    ball_row, tube_row = read_csv(tmp_path / "m.csv")
+    volume = float(ball_row["volume_nm3"])
+    assert float(ball_row["equivalent_diameter_nm"]) == pytest.approx(120, rel=0.01)
+    assert float(ball_row["sphericity"]) == pytest.approx(1, abs=0.04)  # the surface within 3%
+    assert float(ball_row["surface_to_volume_per_nm"]) == pytest.approx(3 / 60, rel=0.04)
+    assert float(ball_row["surface_to_volume_per_nm"]) * volume == pytest.approx(float(ball_row["surface_area_nm2"]))
+    assert float(ball_row["distance_to_other_nm"]) == math.inf  # 270 nm: beyond --max-distance
+    assert float(ball_row["distance_to_mask_boundary_nm"]) == pytest.approx(120 - 60 - 6.4, abs=6.4)  # the z faces
+    assert float(tube_row["distance_to_other_nm"]) == pytest.approx(20, abs=5)
+    direction = [float(tube_row[f"axis_major_direction_{a}"]) for a in "zyx"]
+    np.testing.assert_allclose(direction, (0, 0, 1), atol=1e-6)
+    assert int(tube_row["section_count"]) == 36  # x slices 50..85
+    assert float(tube_row["section_perimeter_mean_nm"]) == pytest.approx(2 * math.pi * 30, rel=0.04)
+    assert float(tube_row["section_axis1_mean_nm"]) == pytest.approx(60, rel=0.05)
+    assert int(tube_row["skeleton_branches"]) == 1
+    assert float(tube_row["skeleton_length_nm"]) == pytest.approx(180, abs=30)
+
+    plain = run_cli("objects", seg, tmp_path / "p.csv", "--labels-out", tmp_path / "c.zarr/volumes/ids2")
+    assert plain.returncode == 0, plain.stderr
+    assert read_csv(tmp_path / "p.csv")[0]["distance_to_other_nm"] == ""  # not asked for
+
+
+def test_a_mask_on_another_grid_is_refused_in_one_line(tmp_path, capsys):
+    seg = write_volume(tmp_path / "c.zarr/volumes/seg", np.ones((8, 8, 8), np.uint8))
+    mask = write_volume(tmp_path / "c.zarr/volumes/cell", np.ones((8, 8, 8), np.uint8), voxel_size=(10, 10, 10))
+    code = main(["objects", str(seg), str(tmp_path / "o.csv"), "--mask", str(mask), "--chunk", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--mask {mask}: voxel size (10.0, 10.0, 10.0) differs" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o.csv").exists()
+
+
+def test_a_table_of_an_older_version_is_refused_in_one_line(tmp_path):
+    ids = write_volume(tmp_path / "c.zarr/volumes/ids", np.zeros((4, 4, 4), np.uint32))
+    np.savez(table_path(ids), voxel_size=np.ones(3))
+    with pytest.raises(UserError, match="its object table has no 'offset' .* rerun `incasem-like objects`"):
+        load_object_table(ids)

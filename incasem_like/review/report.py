@@ -5,8 +5,9 @@ Reported: every complete segmentation, label or object-id dataset of the contain
 datasets named). For each: foreground voxels and volume (nm^3) and, with a cell mask, the volume fraction of the
 cell inside it, counted slab by slab (a whole cell never sits in memory); for an object-id dataset written by
 `objects` (its table beside it) also the object count, total and mean object volume, surface-to-volume ratio
-(total surface / total volume) and histograms of the per-object measures (volume, surface-to-volume, principal
-axis lengths: the table's columns); and a slice overlay of raw and labels through the dataset's middle slice.
+(total surface / total volume) and histograms of the per-object measures the table holds (volume,
+surface-to-volume, sphericity, equivalent diameter, axis lengths, skeleton length, distance to the cell
+boundary); and a slice overlay of raw and labels through the dataset's middle slice.
 The page is written into a new folder and moved into place when complete (an interrupted report leaves nothing
 that looks finished).
 """
@@ -34,13 +35,17 @@ from incasem_like.store.object_table import ObjectTable
 REPORT_HTML, REPORT_JSON = "report.html", "report.json"
 #: raw datasets the overlay looks for, in order, when none is named
 RAW_CANDIDATES = ("volumes/raw_clahe", "volumes/raw")
-#: the per-object measures plotted (CSV column -> axis label); surface_to_volume is computed from the table
+#: the per-object measures plotted where the table has them (CSV column -> axis label)
 PLOTTED = {
     "volume_nm3": "volume (nm^3)",
     "surface_to_volume_per_nm": "surface-to-volume (1/nm)",
+    "sphericity": "sphericity",
+    "equivalent_diameter_nm": "equivalent diameter (nm)",
     "axis_major_nm": "major axis (nm)",
     "axis_middle_nm": "middle axis (nm)",
     "axis_minor_nm": "minor axis (nm)",
+    "skeleton_length_nm": "skeleton length (nm)",
+    "distance_to_mask_boundary_nm": "distance to the cell boundary (nm)",
 }
 
 
@@ -70,12 +75,16 @@ def foreground_counts(volume: Volume, mask: Volume | None) -> tuple[int, int | N
 
 
 def object_columns(table: ObjectTable) -> dict[str, np.ndarray]:
-    """The object table's CSV columns as float arrays, with `surface_to_volume_per_nm` added."""
+    """The object table's CSV columns as float arrays (a measure not asked for, left empty: NaN)."""
     rows = list(csv.DictReader(io.StringIO(table.csv_text())))
-    columns = {key: np.array([float(row[key]) for row in rows]) for key in (rows[0] if rows else {})}
-    if "volume_nm3" in columns and "surface_area_nm2" in columns:
-        columns["surface_to_volume_per_nm"] = columns["surface_area_nm2"] / columns["volume_nm3"]
-    return columns
+    return {key: np.array([_float(row[key]) for row in rows]) for key in (rows[0] if rows else {})}
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
 
 
 def summarize(volume: Volume, mask: Volume | None, table: ObjectTable | None) -> dict[str, Any]:
@@ -102,6 +111,8 @@ def summarize(volume: Volume, mask: Volume | None, table: ObjectTable | None) ->
             "object_volume_median_nm3": float(np.median(volumes)) if len(volumes) else None,
             "surface_to_volume_per_nm": float(surfaces.sum() / volumes.sum()) if volumes.sum() else None,
         }
+        if "sphericity" in columns and np.isfinite(columns["sphericity"]).any():
+            summary["sphericity_median"] = float(np.nanmedian(columns["sphericity"]))
     return summary
 
 
@@ -115,10 +126,11 @@ def histograms(columns: dict[str, np.ndarray], out: Path, stem: str) -> list[str
     written = []
     for column, label in PLOTTED.items():
         values = columns.get(column)
-        if values is None or not len(values) or not np.isfinite(values).any():
+        if values is None or not np.isfinite(values).any():
             continue
+        values = values[np.isfinite(values)]
         figure, axes = plt.subplots(figsize=(4, 3), dpi=100)
-        axes.hist(values[np.isfinite(values)], bins=min(40, max(5, len(values) // 3)), color="#4477aa")
+        axes.hist(values, bins=min(40, max(5, len(values) // 3)), color="#4477aa")
         axes.set_xlabel(label)
         axes.set_ylabel("objects")
         figure.tight_layout()

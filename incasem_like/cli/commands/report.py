@@ -15,8 +15,9 @@ def register(subparsers) -> None:
             Summarise every segmentation, label and object-id dataset of a container (or those named with
             --datasets): foreground volume (nm^3) and, with --mask, the volume fraction of the cell; for object
             ids written by `incasem-like objects` also the object count, total, mean and median object volume,
-            the surface-to-volume ratio and histograms of the per-object volume, surface-to-volume and axis
-            lengths; and a slice overlay of raw (--raw, else volumes/raw_clahe or volumes/raw) and labels.
+            the surface-to-volume ratio and histograms of the per-object measures (volume, surface-to-volume,
+            sphericity, equivalent diameter, axis lengths, skeleton length, distance to the cell boundary);
+            and a slice overlay of raw (--raw, else volumes/raw_clahe or volumes/raw) and labels.
             Writes OUT/report.html (open it in a browser), OUT/report.json and the images, all at once when
             complete. Voxels are counted slab by slab: a whole cell never sits in memory."""
         ),

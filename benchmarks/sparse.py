@@ -113,6 +113,9 @@ def plot(result: dict, out: Path) -> None:
         if points:
             axes.plot(*zip(*points), marker=marker, label=label)
     axes.set_xscale("log")
+    axes.set_xlim(0.8, 160)
+    lowest = min(r["held_out_slices_145_164"]["f1"] for r in result["rows"].values())
+    axes.set_ylim(min(0.5, lowest - 0.05), 1.0)
     axes.set_xlabel("annotated training slices (of 125; 125 = dense)")
     axes.set_ylabel("held-out F1, slices 145-164 (every voxel)")
     axes.set_title(f"Lucchi++ mitochondria, recipe {RECIPE}, {ITERATIONS} iterations")

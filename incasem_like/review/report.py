@@ -141,16 +141,22 @@ def histograms(columns: dict[str, np.ndarray], out: Path, stem: str) -> list[str
     return written
 
 
+def covers(raw: Volume, volume: Volume) -> bool:
+    """Whether `raw` lies on `volume`'s grid and covers it (an overlay can be drawn)."""
+    return raw.voxel_size == volume.voxel_size and raw.roi.contains(volume.roi)
+
+
 def overlay(volume: Volume, name: str, raw: Volume | None, out: Path, stem: str) -> str | None:
-    """A PNG of the dataset's middle z slice over the raw image (objects in colours, a mask in red)."""
-    if raw is None or raw.voxel_size != volume.voxel_size or raw.roi.intersect(volume.roi).empty:
+    """A PNG of the dataset's middle z slice over the raw image (objects in colours, a mask in red); None where
+    the raw image does not cover the dataset."""
+    if raw is None or not covers(raw, volume):
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    roi = raw.roi.intersect(volume.roi)
+    roi = volume.roi
     middle = roi.begin[0] + (roi.shape[0] // volume.voxel_size[0] // 2) * volume.voxel_size[0]
     plane = Roi((middle, *roi.begin[1:]), (volume.voxel_size[0], *roi.shape[1:]))
     image, labels = raw[plane][0].astype(np.float32), volume[plane][0]
@@ -217,6 +223,11 @@ def build_report(
         report = DatasetReport(name, summarize(volume, cell, table))
         if table is not None:
             report.images += histograms(object_columns(table), out, stem)
+        if raw is not None and raw_volume is not None and not covers(raw_volume, volume):
+            raise UserError(
+                f"{raw_volume.name}: voxel size {nm_text(raw_volume.voxel_size)} and ROI {raw_volume.roi} do not cover "
+                f"{path} ({nm_text(volume.voxel_size)}, {volume.roi}); give --raw on the datasets' grid"
+            )
         picture = overlay(volume, name, raw_volume, out, stem)
         if picture:
             report.images.append(picture)

@@ -520,7 +520,13 @@ class ObjectsResult:
 def check_inputs(fragments: FragmentsStage, csv_path: Path) -> None:
     """Validate everything (segmentation, block layout, seed distance, output names); writes nothing."""
     fragments.layout()
-    voxel = max(open_segmentation(fragments.segmentation).voxel_size_nm)
+    segmentation = open_segmentation(fragments.segmentation)
+    voxel = max(segmentation.voxel_size_nm)
+    if fragments.seed_distance is not None and segmentation.dtype.itemsize > 1:
+        raise UserError(
+            f"{fragments.segmentation}: dtype {segmentation.dtype} holds labels, not a binary segmentation (0/1), "
+            "which --split cuts into instances; split a segmentation (predict's), or leave out --split"
+        )
     if fragments.seed_distance is not None and fragments.seed_distance < voxel:
         raise FieldError(
             f"{{seed_distance}} {fragments.seed_distance:g} nm is smaller than a voxel of {fragments.segmentation} "

@@ -75,6 +75,7 @@ def test_the_report_summarises_segmentations_and_objects_and_renders_in_chromium
         (["--mask", "volumes/coarse"], "volumes/coarse: voxel size (10, 8, 8) nm differs from"),
         (["--datasets", "volumes/raw_clahe"], "volumes/raw_clahe: dtype"),
         (["--datasets", "volumes/nothing"], "volumes/nothing"),
+        (["--raw", "volumes/coarse"], "give --raw on the datasets' grid"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, cell, options, message):

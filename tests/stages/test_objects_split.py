@@ -84,3 +84,11 @@ def test_split_keeps_every_foreground_voxel(tmp_path, seed_distance):
     volume = touching_balls(shape=(24, 24, 24), seed=int(seed_distance))
     expected = one_pass(volume, (5, 5, 5), seed_distance, 10.0)
     assert ((expected > 0) == (volume > 0)).all()
+
+
+def test_split_refuses_a_label_volume_in_one_line(tmp_path, capsys):
+    seg = write_volume(tmp_path / "c.zarr/volumes/ids", np.arange(512, dtype=np.uint32).reshape(8, 8, 8))
+    code = main(["objects", str(seg), str(tmp_path / "o.csv"), "--split", "--chunk", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and "dtype uint32 holds labels, not a binary segmentation (0/1)" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o.csv").exists()

@@ -1,5 +1,6 @@
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,13 @@ def write_slices(folder: Path, volume: np.ndarray, name: str = "slice_{}.tif", c
         tifffile.imwrite(path, plane, compression=compression)
         paths.append(path)
     return paths
+
+
+def interruptible() -> None:
+    """`preexec_fn` of a command that a test stops with Ctrl-C (SIGINT): SIGINT's default disposition, as in a
+    terminal, even where the test run itself ignores it (a background job of a non-interactive shell ignores
+    SIGINT, and so would every command it starts)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli(*args, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

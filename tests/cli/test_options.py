@@ -25,6 +25,7 @@ DECIDED_WHEN_RUN = {
     ("labels dilate", "--voxels"): "left out: the organelle's",
     ("labels metric-mask", "--dilation"): "left out: the organelle's",
     ("labels metric-mask", "--erosion"): "left out: the organelle's",
+    ("objects", "--seed-distance"): "used with --split only: the step's seed_distance is None without it",
 }
 
 

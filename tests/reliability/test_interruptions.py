@@ -17,7 +17,7 @@ import pytest
 from incasem_like.cli.main import main
 from incasem_like.nn.checkpoints import save_checkpoint
 from incasem_like.store.datasets import DatasetPath, dataset_meta
-from tests.conftest import REPO, write_dataset, write_slices
+from tests.conftest import REPO, interruptible, write_dataset, write_slices
 from tests.reliability.test_bad_inputs import cell, config
 from tests.reliability.test_blockwise_faults import varied_network
 
@@ -45,7 +45,12 @@ def test_ctrl_c_ends_in_one_line_with_the_command_that_resumes(tmp_path):
     source = raw(tmp_path / "c.zarr/volumes/raw", (96, 128, 128))
     argv = ["clahe", source, tmp_path / "c.zarr/volumes/out", "--kernel", 16, "--block", 16, "--chunk", 16]
     run = subprocess.Popen(
-        command(*argv, "--workers", 2), stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=tmp_path
+        command(*argv, "--workers", 2),
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        cwd=tmp_path,
+        preexec_fn=interruptible,
     )
     out = DatasetPath.parse(tmp_path / "c.zarr/volumes/out")
     deadline = time.monotonic() + 120
@@ -66,7 +71,9 @@ def test_ctrl_c_ends_in_one_line_with_the_command_that_resumes(tmp_path):
 
 def test_ctrl_c_in_training_names_the_resuming_command(tmp_path):
     path = config(tmp_path, cell(tmp_path), iterations=10_000, checkpoint_every=1, validate_every=1)
-    run = subprocess.Popen(command("train", path, "--quiet"), stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    run = subprocess.Popen(
+        command("train", path, "--quiet"), stderr=subprocess.PIPE, text=True, cwd=tmp_path, preexec_fn=interruptible
+    )
     deadline = time.monotonic() + 300
     while not list((tmp_path / "run/checkpoints").glob("iteration_*.pt")):
         assert run.poll() is None and time.monotonic() < deadline

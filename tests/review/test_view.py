@@ -51,7 +51,7 @@ from incasem_like.store.datasets import (
 )
 from incasem_like.workflow.demo import SAMPLE
 from tests.browser import headless_chromium, missing_browser, wait_for
-from tests.conftest import REPO, SHARED_DATA, write_dataset
+from tests.conftest import REPO, SHARED_DATA, interruptible, write_dataset
 
 DATA_URL = "https://data.example.org/cells/cell.zarr"
 PROBABILITIES, SEGMENTATION = prediction_names("run1", "mito")
@@ -358,6 +358,7 @@ def running_view(*arguments, env: dict | None = None):
     process = subprocess.Popen(
         [sys.executable, "-m", "incasem_like", "view", *map(str, arguments)],
         cwd=REPO,
+        preexec_fn=interruptible,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -20,7 +20,7 @@ from incasem_like.nn.models import bundled_model
 from incasem_like.store.datasets import DatasetPath, is_complete, remove_dataset, update_dataset_meta
 from incasem_like.workflow.demo import SAMPLE, demo_pipeline
 from incasem_like.workflow.pipeline import load_pipeline, plan
-from tests.conftest import REPO, read_dataset, run_cli, write_slices
+from tests.conftest import REPO, interruptible, read_dataset, run_cli, write_slices
 from tests.review.test_view import fetch
 
 PIPELINES = REPO / "pipelines"
@@ -128,7 +128,7 @@ def test_predict_cell_runs_skips_what_is_complete_and_reruns_only_what_is_missin
     process = subprocess.Popen(
         [sys.executable, "-m", "incasem_like", "run", PIPELINES / "predict_cell.yaml", "--set",
          f"tiffs={SAMPLE_DIR / 'raw'}", "--set", f"roi={CROP}", "--set", "workers=1", "--serve"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
     )  # fmt: skip
     lines = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line.rstrip("\n")) for line in process.stdout], daemon=True)

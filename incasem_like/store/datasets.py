@@ -369,7 +369,7 @@ def _ome_scale_and_translation(path: DatasetPath, attrs: dict) -> tuple[Coordina
             f"{path}: no readable OME-Zarr multiscales metadata for {FULL_RESOLUTION} ({type(error).__name__}: "
             f"{shortened(repr(error))}); write datasets with incasem-like convert or another OME-Zarr 0.5 writer"
         ) from None
-    if units and (len(units) != 3 or any(unit not in NM_PER_UNIT for unit in units)):
+    if units and (len(units) != 3 or any(not isinstance(unit, str) or unit not in NM_PER_UNIT for unit in units)):
         raise UserError(
             f"{path}: axis units {shortened(repr(units))} in its OME-Zarr metadata are not lengths this tool reads "
             f"({', '.join(NM_PER_UNIT)}); restore the metadata"

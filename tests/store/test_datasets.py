@@ -130,6 +130,10 @@ def test_other_length_units_are_read_in_nm_and_unknown_ones_refused(tmp_path):
     group.attrs["ome"] = metadata
     with pytest.raises(UserError, match="axis units .*'parsec'.* are not lengths this tool reads"):
         open_dataset(tmp_path / "other.zarr/em")
+    metadata["multiscales"][0]["axes"][0]["unit"] = []  # not even a name (found by tests/reliability/test_fuzz.py)
+    group.attrs["ome"] = metadata
+    with pytest.raises(UserError, match=r"axis units \[\[\], .* are not lengths this tool reads"):
+        open_dataset(tmp_path / "other.zarr/em")
 
 
 def test_a_voxel_size_finer_than_the_world_unit_is_refused(tmp_path):

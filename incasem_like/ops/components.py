@@ -34,24 +34,30 @@ def block_fragments(foreground: np.ndarray, begin: np.ndarray, volume_shape) -> 
     local, count = cc3d.connected_components(
         np.ascontiguousarray(foreground, dtype=bool), connectivity=6, return_N=True, out_dtype=np.uint32
     )
-    flat = np.flatnonzero(local)
-    ids = local.ravel()[flat]
-    coords = [c + b for c, b in zip(np.unravel_index(flat, local.shape), begin)]
-    weights = [np.bincount(ids, weights=c, minlength=count + 1)[1:] for c in coords]
+    stats = fragment_statistics(local, count, begin, volume_shape)
+    return local.astype(np.uint32), stats
+
+
+def fragment_statistics(labels: np.ndarray, count: int, begin: np.ndarray, volume_shape) -> dict[str, np.ndarray]:
+    """`block_fragments`' statistics of the labels 1..`count` of a block (0 = background) whose first voxel is
+    `begin` in a volume of `volume_shape` (global voxel indices)."""
+    flat = np.flatnonzero(labels)
+    ids = labels.ravel()[flat]
+    coords = [c + b for c, b in zip(np.unravel_index(flat, labels.shape), begin)]
+    sums = [np.bincount(ids, weights=c, minlength=count + 1)[1:] for c in coords]
     moments = [np.bincount(ids, weights=coords[i] * coords[j], minlength=count + 1)[1:] for i, j in MOMENT_PAIRS]
-    boxes = ndimage.find_objects(local, max_label=count)
+    boxes = ndimage.find_objects(labels, max_label=count)
     starts = np.array([[s.start for s in box] for box in boxes], dtype=np.int64).reshape(count, 3)
     stops = np.array([[s.stop for s in box] for box in boxes], dtype=np.int64).reshape(count, 3)
-    _, first = np.unique(ids, return_index=True)  # `flat` is in raster order: each fragment's first voxel
-    stats = {
+    _, first = np.unique(ids, return_index=True)  # `flat` is in raster order: each label's first voxel
+    return {
         "count": np.bincount(ids, minlength=count + 1)[1:].astype(np.int64),
-        "sums": np.stack(weights, axis=1).reshape(count, 3),
+        "sums": np.stack(sums, axis=1).reshape(count, 3),
         "moments": np.stack(moments, axis=1).reshape(count, 6),
         "bbox_begin": starts + begin,
         "bbox_end": stops + begin,
         "first": np.ravel_multi_index(tuple(c[first] for c in coords), volume_shape).astype(np.int64),
     }
-    return local.astype(np.uint32), stats
 
 
 def touching_pairs(last_plane: np.ndarray, next_plane: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from incasem_like.ops.components import MOMENT_PAIRS
+from incasem_like.ops.components import fragment_statistics
 from incasem_like.ops.morphology import FACE_CONNECTIVITY
 
 CORE, UNREACHED = 1, 2
@@ -103,22 +103,5 @@ def label_statistics(ids: np.ndarray, begin: np.ndarray, volume_shape) -> tuple[
         present = present[1:]
     else:
         inverse = inverse + 1
-    count = len(present)
-    flat = np.flatnonzero(inverse)
-    local = inverse.ravel()[flat]
-    coords = [c + b for c, b in zip(np.unravel_index(flat, ids.shape), begin)]
-    sums = [np.bincount(local, weights=c, minlength=count + 1)[1:] for c in coords]
-    moments = [np.bincount(local, weights=coords[i] * coords[j], minlength=count + 1)[1:] for i, j in MOMENT_PAIRS]
-    boxes = ndimage.find_objects(inverse, max_label=count)
-    starts = np.array([[s.start for s in box] for box in boxes], dtype=np.int64).reshape(count, 3)
-    stops = np.array([[s.stop for s in box] for box in boxes], dtype=np.int64).reshape(count, 3)
-    _, first = np.unique(local, return_index=True)
-    stats = {
-        "count": np.bincount(local, minlength=count + 1)[1:].astype(np.int64),
-        "sums": np.stack(sums, axis=1).reshape(count, 3),
-        "moments": np.stack(moments, axis=1).reshape(count, 6),
-        "bbox_begin": starts + begin,
-        "bbox_end": stops + begin,
-        "first": np.ravel_multi_index(tuple(c[first] for c in coords), volume_shape).astype(np.int64),
-    }
+    stats = fragment_statistics(inverse, len(present), begin, volume_shape)
     return present.astype(np.int64), stats

@@ -22,7 +22,7 @@ import logging
 import math
 import multiprocessing
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import gunpowder as gp
@@ -63,16 +63,16 @@ class Ones(gp.BatchProvider):
         return batch
 
 
-class Binarize(gp.BatchFilter):
-    """Integer labels or mask -> uint8 0/1 (foreground = nonzero)."""
+class MapValues(gp.BatchFilter):
+    """`key`'s values through `function`, voxel by voxel, into `dtype` (the array's ROI and voxel size stay)."""
 
-    def __init__(self, key: gp.ArrayKey):
-        self.key = key
+    def __init__(self, key: gp.ArrayKey, function: Callable[[np.ndarray], np.ndarray], dtype: type):
+        self.key, self.function, self.dtype = key, function, dtype
 
     def setup(self):
         self.enable_autoskip()
         spec = self.spec[self.key].copy()
-        spec.dtype = np.uint8
+        spec.dtype = self.dtype
         self.updates(self.key, spec)
 
     def prepare(self, request):
@@ -83,8 +83,18 @@ class Binarize(gp.BatchFilter):
 
     def process(self, batch, request):
         array = batch[self.key]
-        array.data = (array.data > 0).astype(np.uint8)
-        array.spec.dtype = np.uint8
+        array.data = self.function(array.data)
+        array.spec.dtype = self.dtype
+
+
+def binarized(key: gp.ArrayKey) -> MapValues:
+    """Integer labels or mask -> uint8 0/1 (foreground = nonzero)."""
+    return MapValues(key, lambda data: (data > 0).astype(np.uint8), np.uint8)
+
+
+def normalized(key: gp.ArrayKey, intensity: IntensityRange) -> MapValues:
+    """`key` -> float32 in 0..1 over an `IntensityRange` (`IntensityRange.unit`), as `predict` normalizes it."""
+    return MapValues(key, intensity.unit, np.float32)
 
 
 class Reject(gp.Reject):
@@ -167,30 +177,6 @@ class GaussianNoise(gp.BatchFilter):
         array = batch[self.key]
         noise = rng.standard_normal(array.data.shape, dtype=np.float32) * rng.uniform(0, self.max_sigma)
         array.data = array.data + noise
-
-
-class NormalizeRange(gp.BatchFilter):
-    """`key` -> float32 in 0..1 over an `IntensityRange` (`IntensityRange.unit`), as `predict` normalizes it."""
-
-    def __init__(self, key: gp.ArrayKey, intensity: IntensityRange):
-        self.key, self.intensity = key, intensity
-
-    def setup(self):
-        self.enable_autoskip()
-        spec = self.spec[self.key].copy()
-        spec.dtype = np.float32
-        self.updates(self.key, spec)
-
-    def prepare(self, request):
-        deps = gp.BatchRequest()
-        deps[self.key] = request[self.key].copy()
-        deps[self.key].dtype = None
-        return deps
-
-    def process(self, batch, request):
-        array = batch[self.key]
-        array.data = self.intensity.unit(array.data)
-        array.spec.dtype = np.float32
 
 
 class Annotation(gp.BatchFilter):
@@ -277,13 +263,13 @@ def cell_pipeline(
     rejection asks for is that of the annotated voxels."""
     voxel_size = cell.voxel_size
     pad = (output_shape // 2) * voxel_size
-    normalize = NormalizeRange(RAW, intensity)
+    normalize = normalized(RAW, intensity)
     sources = [_array_source(RAW, cell, "raw", True) + normalize + gp.Pad(RAW, None, mode="reflect")]
     roles = {LABELS: "labels", MASK: "mask", METRIC_MASK: "metric_mask"} | ({ANNOTATED: "annotated"} if sparse else {})
     for key, role in roles.items():
         if role in cell.volumes:
             source = _array_source(key, cell, role, False)
-            source += gp.Crop(key, cell.roi) if key == LABELS and sparse else Binarize(key) + gp.Crop(key, cell.roi)
+            source += gp.Crop(key, cell.roi) if key == LABELS and sparse else binarized(key) + gp.Crop(key, cell.roi)
         else:
             source = Ones(key, cell.roi, voxel_size)
         sources.append(source + gp.Pad(key, pad))
@@ -368,7 +354,7 @@ def unlabelled_pipeline(config: TrainConfig, regions: list[CellVolumes], ranges:
     labelled data."""
     sources = tuple(
         _array_source(RAW, region, "raw", True)
-        + NormalizeRange(RAW, ranges[region.key])
+        + normalized(RAW, ranges[region.key])
         + gp.Crop(RAW, region.roi)
         + gp.RandomLocation()
         for region in regions

@@ -10,7 +10,10 @@ Test-time augmentation runs each tile in mirrored (and x-y transposed) variants,
 output and averages the probabilities in a fixed order, so a tile's result depends on its input alone.
 """
 
+import collections
 import itertools
+import math
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
@@ -23,8 +26,10 @@ from incasem_like.core.geometry import Coordinate, Roi
 from incasem_like.nn.model import NetworkConfig, UNet3D
 from incasem_like.store.datasets import Volume
 
-#: input voxels per forward when variants are batched (several variants of a small tile share one forward)
+#: input voxels per forward on a CPU when variants are batched (several variants of a small tile share one forward)
 MAX_BATCH_INPUT_VOXELS = 2**24
+#: input voxels per forward on a GPU (about 3 passes of the method's network at 222^3, 8 GiB of activations in bf16)
+GPU_BATCH_INPUT_VOXELS = 2**25
 
 
 def select_device(name: str, option: str = "--device") -> Literal["cpu", "cuda"]:
@@ -110,6 +115,127 @@ def _symmetric_in_yx(network: NetworkConfig) -> bool:
     return all(shape[1] == shape[2] for shape in shapes)
 
 
+def default_batch(device: str, variants: int, input_shape: tuple[int, ...]) -> int:
+    """Passes (or variants of passes) per forward: on a GPU as many as fit `GPU_BATCH_INPUT_VOXELS` (at least
+    one); on a CPU a pass's variants, up to `MAX_BATCH_INPUT_VOXELS` (a larger batch runs no faster there)."""
+    voxels = math.prod(input_shape)
+    if device == "cuda":
+        return max(1, GPU_BATCH_INPUT_VOXELS // voxels)
+    return max(1, min(variants, MAX_BATCH_INPUT_VOXELS // voxels))
+
+
+class Predictor:
+    """A model run over regions in forwards of exactly `batch` passes (the last one filled up with repeats):
+    a forward's shape never depends on the region, so a pass's output does not depend on which passes share its
+    batch, and results are bit-identical for a given device, precision and `batch`, whatever the blocks.
+
+    Each region (on the device, normalized, carrying the network's context on each side) is covered by passes of
+    `input_shape` starting every `pass_step` voxels from its corner, and must be covered exactly (see
+    `covered_shape`). With several `variants` each pass runs in each of them; their probabilities are undone
+    and summed in the variants' order, then averaged. Passes of consecutive regions fill the same batches.
+    """
+
+    def __init__(
+        self,
+        model: UNet3D,
+        input_shape: tuple[int, int, int],
+        device: torch.device,
+        bf16: bool = False,
+        variants: tuple[Variant, ...] = NO_TTA,
+        batch: int = 1,
+    ):
+        self.model, self.input_shape, self.device, self.bf16 = model, tuple(input_shape), device, bf16
+        self.variants, self.batch = variants, batch
+        self.output_shape = model.config.output_shape(input_shape)
+        self.context = tuple((i - o) // 2 for i, o in zip(input_shape, self.output_shape))
+        self.steps = [pass_step(o, f) for o, f in zip(self.output_shape, model.config.total_factor())]
+
+    def covered_shape(self, region: tuple[int, ...]) -> tuple[int, ...]:
+        """The output shape the passes that cover `region` (output voxels) compute: at least `region`."""
+        return tuple(tile_starts(r, o, s)[-1] + o for r, o, s in zip(region, self.output_shape, self.steps))
+
+    def outputs(
+        self, regions: Iterable[torch.Tensor], kind: Literal["logits", "probabilities"] = "probabilities"
+    ) -> Iterator[torch.Tensor]:
+        """For each region (z, y, x), in order and as soon as its last pass has run: float32 logits (no variants
+        only) or probabilities of its centre, on the device. `regions` is consumed lazily (it may read ahead)."""
+        if kind == "logits" and len(self.variants) > 1:
+            raise ValueError("logits of several variants are not averaged; ask for probabilities")
+        pending: collections.deque[_Region] = collections.deque()
+        queued: list[tuple[_Region, tuple[int, ...], Variant]] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for raw in regions:
+                region = _Region(raw, self, kind)
+                pending.append(region)
+                for start in region.starts:
+                    for variant in self.variants:
+                        queued.append((region, start, variant))
+                        if len(queued) == self.batch:
+                            self._forward(queued)
+                            queued = []
+                while pending and pending[0].remaining == 0:
+                    yield pending.popleft().result
+            if queued:
+                self._forward(queued)
+            while pending:
+                yield pending.popleft().result
+        finally:
+            self.model.train(was_training)
+
+    def _forward(self, queued: list[tuple["_Region", tuple[int, ...], Variant]]) -> None:
+        """One forward of `batch` items (the last repeated where fewer are queued), each output handed back."""
+        items = queued + [queued[-1]] * (self.batch - len(queued))
+        tiles = [region.tile(start, variant) for region, start, variant in items]
+        batch = torch.cat(tiles).contiguous(memory_format=torch.channels_last_3d)
+        with torch.no_grad(), autocast(self.device, self.bf16):
+            values = self.model(batch).float()
+        for index, (region, start, variant) in enumerate(queued):
+            region.add(start, variant.undo(values[index : index + 1]))
+
+
+class _Region:
+    """One region's passes in flight: the sum over variants per pass, and the region's output as passes finish."""
+
+    def __init__(self, raw: torch.Tensor, predictor: Predictor, kind: str):
+        self.raw, self.predictor, self.kind = raw, predictor, kind
+        region = [r - 2 * c for r, c in zip(raw.shape, predictor.context)]
+        covered = predictor.covered_shape(tuple(region))
+        if list(covered) != region:
+            raise ValueError(f"passes cover {covered}, not the region {region}: pad the region first")
+        starts = [tile_starts(r, o, s) for r, o, s in zip(region, predictor.output_shape, predictor.steps)]
+        self.starts = list(itertools.product(*starts))
+        self.result = torch.empty(region, dtype=torch.float32, device=raw.device)
+        self.sums: dict[tuple[int, ...], tuple[int, torch.Tensor]] = {}
+        self.remaining = len(self.starts) * len(predictor.variants)
+
+    def tile(self, start: tuple[int, ...], variant: Variant) -> torch.Tensor:
+        window = self.raw[tuple(slice(s, s + i) for s, i in zip(start, self.predictor.input_shape))]
+        return variant.apply(window[None, None])
+
+    def add(self, start: tuple[int, ...], output: torch.Tensor) -> None:
+        values = output if self.kind == "logits" else torch.sigmoid(output)
+        self.remaining -= 1
+        if len(self.predictor.variants) == 1:
+            self._place(start, values)
+            return
+        count, total = self.sums.pop(start, (0, None))
+        total = values.clone() if total is None else total.add_(values)
+        if count + 1 < len(self.predictor.variants):
+            self.sums[start] = (count + 1, total)
+        else:
+            self._place(start, total.div_(count + 1))
+
+    def _place(self, start: tuple[int, ...], values: torch.Tensor) -> None:
+        self.result[tuple(slice(s, s + o) for s, o in zip(start, self.predictor.output_shape))] = values[0, 0]
+
+
+def quantized(probabilities: torch.Tensor) -> torch.Tensor:
+    """Probabilities -> uint8 round(255 p), in place where it can."""
+    return probabilities.mul_(255).round_().to(torch.uint8)
+
+
 def predict_region(
     model: UNet3D,
     raw: np.ndarray,
@@ -118,6 +244,7 @@ def predict_region(
     bf16: bool = False,
     output: Literal["logits", "probabilities", "quantized"] = "logits",
     variants: tuple[Variant, ...] = NO_TTA,
+    batch: int | None = None,
 ) -> np.ndarray:
     """Network output for the centre of `raw` (float32, normalized), which carries the network's context on each
     side: float32 logits (no variants only), float32 probabilities averaged over `variants`, or `quantized`
@@ -126,51 +253,19 @@ def predict_region(
     Passes of `input_shape` (a valid input of the model) start every `pass_step` voxels from the region's corner,
     so output voxel v comes from pass v // step whatever region it is computed in, as long as the region starts
     on the same grid. Where the last pass reaches past `raw`, `raw` is mirrored. `model` runs as it is (in eval
-    mode): pass `inference_model(...)` of a model with batch norm to fold it into the convolutions.
+    mode): pass `inference_model(...)` of a model with batch norm to fold it into the convolutions. `batch`
+    (default `default_batch`): see `Predictor`.
     """
-    if output == "logits" and len(variants) > 1:
-        raise ValueError("logits of several variants are not averaged; ask for probabilities")
-    output_shape = model.config.output_shape(input_shape)
-    context = [(i - o) // 2 for i, o in zip(input_shape, output_shape)]
-    region = [r - 2 * c for r, c in zip(raw.shape, context)]
-    factors = model.config.total_factor()
-    starts = [tile_starts(r, o, pass_step(o, f)) for r, o, f in zip(region, output_shape, factors)]
-    covered = [s[-1] + o for s, o in zip(starts, output_shape)]
-    if covered != region:
+    batch = batch or default_batch(device.type, len(variants), input_shape)
+    predictor = Predictor(model, input_shape, device, bf16, variants, batch)
+    region = [r - 2 * c for r, c in zip(raw.shape, predictor.context)]
+    covered = predictor.covered_shape(tuple(region))
+    if list(covered) != region:
         raw = np.pad(raw, [(0, c - r) for c, r in zip(covered, region)], mode="reflect")
-    result = np.empty(covered, dtype=np.uint8 if output == "quantized" else np.float32)
-    memory_format = torch.channels_last_3d
-    per_forward = max(1, MAX_BATCH_INPUT_VOXELS // int(np.prod(input_shape)))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), autocast(device, bf16):
-        for start in itertools.product(*starts):
-            tile = torch.from_numpy(
-                np.ascontiguousarray(raw[tuple(slice(s, s + i) for s, i in zip(start, input_shape))])
-            )[None, None].to(device, non_blocking=True)
-            if output == "logits":
-                values = model(tile.contiguous(memory_format=memory_format)).float()
-            else:
-                values = _averaged_probabilities(model, tile, variants, per_forward, memory_format)
-                if output == "quantized":
-                    values = values.mul_(255).round_().to(torch.uint8)
-            result[tuple(slice(s, s + o) for s, o in zip(start, output_shape))] = values.cpu().numpy()[0, 0]
-    model.train(was_training)
-    return result[tuple(slice(0, r) for r in region)]
-
-
-def _averaged_probabilities(model, tile, variants, per_forward, memory_format) -> torch.Tensor:
-    """The mean over `variants` of the network's probabilities for `tile`, summed in the variants' order."""
-    total: torch.Tensor | None = None
-    for first in range(0, len(variants), per_forward):
-        group = variants[first : first + per_forward]
-        batch = torch.cat([variant.apply(tile) for variant in group]).contiguous(memory_format=memory_format)
-        outputs = torch.sigmoid(model(batch).float())
-        for index, variant in enumerate(group):
-            probability = variant.undo(outputs[index : index + 1])
-            total = probability.clone() if total is None else total.add_(probability)
-    assert total is not None  # there is at least the identity
-    return total.div_(len(variants)) if len(variants) > 1 else total
+    tensor = torch.from_numpy(np.ascontiguousarray(raw)).to(device)
+    (values,) = predictor.outputs([tensor], "logits" if output == "logits" else "probabilities")
+    values = values[tuple(slice(0, r) for r in region)]
+    return (quantized(values) if output == "quantized" else values).cpu().numpy()
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:

@@ -16,13 +16,19 @@ computed once, before any block, so every block, worker and resumed run of a pre
 array([-1. , -0.6,  1. ], dtype=float32)
 >>> normalize(np.array([-3.0, 0.0, 1.0], np.float32), IntensityRange(-2.0, 2.0, clip=True))
 array([-1. ,  0. ,  0.5], dtype=float32)
+
+Arrays and tensors (on any device: `predict` normalizes on the GPU) go through the same float32 arithmetic:
+
+>>> normalize(torch.tensor([0, 51, 255], dtype=torch.uint8), IntensityRange(0.0, 255.0, clip=False))
+tensor([-1.0000, -0.6000,  1.0000])
 """
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from incasem_like.core.errors import UserError
@@ -30,6 +36,7 @@ from incasem_like.store.datasets import Volume, value_max
 from incasem_like.store.intensity import Intensity, Percent, intensity_percentiles
 
 Mode = Literal["bit_depth", "percentiles", "value_range"]
+Values = TypeVar("Values", np.ndarray, torch.Tensor)
 
 
 @dataclass(frozen=True)
@@ -40,20 +47,25 @@ class IntensityRange:
     high: float
     clip: bool
 
-    def unit(self, raw: np.ndarray) -> np.ndarray:
-        """`raw` -> float32, `low` -> 0, `high` -> 1 (float32 arithmetic, the same in every block)."""
-        scaled = (raw.astype(np.float32) - np.float32(self.low)) / np.float32(self.high - self.low)
-        return np.clip(scaled, 0, 1, out=scaled) if self.clip else scaled
+    def unit(self, raw: Values) -> Values:
+        """`raw` -> float32 (an array or a tensor, as given), `low` -> 0, `high` -> 1 (float32 arithmetic, the same
+        in every block)."""
+        if isinstance(raw, np.ndarray):
+            return self.unit(torch.from_numpy(raw.astype(np.float32))).numpy()
+        scaled = raw.to(torch.float32, copy=True).sub_(float(np.float32(self.low)))
+        scaled = scaled.div_(float(np.float32(self.high - self.low)))
+        return scaled.clamp_(0, 1) if self.clip else scaled
 
     def record(self) -> dict:
         return asdict(self)
 
 
-def normalize(raw: np.ndarray, intensity: IntensityRange | None = None) -> np.ndarray:
-    """`raw` -> the network's input in [-1, 1] by `intensity` (default: an unsigned dtype's whole range), as the
-    network saw it in training."""
-    intensity = intensity or IntensityRange(0.0, float(np.iinfo(raw.dtype).max), clip=False)
-    return intensity.unit(raw) * 2 - 1
+def normalize(raw: Values, intensity: IntensityRange | None = None) -> Values:
+    """`raw` (an array or a tensor) -> the network's input in [-1, 1] by `intensity` (default: an unsigned numpy
+    dtype's whole range), as the network saw it in training."""
+    intensity = intensity or IntensityRange(0.0, float(np.iinfo(raw.dtype).max), clip=False)  # type: ignore[arg-type]
+    unit = intensity.unit(raw)
+    return unit * 2 - 1 if isinstance(unit, np.ndarray) else unit.mul_(2).sub_(1)
 
 
 class NormalizationRule(BaseModel):

@@ -302,4 +302,13 @@ def metric_mask(labels: np.ndarray, dilation_voxels: Radii, erosion_voxels: Radi
 
 def segment(probabilities: np.ndarray, threshold: float) -> np.ndarray:
     """uint8 probabilities q (q / 255 = p) -> uint8 1 where q / 255 > threshold, else 0."""
-    return (probabilities > threshold * 255).astype(np.uint8)
+    return (probabilities >= segmentation_cutoff(threshold)).astype(np.uint8)
+
+
+def segmentation_cutoff(threshold: float) -> int:
+    """The smallest uint8 probability q with q / 255 > `threshold` (an integer comparison, the same on any device).
+
+    >>> segmentation_cutoff(0.5), segmentation_cutoff(0.6), segmentation_cutoff(0.0)
+    (128, 154, 1)
+    """
+    return math.floor(threshold * 255) + 1

@@ -28,16 +28,14 @@ all its writes.
 
 import logging
 import os
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from daisy import Block, Context
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from incasem_like.blockwise.outputs import DatasetOutput, StageOutput
 from incasem_like.blockwise.stage import BlockLayout, BlockwiseStage, check_block
@@ -47,10 +45,12 @@ from incasem_like.core.errors import FieldError, UserError
 from incasem_like.core.files import file_digest
 from incasem_like.core.geometry import Coordinate, Roi, nm_text, to_world
 from incasem_like.nn.checkpoints import load_checkpoint, model_from_checkpoint
-from incasem_like.nn.inference import TtaMode, predict_region, raw_with_context, select_device, tta_variants
+from incasem_like.nn.data_path import DataPath, SlabWriter, Timer
+from incasem_like.nn.inference import Predictor, TtaMode, default_batch, quantized, select_device, tta_variants
 from incasem_like.nn.model import NetworkConfig, Triple, inference_model
-from incasem_like.nn.normalization import IntensityRange, NormalizationRule, checkpoint_rule, normalize
-from incasem_like.stages.threshold import CleanUp, Threshold, ThresholdStage, segment
+from incasem_like.nn.normalization import IntensityRange, NormalizationRule, checkpoint_rule
+from incasem_like.ops.morphology import segmentation_cutoff
+from incasem_like.stages.threshold import CleanUp, Threshold, ThresholdStage
 from incasem_like.store.datasets import (
     DEFAULT_CHUNK,
     DatasetPath,
@@ -120,6 +120,10 @@ class PredictStage(BlockwiseStage):
     #: `auto` is decided by each worker where it runs (on a cluster: the job's node, not the submitting machine)
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    #: passes (or test-time variants of passes) per forward; None: `default_batch` on the worker's device
+    batch: int | None = Field(None, ge=1, le=4096)
+    #: reader threads, and as many writer threads, per worker
+    io_threads: int = Field(2, ge=1, le=64)
     strict: bool = False
 
     @field_validator("step", mode="before")
@@ -274,56 +278,39 @@ class PredictStage(BlockwiseStage):
         model, state = model_from_checkpoint(self.checkpoint)
         device = self.torch_device()
         precision = default_precision(device.type) if self.precision == "auto" else self.precision
-        bf16 = precision == "bf16"
         raw = open_dataset(self.raw)
-        intensity = self.intensity_range(raw, checkpoint_rule(state))
         variants = self.variants(model, raw)
-        logger.info("predicting on %s in %s, %d test-time variant(s) per pass", device, precision, len(variants))
         input_shape, output_shape, context = self.pass_shapes(model)
+        batch = self.batch or default_batch(device.type, len(variants), input_shape)
+        logger.info(
+            "predicting on %s in %s, %d test-time variant(s) per pass, %d per forward",
+            device, precision, len(variants), batch,
+        )  # fmt: skip
+        if device.type == "cuda":  # fp32 means fp32: no TF32 convolutions
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         model = inference_model(model).to(device).to(memory_format=torch.channels_last_3d)
-        probabilities, *segmentation = (
-            open_dataset(path, mode="r+", require_complete=False) for path in self.datasets()
-        )
+        predictor = Predictor(model, input_shape, device, precision == "bf16", variants, batch)
+        datasets = [open_dataset(path, mode="r+", require_complete=False) for path in self.datasets()]
         grid = PassGrid(
-            anchor=probabilities.roi.begin,
+            anchor=datasets[0].roi.begin,
             step=self.steps(model.config) * raw.voxel_size,
             output=output_shape * raw.voxel_size,
         )
-        reader, writer = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
-
-        def read(region: Roi) -> np.ndarray:
-            return normalize(raw_with_context(raw, region, context), intensity)
-
-        def store(roi: Roi, result: np.ndarray) -> None:
-            probabilities[roi] = result
-            if segmentation:
-                segmentation[0][roi] = segment(result, self.threshold)
+        data_path = DataPath(raw, self.intensity_range(raw, checkpoint_rule(state)), context, device, self.io_threads)
+        cutoff = segmentation_cutoff(self.threshold) if self.write_segmentation else None
 
         def process(block: Block) -> None:
-            rows = grid.rows(block.write_roi.intersect(probabilities.roi))
-            waited = {"read": 0.0, "compute": 0.0, "write": 0.0}
-            pending = reader.submit(read, rows[0][0])
-            writes = []
-            for index, (region, keep) in enumerate(rows):
-                start = time.perf_counter()
-                data = pending.result()
-                if index + 1 < len(rows):
-                    pending = reader.submit(read, rows[index + 1][0])
-                computing = time.perf_counter()
-                result = predict_region(model, data, input_shape, device, bf16, "quantized", variants)
-                inner = (keep - region.offset) / raw.voxel_size
-                writes.append(writer.submit(store, keep, result[inner.to_slices()]))
-                waited["read"] += computing - start
-                waited["compute"] += time.perf_counter() - computing
-            start = time.perf_counter()
-            for write in writes:
-                write.result()
-            waited["write"] = time.perf_counter() - start
-            logger.info(
-                "block %s: waited for reads %.2f s, network %.2f s, waited for writes %.2f s",
-                block.block_id[1],
-                *waited.values(),
-            )
+            rows = grid.rows(block.write_roi.intersect(datasets[0].roi))
+            timer = Timer()
+            slabs = SlabWriter(datasets, data_path, chunk_edge=self.chunk * raw.voxel_size[0], anchor=grid.anchor)
+            results = predictor.outputs(data_path.regions([region for region, _ in rows], timer))
+            for (region, keep), probabilities in zip(rows, results):
+                inner = ((keep - region.offset) / raw.voxel_size).to_slices()
+                values = quantized(probabilities[inner])
+                slabs.add(keep, [values] if cutoff is None else [values, (values >= cutoff).to(torch.uint8)])
+            timer.computed()
+            slabs.wait(timer)
+            logger.info("block %s: %s", block.block_id[1], timer.text())
 
         return process
 

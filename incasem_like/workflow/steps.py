@@ -210,6 +210,8 @@ class PredictStep(Step):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     step: Triple | None = None
+    batch: int | None = Field(None, ge=1, le=4096)
+    io_threads: int = Field(2, ge=1, le=64)
     strict: bool = False
     block: Voxels = 256
     chunk: Voxels = DEFAULT_CHUNK
@@ -263,6 +265,8 @@ class PredictStep(Step):
             block=self.block,
             chunk=self.chunk,
             step=self.step,
+            batch=self.batch,
+            io_threads=self.io_threads,
             device=device,
             precision=precision,
             strict=self.strict,

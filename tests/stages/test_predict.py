@@ -398,3 +398,32 @@ def test_raw_without_the_models_preprocessing_warns_and_strict_refuses(tmp_path,
     assert "was trained on data after clahe (kernel 128" in warned.stderr
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "preprocess it with those parameters first" in refused.stderr
+
+
+def test_batched_passes_and_variants_are_bit_identical_across_workers_blocks_threads_and_resume(
+    tmp_path, checkpoint, raw
+):
+    """Three passes (or variants) per forward, rows of passes half a chunk deep (written in chunk-aligned slabs
+    by several writer threads): the same bits whatever the workers, blocks, threads or a resume."""
+    batched = ("--batch", 3, "--tta", "mirror", "--chunk", 16)
+    reference, other = tmp_path / "cell.zarr/volumes/reference", tmp_path / "cell.zarr/volumes/other"
+    resumed = tmp_path / "cell.zarr/volumes/resumed"
+
+    first = predict(checkpoint, raw, reference, "--workers", 1, "--block", 32, "--io-threads", 1, *batched)
+    second = predict(checkpoint, raw, other, "--workers", 2, "--block", 16, "--io-threads", 3, *batched)
+    stage = PredictStage(
+        checkpoint=str(checkpoint), raw=str(raw), output=str(resumed), step=STEP, block=16, chunk=16, device="cpu",
+        tta="mirror", batch=3,
+    )  # fmt: skip
+    kill_midway(SlowPredictStage(**stage.model_dump()), done_blocks=2, seconds_per_block=0.5)
+    third = predict(checkpoint, raw, resumed, "--block", 16, *batched)
+
+    for result in (first, second, third):
+        assert result.returncode == 0, result.stderr
+    assert "skipped" in third.stdout and " 0 skipped" not in third.stdout  # it did resume
+    for out in (other, resumed):
+        for a, b in zip(outputs(reference), outputs(out)):
+            np.testing.assert_array_equal(a, b)
+    assert 0.05 < outputs(reference)[1].mean() < 0.95
+    source = dataset_meta(DatasetPath.parse(f"{reference}/probabilities"))["source"]
+    assert source["predict"]["batch"] == 3 and source["test_time_augmentation"]["variants"] == 8

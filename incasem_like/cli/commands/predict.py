@@ -98,6 +98,20 @@ def register(subparsers) -> None:
         "downsampling factor; the pass input is the smallest valid one that reaches it; default 128, or for a "
         "network that does not pool along z 2 256 256 on a CPU, 16 256 256 on a GPU)",
     )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        metavar="N",
+        help="passes (test-time variants included) per network forward; results are bit-identical for a given "
+        "device, precision and batch (default: about 32 M input voxels on a GPU; on a CPU a pass's variants)",
+    )
+    parser.add_argument(
+        "--io-threads",
+        type=int,
+        default=2,
+        metavar="N",
+        help="reader threads, and as many writer threads, per worker (default 2; 6-8 keep a GPU busy)",
+    )
     parser.add_argument("--strict", action="store_true", help="refuse raw whose voxel size differs from training's")
     add_block_options(parser, block=256)
     add_blockwise_options(parser, workers=None, workers_default="one per visible GPU, else 1")
@@ -120,6 +134,8 @@ def run(args: argparse.Namespace) -> None:
         device=args.device,
         precision=args.precision,
         step=args.step,
+        batch=args.batch,
+        io_threads=args.io_threads,
         strict=args.strict,
         block=args.block,
         chunk=args.chunk,

@@ -7,7 +7,7 @@ the recipe `2d_d3` (configs/training/lucchi_recipes/2d_d3.yaml) with a fixed num
 budget: rows stay comparable on a busy machine), its training entry annotated on `k` slices spread evenly over
 0-124 (`annotated_slices`; unannotated voxels get no loss weight, samples without annotated voxels are redrawn):
 
-    python benchmarks/sparse.py --work /tmp/quality --rows 1 5 10 20 dense 5+unlabelled 20+interpolated
+    python benchmarks/sparse_labels.py --work /tmp/quality --rows 1 5 10 20 dense 5+unlabelled 20+interpolated
 
 `K+interpolated` trains on labels interpolated from the K annotated slices (`incasem-like labels interpolate`,
 random walker) with the unsure voxels left out (`annotated: ..._sure`). `K+unlabelled` adds the raw of slices
@@ -140,8 +140,8 @@ def main() -> None:
         result["rows"][row] = run_row(row, args.work)
         result.update(
             {
-                "benchmark": "F1 versus annotated slices on Lucchi++ (benchmarks/sparse.py)",
-                "command": "python benchmarks/sparse.py --work WORK --rows " + " ".join(args.rows),
+                "benchmark": "F1 versus annotated slices on Lucchi++ (benchmarks/sparse_labels.py)",
+                "command": "python benchmarks/sparse_labels.py --work WORK --rows " + " ".join(args.rows),
                 "split": {"train": "slices 0-124 (annotated ones)", "choose": "slices 125-144", "report": "145-164"},
                 "metrics": "f1 (= Dice), iou, precision, recall: every voxel of the slices counts (the field's "
                 "metric); exclusion_zone_*: voxels in ASEM's metric exclusion zone do not count",

@@ -33,6 +33,7 @@ from incasem_like.core.errors import UserError
 from incasem_like.core.geometry import Coordinate, Roi
 from incasem_like.nn.normalization import IntensityRange, NormalizationRule
 from incasem_like.training.config import CellVolumes, TrainConfig, normalization_rule, open_cells, open_unlabelled
+from incasem_like.training.elastic import ElasticAugment
 from incasem_like.training.loss import loss_weights
 
 logger = logging.getLogger(__name__)
@@ -374,7 +375,7 @@ def augmented(pipeline, config: TrainConfig, voxel_size: Coordinate):
         elastic = augmentation.elastic
         # without z jitter the deformation is the same in every z section: a 2D one is that, at a third of the cost
         dims = 2 if elastic.jitter()[0] == 0 else 3
-        pipeline += gp.ElasticAugment(
+        pipeline += ElasticAugment(
             control_point_spacing=elastic.spacing()[-dims:],
             jitter_sigma=elastic.jitter()[-dims:],
             rotation_interval=(0, math.pi / 2) if elastic.rotate_xy else (0, 0),

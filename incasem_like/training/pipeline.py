@@ -18,6 +18,7 @@ derived from (config seed, i, k), so the sequence of batches does not depend on 
 `--resume` replays exactly, and `data_workers` only changes the speed.
 """
 
+import copy
 import logging
 import math
 import multiprocessing
@@ -33,6 +34,7 @@ from incasem_like.core.errors import UserError
 from incasem_like.core.geometry import Coordinate, Roi
 from incasem_like.nn.normalization import IntensityRange, NormalizationRule
 from incasem_like.training.config import CellVolumes, TrainConfig, normalization_rule, open_cells, open_unlabelled
+from incasem_like.training.elastic import ElasticAugment
 from incasem_like.training.loss import loss_weights
 
 logger = logging.getLogger(__name__)
@@ -104,6 +106,10 @@ class Reject(gp.Reject):
     `fix`), which `BatchSource` raises.
 
     With seeded requests the original retries with the same seed, gets the same block back and waits forever.
+
+    Each location is first probed with the mask (and `within`) alone, the other arrays placeholders (the random
+    location, chosen for every ROI, is the same); only an accepted location is read whole, so a rejection costs
+    no raw.
     """
 
     def __init__(
@@ -133,12 +139,10 @@ class Reject(gp.Reject):
             request[self.within] = request[self.mask].copy()
         attempt, best = request, 0.0
         for attempts in range(1, self.max_attempts + 1):
-            batch = self.upstream_provider.request_batch(attempt)
-            share = self.share(batch)
-            if share > self.min_masked:
-                return batch
-            if np.random.default_rng(attempt.random_seed).random() >= self.reject_probability:
-                return batch
+            share = self.share(self.upstream_provider.request_batch(self.probe(attempt)))
+            rng = np.random.default_rng(attempt.random_seed)
+            if share > self.min_masked or rng.random() >= self.reject_probability:
+                return self.upstream_provider.request_batch(attempt)
             best = max(best, share)
             if attempts in (100, 1000):
                 logger.warning("%s: %d samples rejected in a row (best %.3f, needs > %g)", self.what, attempts, best,
@@ -149,6 +153,23 @@ class Reject(gp.Reject):
             f"sample, needs more than {self.min_masked:g}); {self.fix}"
         )
         raise self.gave_up
+
+    def probe(self, request: gp.BatchRequest) -> gp.BatchRequest:
+        """`request` (its seed too) with every array but the mask and `within` a placeholder."""
+        probe = copy.deepcopy(request)
+        for key, spec in probe.items():
+            spec.placeholder = key not in (self.mask, self.within)
+        return probe
+
+
+class RandomLocation(gp.RandomLocation):
+    """gunpowder's RandomLocation (chosen for every ROI of a request, placeholders included), which asks upstream
+    without the placeholders (`Reject`'s probes name them; gunpowder's sources cannot provide one)."""
+
+    def prepare(self, request):
+        super().prepare(request)
+        request.remove_placeholders()
+        return request
 
 
 class GaussianNoise(gp.BatchFilter):
@@ -187,6 +208,7 @@ class Annotation(gp.BatchFilter):
         self.cell = cell
 
     def setup(self):
+        self.enable_autoskip()  # `Reject`'s probes may ask for neither
         for key in (LABELS, ANNOTATED):
             spec = self.spec[key].copy()
             spec.dtype = np.uint8
@@ -277,7 +299,7 @@ def cell_pipeline(
     pipeline = tuple(sources) + gp.MergeProvider()
     if sparse:
         pipeline += Annotation(cell)
-    pipeline += gp.RandomLocation()
+    pipeline += RandomLocation()
     if cell.cell.sparse():  # a sample without annotated voxels teaches nothing (a slice-wise sample often has none)
         pipeline += Reject(
             ANNOTATED,
@@ -374,7 +396,7 @@ def augmented(pipeline, config: TrainConfig, voxel_size: Coordinate):
         elastic = augmentation.elastic
         # without z jitter the deformation is the same in every z section: a 2D one is that, at a third of the cost
         dims = 2 if elastic.jitter()[0] == 0 else 3
-        pipeline += gp.ElasticAugment(
+        pipeline += ElasticAugment(
             control_point_spacing=elastic.spacing()[-dims:],
             jitter_sigma=elastic.jitter()[-dims:],
             rotation_interval=(0, math.pi / 2) if elastic.rotate_xy else (0, 0),

@@ -1,3 +1,4 @@
+import gunpowder as gp
 import numpy as np
 import pytest
 import torch
@@ -83,6 +84,27 @@ def test_foreground_rejection_follows_the_configured_probability(tmp_path):
         low[probability] = np.mean([f <= 0.05 for f in fractions])
     assert low[1.0] == 0  # every block with <= 5% foreground is rejected
     assert low[0.0] > 0.4  # without rejection most random blocks miss the foreground end
+
+
+def test_a_rejected_location_reads_no_raw_and_an_accepted_one_reads_it_where_the_labels_are(tmp_path, monkeypatch):
+    labels = np.zeros((40, 100, 300), dtype=np.uint8)
+    labels[:, :, :60] = blobs((40, 100, 60), fraction=0.5)  # foreground only at one end: most locations rejected
+    write_dataset(tmp_path / "c.zarr/volumes/raw", (labels * 200 + 20).astype(np.uint8))
+    write_dataset(tmp_path / "c.zarr/volumes/labels", labels)
+    cell = {"container": str(tmp_path / "c.zarr"), "raw": "volumes/raw", "labels": "volumes/labels"}
+    reads: list[str] = []
+    provide = gp.ArraySource.provide
+    monkeypatch.setattr(
+        gp.ArraySource, "provide", lambda node, request: reads.append(str(node.key)) or provide(node, request)
+    )
+    sampling = {"max_outside_mask": 1.0, "min_foreground": 0.05, "reject_probability": 1.0}
+    source = BatchSource(config([cell], sampling=sampling))
+    try:
+        batches = [source.batch(i) for i in range(10)]
+    finally:
+        source.close()
+    assert reads.count("RAW") == 10 and reads.count("LABELS") > 20  # a probe and a read per sample, and rejections
+    assert min(raw_matches_labels(batch) for batch in batches) == 1.0
 
 
 def test_blocks_mostly_outside_the_cell_mask_are_rejected(tmp_path, pattern_cell):

@@ -139,7 +139,7 @@ def export_package(
     context = triple((i - o) // 2 for i, o in zip(input_shape, output_shape))
     if any(t < i for t, i in zip(test_raw.shape, input_shape)):
         raise ValueError(f"test raw {test_raw.shape} is smaller than the exported input shape {input_shape}")
-    rule_range = _test_range(state, test_raw)
+    rule_range = checkpoint_rule(state).range_of_array(test_raw, "the test raw")
     raw, probabilities = _test_tensors(model, test_raw, input_shape, rule_range)
     version = torch.__version__.split("+")[0]
     space = [
@@ -233,18 +233,6 @@ def _test_tensors(
             best = (float(probabilities.mean()), raw, probabilities)
     assert best is not None
     return best[1], best[2]
-
-
-def _test_range(state: dict, test_raw: np.ndarray) -> IntensityRange:
-    """The normalization range of the checkpoint's rule on the test data (a fixed range: the package's)."""
-    rule = checkpoint_rule(state)
-    if rule.mode == "bit_depth":
-        return IntensityRange(0.0, float(np.iinfo(test_raw.dtype).max), clip=False)
-    if rule.mode == "value_range":
-        assert rule.value_range is not None
-        return IntensityRange(*rule.value_range, clip=True)
-    low, high = np.percentile(test_raw, rule.percentiles)
-    return IntensityRange(float(low), float(high), clip=True)
 
 
 def _npy(array: np.ndarray) -> bytes:

@@ -14,7 +14,7 @@ from incasem_like.core.files import atomic_file
 from incasem_like.nn.incasem import incasem_checkpoint, is_incasem_state
 from incasem_like.nn.model import NetworkConfig, UNet3D
 from incasem_like.nn.models import checkpoint_location
-from incasem_like.nn.packages import is_package, package_checkpoint
+from incasem_like.nn.packages import FOREIGN_KEY, is_package, package_checkpoint, package_model
 
 FORMAT = "incasem-like checkpoint 1"
 _NAME = re.compile(r"iteration_(\d+)\.pt$")
@@ -98,8 +98,10 @@ def _network_of(path: str | Path, state: dict) -> NetworkConfig:
 
 def model_from_checkpoint(path: str | Path) -> tuple[UNet3D, dict]:
     """The network a checkpoint describes, with its weights in float32 (batch-norm counters as they are), and the
-    checkpoint's content."""
+    checkpoint's content (another tool's bioimage.io package: its network run as ours, `nn.packages`)."""
     state = load_checkpoint(path)
+    if FOREIGN_KEY in state:
+        return package_model(Path(path), state), state
     network = _network_of(path, state)
     try:
         model = UNet3D(network)
@@ -147,7 +149,8 @@ def resolve_checkpoint(spec: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path, network: NetworkConfig | None = None) -> dict:
     """A checkpoint's content (weights_only); UserError if unreadable or if it does not fit `network`. An incasem
-    checkpoint or a bioimage.io package of ours is read as the checkpoint it is (`nn.incasem`, `nn.packages`)."""
+    checkpoint or a bioimage.io package of ours is read as the checkpoint it is, another tool's package as the
+    content that runs it (`nn.incasem`, `nn.packages`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
@@ -180,6 +183,11 @@ def load_checkpoint(path: str | Path, network: NetworkConfig | None = None) -> d
 
 def _fits(path: Path, state: dict, network: NetworkConfig | None) -> dict:
     """`state`, if its network is `network`'s architecture (or no network is asked for)."""
+    if network is not None and FOREIGN_KEY in state:
+        raise UserError(
+            f"{path}: a bioimage.io package of another tool, which incasem-like runs but does not train; start from a "
+            "checkpoint of incasem-like"
+        )
     if network is not None:
         theirs, ours = _network_of(path, state).architecture(), network.architecture()
         if theirs != ours:

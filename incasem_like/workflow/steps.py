@@ -26,6 +26,7 @@ from incasem_like.nn.export import ExportFormat
 from incasem_like.nn.inference import TtaMode, select_device
 from incasem_like.nn.model import Triple
 from incasem_like.nn.models import checkpoint_location
+from incasem_like.nn.packages import FOREIGN_KEY
 from incasem_like.ops.morphology import DEFAULT_MAX_SPAN
 from incasem_like.ops.surfaces import MAX_ERROR, SMOOTH_ITERATIONS, Iterations, Reduction, SimplifyError
 from incasem_like.stages.clahe import ClaheStage
@@ -631,6 +632,11 @@ class ExportModelStep(Step):
             raise UserError(f"{out} already exists; pass --overwrite to replace it")
         checkpoint = resolve_checkpoint(self.checkpoint)
         model, state = model_from_checkpoint(checkpoint)
+        if FOREIGN_KEY in state:
+            raise UserError(
+                f"{checkpoint}: a bioimage.io package of another tool; export-model exports incasem-like's own models "
+                "(give the package itself to the other tools)"
+            )
         shape = export_shape(model.config)
         if self.format == "bioimageio":
             raw, voxel_size = _test_raw(self.test_raw, state)

@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic.functional_serializers import model_serializer
 
 from incasem_like.core.errors import UserError
 from incasem_like.store.datasets import Volume, value_max

@@ -31,6 +31,7 @@ COMMANDS = (
     "threshold",
     "evaluate",
     "export",
+    "export-model",
     "objects",
     "mesh",
     "report",
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"incasem-like {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f"incasem_like.cli.commands.{name}").register(subparsers)
+        importlib.import_module(f"incasem_like.cli.commands.{name.replace('-', '_')}").register(subparsers)
     _name_fields_by_options(subparsers)
     return parser
 

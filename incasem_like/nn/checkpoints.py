@@ -11,8 +11,10 @@ from pydantic import ValidationError
 
 from incasem_like.core.errors import UserError
 from incasem_like.core.files import atomic_file
+from incasem_like.nn.incasem import incasem_checkpoint, is_incasem_state
 from incasem_like.nn.model import NetworkConfig, UNet3D
 from incasem_like.nn.models import checkpoint_location
+from incasem_like.nn.packages import FOREIGN_KEY, is_package, package_checkpoint, package_model
 
 FORMAT = "incasem-like checkpoint 1"
 _NAME = re.compile(r"iteration_(\d+)\.pt$")
@@ -96,8 +98,10 @@ def _network_of(path: str | Path, state: dict) -> NetworkConfig:
 
 def model_from_checkpoint(path: str | Path) -> tuple[UNet3D, dict]:
     """The network a checkpoint describes, with its weights in float32 (batch-norm counters as they are), and the
-    checkpoint's content."""
+    checkpoint's content (another tool's bioimage.io package: its network run as ours, `nn.packages`)."""
     state = load_checkpoint(path)
+    if FOREIGN_KEY in state:
+        return package_model(Path(path), state), state
     network = _network_of(path, state)
     try:
         model = UNet3D(network)
@@ -144,10 +148,15 @@ def resolve_checkpoint(spec: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, network: NetworkConfig | None = None) -> dict:
-    """A checkpoint's content (weights_only); UserError if unreadable or if it does not fit `network`."""
+    """A checkpoint's content (weights_only); UserError if unreadable or if it does not fit `network`. An incasem
+    checkpoint or a bioimage.io package of ours is read as the checkpoint it is, another tool's package as the
+    content that runs it (`nn.incasem`, `nn.packages`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
+    if is_package(path):
+        state = package_checkpoint(path)
+        return _fits(path, state, network)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -165,8 +174,20 @@ def load_checkpoint(path: str | Path, network: NetworkConfig | None = None) -> d
         raise UserError(
             f"{path}: not a readable checkpoint ({type(error).__name__}: {error})".splitlines()[0]
         ) from None
+    if is_incasem_state(state):
+        state = {"format": FORMAT, **incasem_checkpoint(path, state)}
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not an incasem-like checkpoint (no '{FORMAT}' marker)")
+    return _fits(path, state, network)
+
+
+def _fits(path: Path, state: dict, network: NetworkConfig | None) -> dict:
+    """`state`, if its network is `network`'s architecture (or no network is asked for)."""
+    if network is not None and FOREIGN_KEY in state:
+        raise UserError(
+            f"{path}: a bioimage.io package of another tool, which incasem-like runs but does not train; start from a "
+            "checkpoint of incasem-like"
+        )
     if network is not None:
         theirs, ours = _network_of(path, state).architecture(), network.architecture()
         if theirs != ours:

@@ -308,6 +308,11 @@ class UNet3D(nn.Module):
         return self.final(features)
 
 
+def unet3d(**architecture) -> UNet3D:
+    """A `UNet3D` from `NetworkConfig.architecture()`'s keywords (how a bioimage.io package names our network)."""
+    return UNet3D(NetworkConfig.model_validate(architecture))
+
+
 class ReconstructionDecoder(nn.Module):
     """A second decoder for semi-supervised training (Dyhr et al.): the input image from a `UNet3D`'s bottleneck
     features alone (no skip connections, which would hand the image over), upsampled level by level through

@@ -9,6 +9,8 @@ Rules (`NormalizationRule.mode`):
   acquisitions): the volume's own `percentiles`, over the whole dataset, -> -1 and 1, values beyond clipped.
 - `value_range`: the fixed values `value_range` -> -1 and 1, clipped (calibrated data).
 
+Both clip unless `clip` is false (bioimage.io's `scale_range` does not clip: `nn.packages` runs such packages).
+
 A model trained on one tomogram normalizes the next by the same rule; the range the rule gives on a volume is
 computed once, before any block, so every block, worker and resumed run of a prediction uses the same one.
 
@@ -23,13 +25,14 @@ Arrays and tensors (on any device: `predict` normalizes on the GPU) go through t
 tensor([-1.0000, -0.6000,  1.0000])
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Literal, TypeVar
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic.functional_serializers import model_serializer
 
 from incasem_like.core.errors import UserError
 from incasem_like.store.datasets import Volume, value_max
@@ -76,6 +79,12 @@ class NormalizationRule(BaseModel):
     mode: Mode
     percentiles: tuple[Percent, Percent] = (0.5, 99.5)
     value_range: tuple[Intensity, Intensity] | None = None
+    #: percentiles and value_range: values beyond the range clipped (recorded only where false)
+    clip: bool = True
+
+    @model_serializer(mode="wrap")
+    def _clip_only_where_false(self, handler) -> dict:
+        return {key: value for key, value in handler(self).items() if key != "clip" or not value}
 
     @model_validator(mode="after")
     def _consistent(self) -> "NormalizationRule":
@@ -93,26 +102,48 @@ class NormalizationRule(BaseModel):
 
     def range_of(self, volume: Volume) -> IntensityRange:
         """The range this rule gives on `volume` (percentiles: of the whole dataset, read once)."""
+        return self._range(
+            lambda: float(value_max(volume)),
+            lambda: intensity_percentiles(volume, volume.roi, self.percentiles),
+            lambda: volume.name,
+        )
+
+    def range_of_array(self, data: np.ndarray, name: str) -> IntensityRange:
+        """The range this rule gives on `data` in memory (bit depth: of its dtype)."""
+        return self._range(
+            lambda: float(np.iinfo(data.dtype).max),
+            lambda: (float(np.percentile(data, self.percentiles[0])), float(np.percentile(data, self.percentiles[1]))),
+            lambda: name,
+        )
+
+    def _range(
+        self, top: Callable[[], float], percentiles: Callable[[], tuple[float, float]], name: Callable[[], str]
+    ) -> IntensityRange:
+        """The range from the data's largest value `top` or its `percentiles` (each read only where needed)."""
         if self.mode == "bit_depth":
-            return IntensityRange(0.0, float(value_max(volume)), clip=False)
+            return IntensityRange(0.0, top(), clip=False)
         if self.mode == "value_range":
             assert self.value_range is not None
-            return IntensityRange(*self.value_range, clip=True)
-        low, high = intensity_percentiles(volume, volume.roi, self.percentiles)
+            return IntensityRange(*self.value_range, clip=self.clip)
+        low, high = percentiles()
         if low >= high:
             raise UserError(
-                f"{volume.name}: percentiles {list(self.percentiles)} of the data are both {low}: the image is flat; "
+                f"{name()}: percentiles {list(self.percentiles)} of the data are both {low}: the image is flat; "
                 "normalize by a fixed value_range instead"
             )
-        return IntensityRange(low, high, clip=True)
+        return IntensityRange(low, high, clip=self.clip)
 
     def text(self) -> str:
         if self.mode == "bit_depth":
             return "normalization by bit depth (unsigned raw)"
+        unclipped = "" if self.clip else ", unclipped"
         if self.mode == "percentiles":
-            return f"normalization by each volume's percentiles {self.percentiles[0]:g} and {self.percentiles[1]:g}"
+            return (
+                f"normalization by each volume's percentiles {self.percentiles[0]:g} and {self.percentiles[1]:g}"
+                f"{unclipped}"
+            )
         assert self.value_range is not None
-        return f"normalization by the values {self.value_range[0]:g} .. {self.value_range[1]:g}"
+        return f"normalization by the values {self.value_range[0]:g} .. {self.value_range[1]:g}{unclipped}"
 
 
 def default_rule(dtypes: Iterable[np.dtype]) -> NormalizationRule:

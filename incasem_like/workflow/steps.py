@@ -21,10 +21,12 @@ from incasem_like.core.bounds import Count, Edges, VoxelCount, VoxelOffsets, Vox
 from incasem_like.core.errors import FieldError, UserError
 from incasem_like.core.files import file_digest
 from incasem_like.core.geometry import nm_text
-from incasem_like.nn.checkpoints import load_checkpoint, resolve_checkpoint
+from incasem_like.nn.checkpoints import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from incasem_like.nn.export import ExportFormat
 from incasem_like.nn.inference import TtaMode, select_device
 from incasem_like.nn.model import Triple
 from incasem_like.nn.models import checkpoint_location
+from incasem_like.nn.packages import FOREIGN_KEY
 from incasem_like.ops.morphology import DEFAULT_MAX_SPAN
 from incasem_like.ops.surfaces import MAX_ERROR, SMOOTH_ITERATIONS, Iterations, Reduction, SimplifyError
 from incasem_like.stages.clahe import ClaheStage
@@ -605,6 +607,67 @@ class ExportStep(Step):
             print(f"  original frame {tuple(plan.frame_shape)} voxels: the data fill {ranges}; 0 elsewhere")
 
 
+class ExportModelStep(Step):
+    """A checkpoint (or a finished run's best) -> a bioimage.io package, a TorchScript file or an ONNX file `out`;
+    the package's test tensors come from the centre of `test_raw` (default: the embedded Lucchi sample)."""
+
+    command: Literal["export-model"] = "export-model"
+    checkpoint: str
+    out: str
+    format: ExportFormat = "bioimageio"
+    test_raw: str | None = None
+    name: str | None = None
+    license: str = "CC-BY-4.0"
+
+    def reads(self) -> list[str]:
+        return [_checkpoint_read(self.checkpoint), *([self.test_raw] if self.test_raw else [])]
+
+    def writes(self) -> list[Output]:
+        return [Output(self.out)]
+
+    def identity(self) -> dict[str, str]:
+        return {"checkpoint": file_digest(resolve_checkpoint(self.checkpoint))}
+
+    def run(self, execution: Execution) -> None:
+        from incasem_like.nn.export import export_onnx, export_package, export_shape, export_torchscript
+
+        out = Path(self.out)
+        if out.exists() and not execution.overwrite:
+            raise UserError(f"{out} already exists; pass --overwrite to replace it")
+        checkpoint = resolve_checkpoint(self.checkpoint)
+        model, state = model_from_checkpoint(checkpoint)
+        if FOREIGN_KEY in state:
+            raise UserError(
+                f"{checkpoint}: a bioimage.io package of another tool; export-model exports incasem-like's own models "
+                "(give the package itself to the other tools)"
+            )
+        shape = export_shape(model.config)
+        if self.format == "bioimageio":
+            raw, voxel_size = _test_raw(self.test_raw, state)
+            name = self.name or f"incasem-like {state.get('organelle') or 'organelle'} U-Net ({checkpoint.stem})"
+            export_package(checkpoint, out, raw, voxel_size, name, self.license)
+        else:
+            (export_torchscript if self.format == "torchscript" else export_onnx)(model, shape, out)
+        print(f"wrote {out}: {self.format}, input (N, 1, {', '.join(map(str, shape))}) normalized as in training")
+
+
+def _test_raw(dataset: str | None, state: dict) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Test raw for a package (the centre of `dataset`, or the embedded sample) and its voxel size (nm; the
+    checkpoint's where it records one)."""
+    from incasem_like.workflow.demo import SAMPLE
+
+    if dataset is None:
+        import tifffile
+
+        raw = np.stack([tifffile.imread(path) for path in sorted((Path(str(SAMPLE)) / "raw").glob("*.tif"))])
+        voxel_size: tuple = (5.0, 5.0, 5.0)
+    else:
+        volume = open_dataset(dataset)
+        raw, voxel_size = volume[volume.roi], tuple(float(v) for v in volume.voxel_size)
+    trained = state.get("voxel_size") or voxel_size
+    return raw, (float(trained[0]), float(trained[1]), float(trained[2]))
+
+
 class ViewStep(Step):
     """A container's datasets in neuroglancer: served from here until Ctrl-C, or a link to `base_url` where the
     container is hosted (nothing served)."""
@@ -692,6 +755,7 @@ STEP_TYPES: dict[str, type[Step]] = {
         PredictStep,
         EvaluateStep,
         ExportStep,
+        ExportModelStep,
         ObjectsStep,
         MeshStep,
         TrainStep,
@@ -715,6 +779,7 @@ AnyStep = Annotated[
     | PredictStep
     | EvaluateStep
     | ExportStep
+    | ExportModelStep
     | ObjectsStep
     | MeshStep
     | TrainStep

@@ -73,3 +73,13 @@ def test_a_flat_volume_has_no_percentile_range(tmp_path):
     volume = open_dataset(write_dataset(tmp_path / "c.zarr/flat", np.full((8, 8, 8), 2.5, np.float32)))
     with pytest.raises(UserError, match="the image is flat; normalize by a fixed value_range instead"):
         NormalizationRule(mode="percentiles").range_of(volume)
+
+
+def test_unclipped_rules_keep_the_values_beyond_their_range_and_are_recorded_as_such(tmp_path):
+    data = np.arange(100, dtype=np.float32).reshape(4, 5, 5)
+    rule = NormalizationRule(mode="percentiles", percentiles=(10, 90), clip=False)
+    intensity = rule.range_of(open_dataset(write_dataset(tmp_path / "c.zarr/ramp", data, chunk=4)))
+    assert intensity.clip is False and normalize(data, intensity).min() < -1 < 1 < normalize(data, intensity).max()
+    assert rule.range_of_array(data, "ramp").clip is False and rule.text().endswith(", unclipped")
+    assert NormalizationRule.model_validate(rule.model_dump(mode="json")) == rule
+    assert "clip" not in NormalizationRule(mode="percentiles").model_dump()  # as recorded before the option

@@ -9,6 +9,8 @@ from incasem_like.core.errors import UserError
 BUNDLED = {"mito": "mito_lucchi_cpu.pt"}
 #: `--checkpoint bundled:mito` names the bundled model of an organelle
 BUNDLED_PREFIX = "bundled:"
+#: `incasem:PATH` (an incasem checkpoint) and `bioimageio:PATH` (a bioimage.io package) name files read as such
+FORMAT_PREFIXES = ("incasem:", "bioimageio:")
 
 
 def bundled_model(organelle: str) -> Path:
@@ -21,7 +23,11 @@ def bundled_model(organelle: str) -> Path:
 
 
 def checkpoint_location(spec: str) -> Path:
-    """`bundled:NAME` -> the bundled model's file; anything else is a path (a checkpoint file or a run folder)."""
+    """`bundled:NAME` -> the bundled model's file; `incasem:PATH`, `bioimageio:PATH` -> PATH (its content says
+    what it is); anything else is a path (a checkpoint file, a bioimage.io package or a run folder)."""
     if spec.startswith(BUNDLED_PREFIX):
         return bundled_model(spec.removeprefix(BUNDLED_PREFIX))
+    for prefix in FORMAT_PREFIXES:
+        if spec.startswith(prefix):
+            return Path(spec.removeprefix(prefix))
     return Path(spec)

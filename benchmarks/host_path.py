@@ -11,12 +11,13 @@ bound of what the host can feed. Per core = output voxels per CPU second of the 
 other load on the machine); the wall-clock figure is given beside it. A one-thread breakdown of one block says
 what bounds the path.
 
-    python benchmarks/host_path.py [--shape 256 512 512] [--workers 1 2] [--repeats 3]
+    python benchmarks/host_path.py [--shape 768 768 768] [--workers 1 2] [--repeats 3]
 """
 
 import argparse
 import datetime
 import importlib.util
+import itertools
 import os
 import shutil
 import statistics
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from convert import Meter, machine, source_digest, wait_for_quiet, write_result  # noqa: E402  (shared helpers)
 from predict import sample_volume, write_raw  # noqa: E402
 
-from incasem_like.core.geometry import Roi  # noqa: E402
+from incasem_like.core.geometry import Coordinate, Roi  # noqa: E402
 from incasem_like.nn.checkpoints import save_checkpoint  # noqa: E402
 from incasem_like.nn.data_path import DataPath, SlabWriter, Timer  # noqa: E402
 from incasem_like.nn.inference import Predictor, quantized  # noqa: E402
@@ -58,14 +59,15 @@ def null_network_class() -> type:
     return module.NullNetwork
 
 
-def time_command(checkpoint: Path, raw: str, out: Path, workers: int, io_threads: int) -> dict:
-    """`incasem-like predict` with the null network: wall seconds and CPU seconds of the command and its workers."""
+def time_command(checkpoint: Path, raw: str, out: Path, workers: int, io_threads: int, roi: list[int]) -> dict:
+    """`incasem-like predict` of `roi` (voxels: offset, shape) with the null network: wall seconds and CPU seconds
+    of the command and its workers."""
     shutil.rmtree(out, ignore_errors=True)
     command = [
         sys.executable, "-m", "incasem_like", "predict", "--checkpoint", str(checkpoint), "--raw", raw,
         "--out", str(out), "--device", "cpu", "--workers", str(workers), "--block", str(BLOCK), "--step", str(STEP),
         "--batch", "1", "--io-threads", str(io_threads), "--tta", "none", "--min-object-voxels", "0",
-        "--min-hole-voxels", "0", "--quiet",
+        "--min-hole-voxels", "0", "--quiet", "--roi", *map(str, roi),
     ]  # fmt: skip
     environment = {**os.environ, "INCASEM_LIKE_NULL_NETWORK": "1", "PYTHONPATH": str(NULL_NETWORK)}
     wait_for_quiet()
@@ -75,19 +77,18 @@ def time_command(checkpoint: Path, raw: str, out: Path, workers: int, io_threads
 
 
 def breakdown(raw: str, work: Path) -> dict:
-    """CPU seconds per 10^8 output voxels of each part of the path on one block, in one thread."""
+    """CPU seconds per 10^8 output voxels of each part of the path over every block of `raw` (in daisy's raster
+    order, one after the other: decoded chunks are reused as a worker reuses them), in one thread."""
     torch.set_num_threads(1)
     volume = open_dataset(raw)
     network = NetworkConfig()
-    null = null_network_class()(network)
     input_edge = network.input_edge_for(STEP)
     output_edge = network.output_shape((input_edge,) * 3)[0]
     context = volume.voxel_size * ((input_edge - output_edge) // 2)
-    block = Roi(volume.roi.begin, volume.voxel_size * BLOCK).intersect(volume.roi)
     grid = PassGrid(volume.roi.begin, volume.voxel_size * STEP, volume.voxel_size * output_edge)
-    rows = grid.rows(block)
-    data_path = DataPath(volume, IntensityRange(0.0, 255.0, False), context / volume.voxel_size, torch.device("cpu"), 1)
-    predictor = Predictor(null, (input_edge,) * 3, torch.device("cpu"))
+    intensity, cpu = IntensityRange(0.0, 255.0, False), torch.device("cpu")
+    data_path = DataPath(volume, intensity, context / volume.voxel_size, cpu, 1, BLOCK)
+    predictor = Predictor(null_network_class()(network), (input_edge,) * 3, cpu)
     outputs = [
         create_dataset(
             DatasetPath(work / "breakdown.zarr", name),
@@ -99,45 +100,48 @@ def breakdown(raw: str, work: Path) -> dict:
         )  # fmt: skip
         for name in ("probabilities", "segmentation")
     ]
-    seconds = dict.fromkeys(("read and decode", "normalize", "passes (cut, null network, sigmoid)",
-                             "quantize and segment", "encode and write"), 0.0)  # fmt: skip
+    parts = ("read and decode", "normalize", "passes (cut, null network, sigmoid)", "quantize and segment",
+             "encode and write")  # fmt: skip
+    seconds = dict.fromkeys(parts, 0.0)
     cutoff = segmentation_cutoff(0.5)
-    for region, keep in rows:
-        start = time.process_time()
-        host = data_path.read(region)
-        read = time.process_time()
-        normalized = data_path.on_device(host)
-        normal = time.process_time()
-        (probabilities,) = list(predictor.outputs([normalized]))
-        passes = time.process_time()
-        inner = ((keep - region.offset) / volume.voxel_size).to_slices()
-        values = quantized(probabilities[inner])
-        segmentation = (values >= cutoff).to(torch.uint8)
-        quantize = time.process_time()
-        slabs = SlabWriter(outputs, data_path, chunk_edge=128 * volume.voxel_size[0], anchor=grid.anchor)
-        slabs.add(keep, [values, segmentation])
-        slabs.wait(Timer())
-        written = time.process_time()
-        for key, (a, b) in zip(seconds, [(start, read), (read, normal), (normal, passes), (passes, quantize),
-                                         (quantize, written)]):  # fmt: skip
-            seconds[key] += b - a
-    voxels = int(np.prod(block.shape / volume.voxel_size))
-    per_1e8 = {key: round(value * 1e8 / float(voxels), 2) for key, value in seconds.items()}
+    for block in itertools.product(*(range(0, edge, BLOCK) for edge in volume.shape)):
+        write = Roi(volume.roi.begin + volume.voxel_size * Coordinate(block), volume.voxel_size * BLOCK)
+        for region, keep in grid.rows(write.intersect(volume.roi)):
+            marks = [time.process_time()]
+            host = data_path.read(region)
+            marks.append(time.process_time())
+            normalized = data_path.on_device(host)
+            marks.append(time.process_time())
+            (probabilities,) = list(predictor.outputs([normalized]))
+            marks.append(time.process_time())
+            values = quantized(probabilities[((keep - region.offset) / volume.voxel_size).to_slices()])
+            segmentation = (values >= cutoff).to(torch.uint8)
+            marks.append(time.process_time())
+            slabs = SlabWriter(outputs, data_path, chunk_edge=128 * volume.voxel_size[0], anchor=grid.anchor)
+            slabs.add(keep, [values, segmentation])
+            slabs.wait(Timer())
+            marks.append(time.process_time())
+            for part, begin, end in zip(parts, marks, marks[1:]):
+                seconds[part] += end - begin
+    voxels = int(np.prod(volume.shape))
+    per_1e8 = {part: round(value * 1e8 / voxels, 2) for part, value in seconds.items()}
     total = sum(per_1e8.values())
     return {
-        "output_voxels": int(voxels),
+        "output_voxels": voxels,
         "cpu_seconds_per_1e8_output_voxels": per_1e8,
         "total_cpu_seconds_per_1e8": round(total, 2),
         "voxels_per_cpu_second": round(1e8 / total),
-        "input_voxels_per_output_voxel": round(
-            sum(np.prod((r.shape + context * 2) / volume.voxel_size) for r, _ in rows) / voxels, 2
-        ),
     }
+
+
+def interior_block(shape: tuple[int, ...]) -> list[int]:
+    """The offset (voxels) of a block on the block grid away from the volume's faces where the volume allows."""
+    return [BLOCK if edge >= 3 * BLOCK else 0 for edge in shape]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", type=int, nargs=3, default=[256, 512, 512])
+    parser.add_argument("--shape", type=int, nargs=3, default=[768, 768, 768])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--io-threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
@@ -152,24 +156,37 @@ def main() -> None:
         torch.manual_seed(0)
         checkpoint = save_checkpoint(work / "run", UNet3D(NetworkConfig()), None, 0, "mito", (5, 5, 5))
         cases = {}
+        whole, block = [0, 0, 0, *shape], [*interior_block(shape), BLOCK, BLOCK, BLOCK]
         for workers in args.workers:
-            runs = [
-                time_command(checkpoint, raw, work / "cell.zarr/volumes/out", workers, args.io_threads)
-                for _ in range(args.repeats)
-            ]
-            seconds = statistics.median(run["seconds"] for run in runs)
-            cpu = statistics.median(run["cpu_seconds"] for run in runs)
+            runs = {
+                name: [
+                    time_command(checkpoint, raw, work / "cell.zarr/volumes/out", workers, args.io_threads, roi)
+                    for _ in range(args.repeats)
+                ]
+                for name, roi in (("whole", whole), ("one_block", block))
+            }
+            seconds, cpu = (
+                {name: statistics.median(run[key] for run in done) for name, done in runs.items()}
+                for key in ("seconds", "cpu_seconds")
+            )
+            marginal = voxels - BLOCK**3
             cases[f"{workers}_workers"] = {
-                "seconds_median": round(seconds, 2),
-                "seconds_runs": [round(run["seconds"], 2) for run in runs],
-                "voxels_per_second": round(voxels / seconds),
-                "cpu_seconds_median": round(cpu, 2),
-                "voxels_per_cpu_second": round(voxels / cpu),
-                "background_cpu_fraction_max": round(max(run["background"] for run in runs), 3),
+                "seconds_median": round(seconds["whole"], 2),
+                "seconds_runs": [round(run["seconds"], 2) for run in runs["whole"]],
+                "voxels_per_second": round(voxels / seconds["whole"]),
+                "cpu_seconds_median": round(cpu["whole"], 2),
+                "one_block_seconds_median": round(seconds["one_block"], 2),
+                "one_block_cpu_seconds_median": round(cpu["one_block"], 2),
+                "voxels_per_cpu_second": round(voxels / cpu["whole"]),
+                "marginal_voxels_per_cpu_second": round(marginal / (cpu["whole"] - cpu["one_block"])),
+                "marginal_voxels_per_second": round(marginal / (seconds["whole"] - seconds["one_block"])),
+                "background_cpu_fraction_max": round(
+                    max(run["background"] for done in runs.values() for run in done), 3
+                ),
             }
             print(workers, "workers:", cases[f"{workers}_workers"], flush=True)
         parts = breakdown(raw, work)
-    per_core = max(case["voxels_per_cpu_second"] for case in cases.values())
+    per_core = max(case["marginal_voxels_per_cpu_second"] for case in cases.values())
     result = {
         "benchmark": "incasem-like prediction host path with a null network: output voxels/s per CPU core",
         "date": started.isoformat(timespec="seconds"),

@@ -188,7 +188,8 @@ class Predictor:
         """One forward of `batch` items (the last repeated where fewer are queued), each output handed back."""
         items = queued + [queued[-1]] * (self.batch - len(queued))
         tiles = [region.tile(start, variant) for region, start, variant in items]
-        batch = torch.cat(tiles).contiguous(memory_format=torch.channels_last_3d)
+        # one tile goes as it is (the network's first convolution lays it out); several are stacked
+        batch = tiles[0] if len(tiles) == 1 else torch.cat(tiles).contiguous(memory_format=torch.channels_last_3d)
         with torch.no_grad(), autocast(self.device, self.bf16):
             values = self.model(batch).float()
         for index, (region, start, variant) in enumerate(queued):

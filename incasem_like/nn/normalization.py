@@ -55,7 +55,9 @@ class IntensityRange:
         in every block)."""
         if isinstance(raw, np.ndarray):
             return self.unit(torch.from_numpy(raw.astype(np.float32))).numpy()
-        scaled = raw.to(torch.float32, copy=True).sub_(float(np.float32(self.low)))
+        scaled = raw.to(torch.float32, copy=True)
+        if self.low:  # (subtracting 0 changes nothing: bit-depth ranges start at 0)
+            scaled = scaled.sub_(float(np.float32(self.low)))
         scaled = scaled.div_(float(np.float32(self.high - self.low)))
         return scaled.clamp_(0, 1) if self.clip else scaled
 

@@ -296,7 +296,8 @@ class PredictStage(BlockwiseStage):
             step=self.steps(model.config) * raw.voxel_size,
             output=output_shape * raw.voxel_size,
         )
-        data_path = DataPath(raw, self.intensity_range(raw, checkpoint_rule(state)), context, device, self.io_threads)
+        intensity = self.intensity_range(raw, checkpoint_rule(state))
+        data_path = DataPath(raw, intensity, context, device, self.io_threads, self.block)
         cutoff = segmentation_cutoff(self.threshold) if self.write_segmentation else None
 
         def process(block: Block) -> None:

@@ -13,7 +13,10 @@ interface as funlib's `Array` for `[roi]` and `to_ndarray`, without its dask lay
 each worker process a second).
 """
 
+import collections
+import itertools
 import shutil
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,6 +316,51 @@ class Volume:
                 self[inside]
             )
         return result
+
+
+@dataclass
+class ChunkCachedVolume(Volume):
+    """A read-only `Volume` that keeps its `capacity` most recently read chunks decoded: overlapping reads (the
+    context that rows of passes and neighbouring blocks share) decode each chunk once. Thread-safe.
+
+    >>> import zarr
+    >>> array = zarr.create_array(store={}, shape=(4, 4, 4), chunks=(2, 2, 2), dtype="uint8")
+    >>> array[:] = np.arange(64, dtype=np.uint8).reshape(4, 4, 4)
+    >>> cached = ChunkCachedVolume(array, Coordinate(1, 1, 1), Coordinate(0, 0, 0), capacity=2)
+    >>> bool((cached.read((slice(1, 3), slice(0, 4), slice(3, 4))) == array[1:3, 0:4, 3:4]).all())
+    True
+    """
+
+    capacity: int = 64
+    _chunks: collections.OrderedDict = field(default_factory=collections.OrderedDict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def read(self, selection: tuple[slice, ...]) -> np.ndarray:
+        chunks = self.data.chunks
+        result = np.empty([s.stop - s.start for s in selection], dtype=self.dtype)
+        spans = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(selection, chunks)]
+        for index in itertools.product(*spans):
+            chunk = self._chunk(index)
+            source, target = [], []
+            for i, s, c in zip(index, selection, chunks):
+                begin, end = max(s.start, i * c), min(s.stop, (i + 1) * c)
+                source.append(slice(begin - i * c, end - i * c))
+                target.append(slice(begin - s.start, end - s.start))
+            result[tuple(target)] = chunk[tuple(source)]
+        return result
+
+    def _chunk(self, index: tuple[int, ...]) -> np.ndarray:
+        with self._lock:
+            if index in self._chunks:
+                self._chunks.move_to_end(index)
+                return self._chunks[index]
+        chunks = self.data.chunks
+        chunk = super().read(tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, self.shape)))
+        with self._lock:
+            self._chunks[index] = chunk
+            while len(self._chunks) > self.capacity:
+                self._chunks.popitem(last=False)
+        return chunk
 
 
 def open_dataset(path: DatasetPath | str, mode: str = "r", require_complete: bool = True) -> Volume:

@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny networks and volumes (a dry run of every step)")
     parser.add_argument("--budget", type=float, default=450, help="seconds after which remaining steps are skipped")
     parser.add_argument("--io-threads", type=int, default=8)
-    parser.add_argument("--block", type=int, default=256)
+    parser.add_argument("--block", type=int, default=512, help="predict --block (512: two rows of 256^3 passes)")
     parser.add_argument("--data-workers", type=int, default=12)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)

@@ -49,7 +49,8 @@ class Timer:
 
 class DataPath:
     """Reads `raw` regions (with `context` voxels per side, mirrored beyond the data) for `device` on `threads`
-    reader threads, and writes results on `threads` writer threads. Decoded raw chunks are kept (`CACHE_BYTES`, at
+    reader threads (each decoding a region's chunks on `threads` decoder threads), and writes results on `threads`
+    writer threads. Decoded raw chunks are kept (`CACHE_BYTES`, at
     least two blocks' inputs of `block` voxels per edge), so the context that rows of passes and neighbouring
     blocks share is decoded once, not once per row (12 times over for the method's network on 128^3 chunks)."""
 
@@ -59,7 +60,10 @@ class DataPath:
     ):  # fmt: skip
         per_block = math.prod((block + 2 * c) // k + 2 for c, k in zip(context, raw.chunk_shape))
         chunks = max(2 * per_block, CACHE_BYTES // (math.prod(raw.chunk_shape) * raw.dtype.itemsize))
-        self.raw = ChunkCachedVolume(raw.data, raw.voxel_size, raw.offset, raw.name, raw.meta, capacity=chunks)
+        self.decoders = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+        self.raw = ChunkCachedVolume(
+            raw.data, raw.voxel_size, raw.offset, raw.name, raw.meta, capacity=chunks, decoders=self.decoders
+        )
         self.intensity, self.context, self.device, self.threads = intensity, context, device, threads
         self.readers = ThreadPoolExecutor(threads, thread_name_prefix="read")
         self.writers = ThreadPoolExecutor(threads, thread_name_prefix="write")

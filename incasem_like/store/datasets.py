@@ -18,6 +18,7 @@ import itertools
 import shutil
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,7 +322,8 @@ class Volume:
 @dataclass
 class ChunkCachedVolume(Volume):
     """A read-only `Volume` that keeps its `capacity` most recently read chunks decoded: overlapping reads (the
-    context that rows of passes and neighbouring blocks share) decode each chunk once. Thread-safe.
+    context that rows of passes and neighbouring blocks share) decode each chunk once. The chunks a read misses are
+    decoded in parallel on `decoders` where given. Thread-safe.
 
     >>> import zarr
     >>> array = zarr.create_array(store={}, shape=(4, 4, 4), chunks=(2, 2, 2), dtype="uint8")
@@ -332,15 +334,18 @@ class ChunkCachedVolume(Volume):
     """
 
     capacity: int = 64
+    decoders: ThreadPoolExecutor | None = None
     _chunks: collections.OrderedDict = field(default_factory=collections.OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def read(self, selection: tuple[slice, ...]) -> np.ndarray:
         chunks = self.data.chunks
         result = np.empty([s.stop - s.start for s in selection], dtype=self.dtype)
-        spans = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(selection, chunks)]
-        for index in itertools.product(*spans):
-            chunk = self._chunk(index)
+        indices = list(
+            itertools.product(*(range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(selection, chunks)))
+        )
+        mapped = self.decoders.map if self.decoders else map
+        for index, chunk in zip(indices, mapped(self._chunk, indices)):
             source, target = [], []
             for i, s, c in zip(index, selection, chunks):
                 begin, end = max(s.start, i * c), min(s.stop, (i + 1) * c)

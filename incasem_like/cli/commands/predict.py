@@ -95,8 +95,8 @@ def register(subparsers) -> None:
         nargs="+",
         metavar="N",
         help="output voxels each network pass provides: one edge, or z y x (multiples of the network's "
-        "downsampling factor; the pass input is the smallest valid one that reaches it; default 128, or for a "
-        "network that does not pool along z 2 256 256 on a CPU, 16 256 256 on a GPU)",
+        "downsampling factor; the pass input is the smallest valid one that reaches it; default 128 on a CPU and 256 "
+        "on a GPU, or for a network that does not pool along z 2 256 256 on a CPU, 16 256 256 on a GPU)",
     )
     parser.add_argument(
         "--batch",
@@ -110,7 +110,8 @@ def register(subparsers) -> None:
         type=int,
         default=2,
         metavar="N",
-        help="reader threads, and as many writer threads, per worker (default 2; 6-8 keep a GPU busy)",
+        help="reader, decoder and writer threads per worker (default 2; on a GPU node 8, with --block 512, keep the "
+        "GPU busy)",
     )
     parser.add_argument("--strict", action="store_true", help="refuse raw whose voxel size differs from training's")
     add_block_options(parser, block=256)

@@ -68,7 +68,7 @@ class IntensityRange:
 def normalize(raw: Values, intensity: IntensityRange | None = None) -> Values:
     """`raw` (an array or a tensor) -> the network's input in [-1, 1] by `intensity` (default: an unsigned numpy
     dtype's whole range), as the network saw it in training."""
-    intensity = intensity or IntensityRange(0.0, float(np.iinfo(raw.dtype).max), clip=False)  # type: ignore[arg-type]
+    intensity = intensity or IntensityRange(0.0, float(np.iinfo(raw.dtype).max), clip=False)  # type: ignore[call-overload]
     unit = intensity.unit(raw)
     return unit * 2 - 1 if isinstance(unit, np.ndarray) else unit.mul_(2).sub_(1)
 

@@ -21,9 +21,11 @@ Normalization. The raw data (unsigned, signed or float) is normalized by the rul
 gives on the whole raw dataset is computed once, when the outputs are created, and recorded in their provenance,
 so every block, worker and resumed run uses the same one.
 
-Overlap. Within a block a reader thread loads and normalizes the next z-row of passes while the network runs on
-the current one, and a writer thread compresses and stores finished rows; a block is reported done only after
-all its writes.
+Overlap. Within a block `io_threads` reader threads load (and decode, chunks kept per worker) the next z-rows of
+passes while the network runs on the current one; rows go to the device, are normalized there, and their passes
+run in forwards of exactly `batch` passes (`nn.inference.Predictor`); quantized and thresholded on the device,
+they come back and are written by `io_threads` writer threads in chunk-aligned slabs (`nn.data_path`); a block is
+reported done only after all its writes.
 """
 
 import logging

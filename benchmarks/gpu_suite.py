@@ -10,12 +10,15 @@ have passed:
 2. bf16 agreement: the share of segmentation voxels that change between fp32 and bf16 on the `--data` volume
    (rule: < 0.1%);
 3. training iterations/s of `configs/training/mito.yaml` (204^3 input) with `--data-workers` data workers on the
-   `--data` volume with its mito labels, mirrored along z to fit the input and its augmentation's context;
+   `--data` volume with its mito labels, mirrored to twice the input along each axis (room for the augmentations);
 4. GPU utilisation (nvidia-smi, every 0.5 s) per step.
 
 `--device cpu --tiny` runs every step at tiny sizes (a test does, so the suite cannot rot without a GPU).
 
     bash benchmarks/gpu_suite.sh [--data DIR] [--cell 1024 1024 1024] [--budget 450] [--out FILE]
+
+On the device machine: `bash benchmarks/gpu_carry.sh` here first (wheels its image lacks in .whl/, a Lucchi++
+crop in .lucchi/), then carry both and run `bash benchmarks/gpu_suite.sh --data .lucchi --out "$OUT/gpu.json"`.
 """
 
 import argparse
@@ -155,8 +158,8 @@ class Suite:
             config["network"] = TINY_NETWORK
         config_path = self.work / "training.yaml"
         config_path.write_text(yaml.safe_dump(config))
-        input_z = NetworkConfig(**config.get("network", {})).input_shape[0]
-        container = prepare(mirrored_along_z(data, 2 * input_z, self.work / "training_data"), self.work)
+        input_shape = NetworkConfig(**config.get("network", {})).input_shape
+        container = prepare(training_data(data, input_shape, self.work / "training_data"), self.work)
         mark = time.monotonic()
         timing = time_training(config_path, container, self.work, self.args.data_workers, self.args)
         self.result["training"] = {**timing, "config": str(TRAINING_CONFIG.relative_to(REPO)),
@@ -164,14 +167,26 @@ class Suite:
         print(f"         {timing['iterations_per_second']:.2f} it/s", flush=True)
 
 
-def mirrored_along_z(data: Path, slices: int, folder: Path) -> Path:
-    """`data`'s raw/ and mito/ TIFF slices mirrored along z (forth and back) to at least `slices` slices."""
+def stack(data: Path, name: str) -> np.ndarray:
+    return np.stack([tifffile.imread(path) for path in sorted((data / name).iterdir())])
+
+
+def mirrored(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """`volume` mirrored (forth and back) along each axis to exactly `shape`."""
+    repeats = [int(np.ceil(want / have)) for want, have in zip(shape, volume.shape)]
+    padded = np.pad(volume, [(0, (r - 1) * have) for r, have in zip(repeats, volume.shape)], mode="symmetric")
+    return np.ascontiguousarray(padded[tuple(slice(0, s) for s in shape)])
+
+
+def training_data(data: Path, input_shape: tuple[int, ...], folder: Path) -> Path:
+    """`data`'s raw/ and mito/ slices mirrored to twice the network's input along each axis (room for the
+    augmentations' context), as TIFF slices."""
     for name in ("raw", "mito"):
-        paths = sorted((data / name).iterdir())
-        order = (paths + paths[::-1]) * (slices // (2 * len(paths)) + 1)
+        volume = stack(data, name)
+        shape = tuple(max(have, 2 * edge) for have, edge in zip(volume.shape, input_shape))
         (folder / name).mkdir(parents=True, exist_ok=True)
-        for index, path in enumerate(order[: max(slices, len(paths))]):
-            shutil.copyfile(path, folder / name / f"{index:05d}{path.suffix}")
+        for index, plane in enumerate(mirrored(volume, shape)):
+            tifffile.imwrite(folder / name / f"{index:05d}.tif", plane)
     return folder
 
 
@@ -179,10 +194,7 @@ def synthetic_cell(data: Path, shape: tuple[int, int, int], container: Path) -> 
     """`data`'s raw slices mirrored to `shape`, written as a uint8 zarr (real EM texture, any size)."""
     from predict import write_raw
 
-    stack = np.stack([tifffile.imread(path) for path in sorted((data / "raw").iterdir())])
-    repeats = [int(np.ceil(want / have)) for want, have in zip(shape, stack.shape)]
-    volume = np.pad(stack, [(0, (r - 1) * have) for r, have in zip(repeats, stack.shape)], mode="symmetric")
-    return write_raw(np.ascontiguousarray(volume[tuple(slice(0, s) for s in shape)]), container)
+    return write_raw(mirrored(stack(data, "raw"), shape), container)
 
 
 def device_name(device: str) -> str:

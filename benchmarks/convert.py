@@ -42,7 +42,7 @@ import sys
 import tempfile
 import threading
 import time
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -365,8 +365,16 @@ def machine(packages=("incasem-like", "zarr", "numcodecs", "tifffile", "daisy", 
         "cores": os.cpu_count(),
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
-        "packages": {name: version(name) for name in packages},
+        "packages": {name: installed_version(name) for name in packages},
     }
+
+
+def installed_version(name: str) -> str:
+    """The installed version of `name`; for a checkout run from source (on a device machine), `source`."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "source" if name == "incasem-like" else "not installed"
 
 
 def write_result(result: dict, out: Path) -> None:

@@ -222,7 +222,7 @@ class _Region:
             self._place(start, values)
             return
         count, total = self.sums.pop(start, (0, None))
-        total = values.clone() if total is None else total.add_(values)
+        total = values if total is None else total.add_(values)  # (sigmoid's output is a fresh tensor)
         if count + 1 < len(self.predictor.variants):
             self.sums[start] = (count + 1, total)
         else:

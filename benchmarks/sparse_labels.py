@@ -141,7 +141,7 @@ def main() -> None:
         result.update(
             {
                 "benchmark": "F1 versus annotated slices on Lucchi++ (benchmarks/sparse_labels.py)",
-                "command": "python benchmarks/sparse_labels.py --work WORK --rows " + " ".join(args.rows),
+                "command": "python benchmarks/sparse_labels.py --work WORK --rows " + " ".join(result["rows"]),
                 "split": {"train": "slices 0-124 (annotated ones)", "choose": "slices 125-144", "report": "145-164"},
                 "metrics": "f1 (= Dice), iou, precision, recall: every voxel of the slices counts (the field's "
                 "metric); exclusion_zone_*: voxels in ASEM's metric exclusion zone do not count",

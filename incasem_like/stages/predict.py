@@ -126,7 +126,7 @@ class PredictStage(BlockwiseStage):
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
     #: passes (or test-time variants of passes) per forward; None: `default_batch` on the worker's device
     batch: int | None = Field(None, ge=1, le=4096)
-    #: reader threads, and as many writer threads, per worker
+    #: reader threads, and as many decoder and writer threads, per worker
     io_threads: int = Field(2, ge=1, le=64)
     strict: bool = False
 

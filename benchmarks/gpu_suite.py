@@ -41,6 +41,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from convert import machine, source_digest  # noqa: E402  (shared helpers)
+from predict import mirrored, tiff_stack, write_raw  # noqa: E402
 from train import prepare, time_training  # noqa: E402
 
 from incasem_like.nn.checkpoints import save_checkpoint  # noqa: E402
@@ -167,22 +168,11 @@ class Suite:
         print(f"         {timing['iterations_per_second']:.2f} it/s", flush=True)
 
 
-def stack(data: Path, name: str) -> np.ndarray:
-    return np.stack([tifffile.imread(path) for path in sorted((data / name).iterdir())])
-
-
-def mirrored(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """`volume` mirrored (forth and back) along each axis to exactly `shape`."""
-    repeats = [int(np.ceil(want / have)) for want, have in zip(shape, volume.shape)]
-    padded = np.pad(volume, [(0, (r - 1) * have) for r, have in zip(repeats, volume.shape)], mode="symmetric")
-    return np.ascontiguousarray(padded[tuple(slice(0, s) for s in shape)])
-
-
 def training_data(data: Path, input_shape: tuple[int, ...], folder: Path) -> Path:
     """`data`'s raw/ and mito/ slices mirrored to twice the network's input along each axis (room for the
     augmentations' context), as TIFF slices."""
     for name in ("raw", "mito"):
-        volume = stack(data, name)
+        volume = tiff_stack(data / name)
         shape = tuple(max(have, 2 * edge) for have, edge in zip(volume.shape, input_shape))
         (folder / name).mkdir(parents=True, exist_ok=True)
         for index, plane in enumerate(mirrored(volume, shape)):
@@ -192,9 +182,7 @@ def training_data(data: Path, input_shape: tuple[int, ...], folder: Path) -> Pat
 
 def synthetic_cell(data: Path, shape: tuple[int, int, int], container: Path) -> str:
     """`data`'s raw slices mirrored to `shape`, written as a uint8 zarr (real EM texture, any size)."""
-    from predict import write_raw
-
-    return write_raw(mirrored(stack(data, "raw"), shape), container)
+    return write_raw(mirrored(tiff_stack(data / "raw"), shape), container)
 
 
 def device_name(device: str) -> str:

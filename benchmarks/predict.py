@@ -50,13 +50,21 @@ from incasem_like.store.datasets import (  # noqa: E402
 from incasem_like.workflow.demo import SAMPLE  # noqa: E402
 
 
-def sample_volume(shape: tuple[int, int, int]) -> np.ndarray:
+def tiff_stack(folder: Path) -> np.ndarray:
+    """The TIFF slices in `folder`, in name order, as one volume."""
     import tifffile
 
-    slices = sorted((Path(str(SAMPLE)) / "raw").iterdir())
-    stack = np.stack([tifffile.imread(path) for path in slices])
-    pad = [(0, max(0, want - have)) for want, have in zip(shape, stack.shape)]
-    return np.pad(stack, pad, mode="symmetric")[tuple(slice(0, s) for s in shape)]
+    return np.stack([tifffile.imread(path) for path in sorted(folder.iterdir())])
+
+
+def mirrored(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """`volume` mirrored (forth and back) along each axis where it is shorter than `shape`, cropped to `shape`."""
+    pad = [(0, max(0, want - have)) for want, have in zip(shape, volume.shape)]
+    return np.ascontiguousarray(np.pad(volume, pad, mode="symmetric")[tuple(slice(0, s) for s in shape)])
+
+
+def sample_volume(shape: tuple[int, int, int]) -> np.ndarray:
+    return mirrored(tiff_stack(Path(str(SAMPLE)) / "raw"), shape)
 
 
 def write_raw(volume: np.ndarray, container: Path) -> str:

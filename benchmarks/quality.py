@@ -262,6 +262,36 @@ def export(row: dict, out: Path) -> None:
     print(f"exported {exported}")
 
 
+METRICS = (
+    "f1 (= Dice), iou, precision, recall: every voxel of the slices counts (the field's metric); exclusion_zone_*: "
+    "voxels in ASEM's metric exclusion zone do not count"
+)
+
+
+def run_rows(args: argparse.Namespace, run_row, describe, after_row=None) -> dict:
+    """`args.rows`, each run by `run_row(row, work)` on the data `prepare` converts into `args.work`, into
+    `args.out` (rows of earlier runs kept), rewritten after every row with `describe(result)` and the machine
+    (then `after_row(result)`); prints each row's held-out figures."""
+    args.work.mkdir(parents=True, exist_ok=True)
+    prepare(args.data.resolve(), args.work)
+    result = json.loads(args.out.read_text()) if args.out.exists() else {"rows": {}}
+    for row in args.rows:
+        print(f"{row} ...", flush=True)
+        result["rows"][row] = run_row(row, args.work)
+        result.update(
+            {**describe(result), "machine": machine(("incasem-like", "torch", "gunpowder", "daisy", "zarr", "numpy"))}
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        if after_row:
+            after_row(result)
+        held = result["rows"][row]["held_out_slices_145_164"]
+        print(
+            f"  held out: F1 {held['f1']:.4f} IoU {held['iou']:.4f} (exclusion zone F1 {held['exclusion_zone_f1']:.4f})"
+        )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/lucchi_pp_train")
@@ -270,27 +300,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--export", type=Path, help="write the last row's model here (a bundled model)")
     args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    prepare(args.data.resolve(), args.work)
-    result = json.loads(args.out.read_text()) if args.out.exists() else {"rows": {}}
-    for row in args.rows:
-        print(f"{row} ...", flush=True)
-        result["rows"][row] = run_row(row, args.work)
-        result.update(
-            {
-                "benchmark": "segmentation quality on Lucchi++ (benchmarks/quality.py)",
-                "split": {"train": "slices 0-124", "choose": "slices 125-144", "report": "slices 145-164"},
-                "metrics": "f1 (= Dice), iou, precision, recall: every voxel of the slices counts (the field's "
-                "metric); exclusion_zone_*: voxels in ASEM's metric exclusion zone do not count",
-                "machine": machine(("incasem-like", "torch", "gunpowder", "daisy", "zarr", "numpy")),
-            }
-        )
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        held = result["rows"][row]["held_out_slices_145_164"]
-        print(
-            f"  held out: F1 {held['f1']:.4f} IoU {held['iou']:.4f} (exclusion zone F1 {held['exclusion_zone_f1']:.4f})"
-        )
+    described = {
+        "benchmark": "segmentation quality on Lucchi++ (benchmarks/quality.py)",
+        "split": {"train": "slices 0-124", "choose": "slices 125-144", "report": "slices 145-164"},
+        "metrics": METRICS,
+    }
+    result = run_rows(args, run_row, lambda _: described)
     if args.export:
         export(result["rows"][args.rows[-1]], args.export)
     print(f"wrote {args.out}")

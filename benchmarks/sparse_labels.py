@@ -19,7 +19,6 @@ is trained at one voxel size.
 
 import argparse
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,8 +27,19 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from convert import machine, source_digest  # noqa: E402  (shared helpers)
-from quality import CHOICE, REPORT, cli, evaluate, predict, prepare, recipe_config, scores, train_run  # noqa: E402
+from convert import source_digest  # noqa: E402  (shared helpers)
+from quality import (  # noqa: E402
+    CHOICE,
+    METRICS,
+    REPORT,
+    cli,
+    evaluate,
+    predict,
+    recipe_config,
+    run_rows,
+    scores,
+    train_run,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 RESULT = REPO / "benchmarks" / "results" / "sparse_lucchi.json"
@@ -132,30 +142,17 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", required=True, help="K[+unlabelled] or dense ...")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    prepare(args.data.resolve(), args.work)
-    result = json.loads(args.out.read_text()) if args.out.exists() else {"rows": {}}
-    for row in args.rows:
-        print(f"{row} ...", flush=True)
-        result["rows"][row] = run_row(row, args.work)
-        result.update(
-            {
-                "benchmark": "F1 versus annotated slices on Lucchi++ (benchmarks/sparse_labels.py)",
-                "command": "python benchmarks/sparse_labels.py --work WORK --rows " + " ".join(result["rows"]),
-                "split": {"train": "slices 0-124 (annotated ones)", "choose": "slices 125-144", "report": "145-164"},
-                "metrics": "f1 (= Dice), iou, precision, recall: every voxel of the slices counts (the field's "
-                "metric); exclusion_zone_*: voxels in ASEM's metric exclusion zone do not count",
-                "vnc_stack2_as_unlabelled": "not applicable: 4.6 x 4.6 x 50 nm voxels against Lucchi's 5 nm",
-                "machine": machine(("incasem-like", "torch", "gunpowder", "daisy", "zarr", "numpy")),
-            }
-        )
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        plot(result, PLOT)
-        held = result["rows"][row]["held_out_slices_145_164"]
-        print(
-            f"  held out: F1 {held['f1']:.4f} IoU {held['iou']:.4f} (exclusion zone F1 {held['exclusion_zone_f1']:.4f})"
-        )
+
+    def describe(result: dict) -> dict:
+        return {
+            "benchmark": "F1 versus annotated slices on Lucchi++ (benchmarks/sparse_labels.py)",
+            "command": "python benchmarks/sparse_labels.py --work WORK --rows " + " ".join(result["rows"]),
+            "split": {"train": "slices 0-124 (annotated ones)", "choose": "slices 125-144", "report": "145-164"},
+            "metrics": METRICS,
+            "vnc_stack2_as_unlabelled": "not applicable: 4.6 x 4.6 x 50 nm voxels against Lucchi's 5 nm",
+        }
+
+    run_rows(args, run_row, describe, after_row=lambda result: plot(result, PLOT))
     print(f"wrote {args.out} and {PLOT}")
 
 
